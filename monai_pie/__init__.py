@@ -1,5 +1,24 @@
-"""monai-pie (scaffold; full exports arrive with the sampler core)."""
+"""monai-pie: a MONAI plugin for generative medical imaging.
+
+Importing the package imports its submodules, so MONAI's bundle ``ComponentLocator`` (which scans every
+imported module whose name starts with ``monai``) can resolve short names such as
+``"_target_": "ProgressionInferer"`` in bundle configs.
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from . import conditioning, data, engines, inferers, metrics, networks, utils  # noqa: F401  (registration)
+from .conditioning import DiffusionCondition
+from .inferers import DiffusionSampler, ProgressionInferer, ProgressionResult
+from .networks import LatentDiffusionModel
+
+__all__ = [
+    "__version__",
+    "DiffusionCondition",
+    "DiffusionSampler",
+    "LatentDiffusionModel",
+    "ProgressionInferer",
+    "ProgressionResult",
+]

@@ -1,5 +1,7 @@
-"""monai_pie.conditioning."""
+"""Turning covariates, class labels and text into a diffusion model's conditions."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from .condition import DiffusionCondition
+
+__all__ = ["DiffusionCondition"]

@@ -2,4 +2,6 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from .sparse_schedule import SPARSE_KEEP_MODES, SparseBackpropHandler, SparseKeepSchedule
+
+__all__: list[str] = ["SPARSE_KEEP_MODES", "SparseBackpropHandler", "SparseKeepSchedule"]

@@ -1,0 +1,190 @@
+"""One module that is the whole (latent) diffusion model: autoencoder, denoiser, conditioner, scale factor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..conditioning import DiffusionCondition
+from .introspection import first_conv_spec
+
+__all__ = ["LatentDiffusionModel", "as_diffusion_model"]
+
+
+class LatentDiffusionModel(nn.Module):
+    """A diffusion model in one ``nn.Module``, so one ``state_dict`` (and one bundle ``models/model.pt``) holds it all.
+
+    The sampler core only needs ``encode``, ``decode`` and ``denoise``; with ``autoencoder=None`` the model works
+    in pixel space (``encode``/``decode`` are the identity).
+
+    Args:
+        unet: the denoiser, with MONAI ``DiffusionModelUNet``'s signature
+            ``unet(x, timesteps, context=None, class_labels=None) -> (B, C_out, *spatial)``.
+        autoencoder: optional first stage (e.g. MONAI ``AutoencoderKL``); latents are ``scale_factor * z_mu``.
+        conditioner: optional module mapping raw conditions (covariates, tokens, ...) to a ``DiffusionCondition``;
+            it may define ``null_condition(condition) -> DiffusionCondition`` for classifier-free guidance.
+        scale_factor: latent scale (``1 / std`` of training latents); stored as a buffer, so it is saved with the weights.
+        null_class_label: the label a class-conditional net was trained with for "no condition" (label dropout);
+            needed for guidance with ``class_labels``.
+
+    Example::
+
+        model = LatentDiffusionModel(unet=DiffusionModelUNet(...), autoencoder=AutoencoderKL(...), scale_factor=0.9)
+        z = model.encode(x)                  # (B, C_lat, *latent_spatial)
+        out = model.denoise(z, t, DiffusionCondition(context=c))
+        x_rec = model.decode(z)              # (B, C, *spatial)
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        autoencoder: nn.Module | None = None,
+        conditioner: nn.Module | None = None,
+        scale_factor: float = 1.0,
+        null_class_label: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.unet = unet
+        self.autoencoder = autoencoder
+        self.conditioner = conditioner
+        self.null_class_label = null_class_label
+        self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
+
+    # ---------------------------------------------------------------- shapes
+    @property
+    def spatial_dims(self) -> int | None:
+        spec = first_conv_spec(self.autoencoder) or first_conv_spec(self.unet)
+        return spec.spatial_dims if spec else None
+
+    @property
+    def image_channels(self) -> int | None:
+        """Channels of the images the model takes (the autoencoder's input, or the U-Net's in pixel space)."""
+        spec = first_conv_spec(self.autoencoder) if self.autoencoder is not None else None
+        return spec.in_channels if spec else None
+
+    @property
+    def unet_in_channels(self) -> int | None:
+        spec = first_conv_spec(self.unet)
+        return spec.in_channels if spec else None
+
+    def check_image(self, x: torch.Tensor, name: str = "inputs") -> None:
+        """Raise ``ValueError`` if ``x`` (``(B, C, *spatial)``) cannot be taken by this model."""
+        sd = self.spatial_dims
+        if sd is not None and x.ndim != sd + 2:
+            raise ValueError(
+                f"`{name}` has shape {tuple(x.shape)} ({x.ndim - 2} spatial dims), but the network is {sd}D: "
+                f"expected (B, C, {', '.join('HWD'[:sd])})."
+            )
+        if self.autoencoder is not None:
+            c = self.image_channels
+            if c is not None and x.shape[1] != c:
+                raise ValueError(f"`{name}` has {x.shape[1]} channels, but the autoencoder takes {c}.")
+
+    def check_denoiser_input(self, x_t: torch.Tensor, condition: DiffusionCondition | None, name: str = "inputs") -> None:
+        """Raise ``ValueError`` if ``x_t`` plus concatenated condition channels do not fit the U-Net's input."""
+        c_in = self.unet_in_channels
+        extra = 0 if condition is None or condition.concat is None else int(condition.concat.shape[1])
+        if c_in is not None and x_t.shape[1] + extra != c_in:
+            what = f"{x_t.shape[1]} channels" + (f" + {extra} concatenated condition channels" if extra else "")
+            raise ValueError(
+                f"`{name}` gives the denoiser {what} = {x_t.shape[1] + extra}, but it takes {c_in} input channels."
+            )
+        if condition is not None and condition.concat is not None and condition.concat.shape[2:] != x_t.shape[2:]:
+            raise ValueError(
+                f"condition `concat` has spatial shape {tuple(condition.concat.shape[2:])}, "
+                f"but the denoiser works on {tuple(x_t.shape[2:])}."
+            )
+
+    # ---------------------------------------------------------------- stages
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Image ``(B, C, *spatial)`` -> scaled latent ``(B, C_lat, *latent_spatial)`` (deterministic: the mean)."""
+        if self.autoencoder is None:
+            return x
+        ae = self.autoencoder
+        out = ae.encode(x)
+        if isinstance(out, (tuple, list)):  # AutoencoderKL: (z_mu, z_sigma); use the mean for reproducible edits
+            z = out[0]
+        elif hasattr(ae, "encode_stage_2_inputs"):  # e.g. VQVAE: quantised latents
+            z = ae.encode_stage_2_inputs(x)
+        else:
+            z = out
+        return z * self.scale_factor.to(z.dtype)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latent ``(B, C_lat, *latent_spatial)`` -> image ``(B, C, *spatial)``."""
+        if self.autoencoder is None:
+            return z
+        z = z / self.scale_factor.to(z.dtype)
+        ae = self.autoencoder
+        return ae.decode_stage_2_outputs(z) if hasattr(ae, "decode_stage_2_outputs") else ae.decode(z)
+
+    def denoise(
+        self, x_t: torch.Tensor, timesteps: torch.Tensor, condition: DiffusionCondition | None = None
+    ) -> torch.Tensor:
+        """Model output (noise, sample or velocity, as trained) for ``x_t`` ``(B, C_lat, *spatial)`` at ``timesteps`` ``(B,)``."""
+        cond = condition if condition is not None else DiffusionCondition()
+        x = x_t if cond.concat is None else torch.cat([x_t, cond.concat.to(x_t.dtype)], dim=1)
+        kwargs: dict[str, Any] = {}
+        if cond.context is not None:
+            kwargs["context"] = cond.context.to(x_t.dtype)
+        if cond.class_labels is not None:
+            kwargs["class_labels"] = cond.class_labels
+        return self.unet(x, timesteps, **kwargs)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor | None = None,
+        class_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The U-Net's forward, so the model trains and infers wherever MONAI expects a ``DiffusionModelUNet``."""
+        kwargs: dict[str, Any] = {}
+        if context is not None:
+            kwargs["context"] = context
+        if class_labels is not None:
+            kwargs["class_labels"] = class_labels
+        return self.unet(x, timesteps, **kwargs)
+
+    # ---------------------------------------------------------------- conditions
+    def make_condition(self, condition: Any) -> DiffusionCondition:
+        """Raw condition -> ``DiffusionCondition`` (through the conditioner when there is one)."""
+        if isinstance(condition, DiffusionCondition) or self.conditioner is None:
+            return DiffusionCondition.from_any(condition)
+        return DiffusionCondition.from_any(self.conditioner(condition))
+
+    def null_condition(self, condition: DiffusionCondition) -> DiffusionCondition:
+        """The "no condition" counterpart used by classifier-free guidance.
+
+        The conditioner's ``null_condition`` wins; otherwise the context becomes zeros, class labels become
+        ``null_class_label``, and concatenated channels are kept (they carry structure, not the guided condition).
+        """
+        if self.conditioner is not None and hasattr(self.conditioner, "null_condition"):
+            return self.conditioner.null_condition(condition)
+        labels = None
+        if condition.class_labels is not None:
+            if self.null_class_label is None:
+                raise ValueError(
+                    "guidance with `class_labels` needs the label the model was trained with for 'no condition': "
+                    "set `null_class_label` on LatentDiffusionModel or pass `null_condition`."
+                )
+            labels = torch.full_like(condition.class_labels, self.null_class_label)
+        context = None if condition.context is None else torch.zeros_like(condition.context)
+        return DiffusionCondition(context=context, class_labels=labels, concat=condition.concat)
+
+
+def as_diffusion_model(network: nn.Module) -> LatentDiffusionModel:
+    """Return ``network`` if it already is a ``LatentDiffusionModel``, else wrap a bare denoiser (pixel space).
+
+    A bare denoiser is any module with MONAI ``DiffusionModelUNet``'s forward signature. Wrapping shares its
+    parameters (no copy).
+    """
+    if isinstance(network, LatentDiffusionModel):
+        return network
+    if hasattr(network, "denoise") and hasattr(network, "encode") and hasattr(network, "decode"):
+        return network  # duck-typed model with the full interface
+    if not isinstance(network, nn.Module):
+        raise TypeError(f"`network` must be an nn.Module, got {type(network).__name__}.")
+    return LatentDiffusionModel(unet=network)

@@ -1,0 +1,215 @@
+"""PIE as ProgressionInferer: the properties REFERENCE.md section 1 derives, shapes, seeds and bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from monai.networks.schedulers import DDIMScheduler
+from toy_models import GaussianToyDenoiser, tiny_autoencoder, tiny_unet
+
+from monai_pie import DiffusionSampler, LatentDiffusionModel, ProgressionInferer
+from monai_pie.inferers import NoiseSchedule, make_generator
+
+SCH = DDIMScheduler(1000, clip_sample=False)
+
+
+def pie(**kw):
+    kw.setdefault("num_rounds", 2)
+    kw.setdefault("num_inference_steps", 10)
+    kw.setdefault("progress", False)
+    return ProgressionInferer(SCH, **kw)
+
+
+def toy_model():
+    """Unconditional N(0, 1) (label 0, the null label), target N(2, 0.25) (label 1)."""
+    toy = GaussianToyDenoiser(NoiseSchedule.from_scheduler(SCH), means=(0.0, 2.0), variances=(1.0, 0.25))
+    return LatentDiffusionModel(toy, null_class_label=0)
+
+
+TARGET = {"class_labels": torch.ones(4, dtype=torch.long)}
+
+
+def half_mask(n=16):
+    m = torch.zeros(n, n)
+    m[:, : n // 2] = 1
+    return m
+
+
+def latent_model(spatial_dims=2, context_dim=None):
+    return LatentDiffusionModel(tiny_unet(spatial_dims, 3, 3, context_dim=context_dim), tiny_autoencoder(spatial_dims),
+                                scale_factor=0.8).eval()
+
+
+# ----------------------------------------------------------------------------------------------- the maths
+@pytest.mark.parametrize("latent", [False, True])
+def test_strength_zero_returns_the_input_unchanged(latent):
+    model = latent_model() if latent else LatentDiffusionModel(tiny_unet()).eval()
+    x = torch.rand(2, 1, 16, 16)
+    res = pie(strength=0.0, num_rounds=3)(x, model, roi_mask=half_mask(), seed=0)
+    for frame in res.frames:
+        torch.testing.assert_close(frame, x)
+    assert torch.all(res.change_norm == 0)
+
+
+@pytest.mark.parametrize("latent", [False, True])
+def test_blend_in_one_no_mask_one_round_is_one_sdedit_pass(latent):
+    model = latent_model(context_dim=4) if latent else LatentDiffusionModel(tiny_unet(context_dim=4)).eval()
+    x = torch.rand(2, 1, 16, 16)
+    ctx = torch.randn(2, 1, 4)
+    res = pie(num_rounds=1, blend_in=1.0, strength=0.6, guidance_scale=3.0, decode="direct")(x, model, condition=ctx, seed=5)
+    core = DiffusionSampler(SCH, 10, progress=False)
+    with torch.no_grad():
+        expected = core.edit(model, model.encode(x), strength=0.6, condition=ctx, guidance_scale=3.0, generator=make_generator(5))
+        torch.testing.assert_close(res.latents[1], expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(res.frames[1], model.decode(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_change_outside_the_mask_stays_within_blend_out_of_the_change_inside():
+    model = latent_model()
+    x = torch.rand(2, 1, 16, 16)
+    res = pie(num_rounds=3, strength=0.7)(x, model, roi_mask=half_mask(), seed=1)  # mask aligned with the 8x8 latent
+    ratio = res.drift_outside / res.drift_inside
+    assert torch.all(ratio < 2 * 0.01 / 0.75), ratio
+    assert torch.all(res.drift_inside > 0)
+
+
+def test_per_round_change_decays_geometrically_on_a_toy_score_model():
+    """Deterministic PIE on an exact Gaussian score: the change shrinks by the same factor B*L every round,
+    the factor scales with blend_in, and the total drift is bounded by |dz_1| / (1 - B L)."""
+    x = torch.randn(4, 1, 16, 16, generator=make_generator(0), dtype=torch.float64)
+    kw = dict(num_rounds=8, strength=0.5, num_inference_steps=50, guidance_scale=1.0, noise_mode="ddim_inversion")
+    ratios = {}
+    for b in (0.5, 0.75, 1.0):
+        res = pie(blend_in=b, **kw)(x, toy_model(), condition=TARGET, roi_mask=half_mask(), seed=0)
+        norms = res.change_norm[:, 0]
+        r = norms[1:] / norms[:-1]
+        assert torch.allclose(r, r.mean().expand_as(r), rtol=1e-3), r  # geometric
+        ratios[b] = r.mean().item()
+        bound = norms[0] / (1 - ratios[b])
+        assert norms.sum() <= bound + 1e-9
+    assert ratios[1.0] < 1.0
+    assert abs(ratios[0.75] / ratios[1.0] - 0.75) < 1e-3 and abs(ratios[0.5] / ratios[1.0] - 0.5) < 1e-3
+
+
+def test_frames_approach_the_conditional_optimum_inside_the_mask():
+    x = torch.randn(4, 1, 16, 16, generator=make_generator(0), dtype=torch.float64)
+    res = pie(num_rounds=6, strength=0.5, num_inference_steps=50, guidance_scale=1.0, blend_in=1.0)(
+        x, toy_model(), condition=TARGET, roi_mask=half_mask(), seed=0)
+    inside = res.frames[:, :, :, :, :8]
+    distance = (inside.mean(dim=(1, 2, 3, 4)) - 2.0).abs()
+    assert distance[0] > 1.5 and distance[-1] < 0.05  # the mean of the target N(2, 0.25)
+    assert abs(inside[-1].var().item() - 0.25) < 0.05
+    outside = res.frames[:, :, :, :, 8:]
+    assert (outside[-1] - outside[0]).abs().max() < 0.05  # blend_out 0.01 keeps the rest
+
+
+def test_guidance_pushes_further_toward_the_target():
+    x = torch.randn(4, 1, 16, 16, generator=make_generator(0), dtype=torch.float64)
+    means = []
+    for w in (1.0, 3.0):
+        res = pie(num_rounds=1, strength=0.5, num_inference_steps=20, guidance_scale=w, blend_in=1.0)(
+            x, toy_model(), condition=TARGET, seed=0)
+        means.append(res.frames[-1].mean().item())
+    assert means[1] > means[0] > 1.0
+
+
+def test_anchor_previous_accumulates_more_than_anchor_original():
+    x = torch.randn(4, 1, 16, 16, generator=make_generator(0), dtype=torch.float64)
+    kw = dict(num_rounds=4, strength=0.5, num_inference_steps=20, guidance_scale=1.0, blend_in=0.5)
+    orig = pie(anchor="original", **kw)(x, toy_model(), condition=TARGET, seed=0)
+    prev = pie(anchor="previous", **kw)(x, toy_model(), condition=TARGET, seed=0)
+    assert prev.frames[-1].mean() > orig.frames[-1].mean() + 0.2
+
+
+# ----------------------------------------------------------------------------------------------- shapes, seeds, conditions
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("latent", [False, True])
+def test_shapes_2d_3d_pixel_latent_with_restarts(spatial_dims, latent):
+    if latent:
+        model = latent_model(spatial_dims, context_dim=4)
+    else:
+        model = LatentDiffusionModel(tiny_unet(spatial_dims, context_dim=4)).eval()
+    size = (16,) * spatial_dims
+    x = torch.rand(2, 1, *size)
+    res = pie(num_rounds=2, n_restarts=3, num_inference_steps=4)(x, model, condition=torch.randn(1, 1, 4), seed=0)
+    assert res.frames.shape == (3, 2, 1, *size)
+    lat = (8,) * spatial_dims if latent else size
+    assert res.latents.shape == (3, 2, 3 if latent else 1, *lat)
+    assert res.change_norm.shape == (2, 2)
+    assert res.uncertainty.shape == (2, 2, 1, *size) and torch.all(res.uncertainty >= 0)
+    assert res.uncertainty.abs().sum() > 0
+    rows = json.loads(json.dumps(res.statistics()))
+    assert len(rows) == 2 and rows[0]["round"] == 1 and len(rows[0]["change_norm"]) == 2
+
+
+def test_same_seed_same_frames():
+    model = latent_model()
+    x = torch.rand(1, 1, 16, 16)
+    a = pie()(x, model, seed=3).frames
+    b = pie()(x, model, seed=3).frames
+    c = pie()(x, model, seed=4).frames
+    torch.testing.assert_close(a, b)
+    assert (a[1:] - c[1:]).abs().max() > 1e-4
+
+
+def test_ddim_inversion_mode_is_deterministic_without_a_seed():
+    model = latent_model()
+    x = torch.rand(1, 1, 16, 16)
+    a = pie(noise_mode="ddim_inversion")(x, model, roi_mask=half_mask()).frames
+    b = pie(noise_mode="ddim_inversion")(x, model, roi_mask=half_mask()).frames
+    torch.testing.assert_close(a, b)
+
+
+def test_class_label_and_concat_conditions():
+    labels = LatentDiffusionModel(tiny_unet(num_classes=3), null_class_label=0).eval()
+    x = torch.rand(2, 1, 16, 16)
+    res = pie()(x, labels, condition={"class_labels": torch.tensor([1, 2])}, seed=0)
+    assert torch.isfinite(res.frames).all()
+    concat = LatentDiffusionModel(tiny_unet(in_channels=2)).eval()
+    res = pie(guidance_scale=1.0)(x, concat, condition={"concat": torch.rand(2, 1, 16, 16)}, seed=0)
+    assert res.frames.shape == (3, 2, 1, 16, 16)
+
+
+def test_composite_background_keeps_pixels_outside_the_roi():
+    model = latent_model()
+    x = torch.rand(1, 1, 16, 16)
+    mask = half_mask()
+    res = pie(composite_background=True, decode="direct")(x, model, roi_mask=mask, seed=0)
+    torch.testing.assert_close(res.frames[-1][..., 8:], x[..., 8:])
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("kwargs, match", [
+    ({"strength": 1.2}, "strength"), ({"num_rounds": 0}, "num_rounds"), ({"blend_in": 2.0}, "blend_in"),
+    ({"blend_out": -0.1}, "blend_out"), ({"anchor": "first"}, "anchor"), ({"noise_mode": "sde"}, "noise_mode"),
+    ({"n_restarts": 0}, "n_restarts"), ({"guidance_scale": -1.0}, "guidance_scale"),
+])
+def test_bad_parameters_name_themselves(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pie(**kwargs)
+
+
+def test_bad_inputs_get_clear_errors():
+    model = latent_model()
+    x = torch.rand(1, 1, 16, 16)
+    inf = pie()
+    with pytest.raises(ValueError, match="roi_mask.*does not match"):
+        inf(x, model, roi_mask=torch.ones(8, 8))
+    with pytest.raises(ValueError, match=r"roi_mask.*\[0, 1\]"):
+        inf(x, model, roi_mask=torch.full((16, 16), 2.0))
+    with pytest.raises(ValueError, match="roi_mask.*empty"):
+        inf(x, model, roi_mask=torch.zeros(16, 16))
+    bad = x.clone()
+    bad[0, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="inputs.*non-finite"):
+        inf(bad, model)
+    with pytest.raises(ValueError, match="inputs.*channels.*autoencoder takes 1"):
+        inf(torch.rand(1, 3, 16, 16), model)
+    with pytest.raises(ValueError, match="network is 2D"):
+        inf(torch.rand(1, 1, 16, 16, 16), model)
+    with pytest.raises(ValueError, match="denoiser.*input channels"):
+        inf(torch.rand(1, 2, 16, 16), LatentDiffusionModel(tiny_unet()))
+    with pytest.raises(ValueError, match="inputs.*shape"):
+        inf(torch.rand(16, 16), model)
