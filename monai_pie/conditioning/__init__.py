@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from .condition import DiffusionCondition
+from .covariates import CovariateConditioner
 
-__all__ = ["DiffusionCondition"]
+__all__ = ["CovariateConditioner", "DiffusionCondition"]

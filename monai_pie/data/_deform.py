@@ -141,5 +141,7 @@ def jacobian_determinant(coords: np.ndarray, step: int = 1) -> np.ndarray:
     np.ndarray
         ``(X, Y, Z)`` float64 determinant.
     """
-    jac = np.stack([np.stack(np.gradient(coords[i].astype(np.float64), float(step)), 0) for i in range(3)], 0)  # (3, 3, X, Y, Z)
+    jac = np.stack(
+        [np.stack(np.gradient(coords[i].astype(np.float64), float(step)), 0) for i in range(3)], 0
+    )  # (3, 3, X, Y, Z)
     return np.linalg.det(np.moveaxis(jac, (0, 1), (-2, -1)))

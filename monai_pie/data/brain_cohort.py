@@ -25,8 +25,8 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -38,6 +38,7 @@ from scipy import ndimage
 
 from monai_pie.data._deform import jacobian_determinant, random_dct_field, random_displacement, warp
 from monai_pie.utils.checks import check_in_range, check_positive_int
+from monai_pie.utils.io import atomic_write
 
 __all__ = [
     "BrainRecipe",
@@ -96,13 +97,15 @@ GROUND_TRUTH_COLUMNS = (
     "icv_ml",
 )
 
+# The MNI distribution's notice; nilearn ships the files without it (its description page says "License: unknown").
 MNI_LICENCE = (
-    "MNI ICBM152 non-linear symmetric 2009a template (Fonov et al. 2009, 2011; Collins et al. 1999), as shipped "
-    "in nilearn. Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological "
-    "Institute, McGill University. Permission to use, copy, modify, and distribute this software and its "
-    "documentation for any purpose and without fee is hereby granted, provided that the above copyright notice "
-    "appear in all copies. The authors and McGill University make no representations about the suitability of "
-    "this software for any purpose. It is provided 'as is' without express or implied warranty."
+    "MNI ICBM152 2009a nonlinear template (Fonov et al. 2009, 2011), as shipped in nilearn. Copyright (C) 1993-2004 "
+    "Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute, McGill University. Permission to "
+    "use, copy, modify, and distribute this software and its documentation for any purpose and without fee is hereby "
+    "granted, provided that the above copyright notice appear in all copies. The authors and McGill University make "
+    "no representations about the suitability of this software for any purpose. It is provided 'as is' without "
+    "express or implied warranty. The authors are not responsible for any data loss, equipment damage, property "
+    "loss, or injury to subjects or patients resulting from the use or misuse of this software package."
 )
 
 
@@ -201,11 +204,6 @@ class BrainTemplate:
         """Volume of one voxel in ml."""
         return float(np.prod(self.voxel_mm)) / 1000.0
 
-    def world_mm(self, vox: np.ndarray) -> np.ndarray:
-        """Map ``(3, ...)`` voxel coordinates to MNI mm (``(3, ...)``)."""
-        vox = np.asarray(vox, dtype=np.float64)
-        return np.tensordot(self.affine[:3, :3], vox, axes=1) + self.affine[:3, 3].reshape((3,) + (1,) * (vox.ndim - 1))
-
 
 def _read_only(*arrays: np.ndarray) -> None:
     for a in arrays:
@@ -249,7 +247,9 @@ def load_brain_template() -> BrainTemplate:
     try:
         from nilearn import datasets
     except ImportError as e:  # optional dependency: the `data` extra
-        raise ImportError("the brain cohort needs nilearn for the MNI152 template: pip install 'monai-pie[data]'.") from e
+        raise ImportError(
+            "the brain cohort needs nilearn for the MNI152 template: pip install 'monai-pie[data]'."
+        ) from e
 
     t1_img = datasets.load_mni152_template(resolution=2)
     affine = np.asarray(t1_img.affine, dtype=np.float64)
@@ -290,7 +290,11 @@ def diagnosis_from_stage(stage: float) -> str:
 
 # ----------------------------------------------------------------------------------------------------- checks
 def _check_stage(stage: float, name: str = "stage") -> None:
-    if isinstance(stage, bool) or not isinstance(stage, (int, float, np.integer, np.floating)) or not math.isfinite(stage):
+    if (
+        isinstance(stage, bool)
+        or not isinstance(stage, (int, float, np.integer, np.floating))
+        or not math.isfinite(stage)
+    ):
         raise ValueError(f"`{name}` must be a finite number in [0, 1], got {stage!r}.")
     check_in_range(stage, name, 0.0, 1.0)
 
@@ -323,7 +327,7 @@ def _child(ss: np.random.SeedSequence, k: int) -> np.random.SeedSequence:
 # ---------------------------------------------------------------------------------------------- the subject
 @dataclass
 class _Anatomy:
-    """One subject in template space before any atrophy; arrays are ``(X, Y, Z)`` float32."""
+    """One subject's warped maps, bias field and ventricle distance before any atrophy; ``(X, Y, Z)`` float32."""
 
     gm: np.ndarray
     wm: np.ndarray
@@ -358,7 +362,8 @@ def _sample_anatomy(rng: np.random.Generator, sex: int, template: BrainTemplate,
     for c in HIPPOCAMPAL_CENTRES_MM:
         # The MNI affine is diagonal (checked on load), so mm = a_ii * vox_i + t_i axis by axis.
         d2 = sum(
-            (np.float32(template.affine[i, i]) * coords[i] + np.float32(template.affine[i, 3] - c[i])) ** 2 for i in range(3)
+            (np.float32(template.affine[i, i]) * coords[i] + np.float32(template.affine[i, 3] - c[i])) ** 2
+            for i in range(3)
         )
         hip += np.exp(d2 * np.float32(-0.5 / recipe.hippocampal_sigma_mm**2))
     # Only the brain needs a Jacobian check; a strided grid is enough for smooth low-order fields.
@@ -387,9 +392,11 @@ def _atrophy(anat: _Anatomy, stage: float, age: float, recipe: BrainRecipe) -> n
     quantisation below keeps that order).
     """
     years = max(float(age) - recipe.age_ref, 0.0)
-    keep_diffuse_gm = 1.0 - recipe.gm_loss_per_year * years - recipe.gm_loss_at_ad * stage
-    keep_wm = 1.0 - recipe.wm_loss_per_year * years
-    hip_loss = (recipe.hippocampal_loss_per_year * years + recipe.hippocampal_loss_at_ad * stage) * anat.hippocampal_weight
+    keep_diffuse_gm = max(1.0 - recipe.gm_loss_per_year * years - recipe.gm_loss_at_ad * stage, 0.0)
+    keep_wm = max(1.0 - recipe.wm_loss_per_year * years, 0.0)
+    hip_loss = (
+        recipe.hippocampal_loss_per_year * years + recipe.hippocampal_loss_at_ad * stage
+    ) * anat.hippocampal_weight
     keep_gm = np.float32(keep_diffuse_gm) * (1.0 - np.minimum(hip_loss, 0.95))
     # Soft ventricle front at distance `radius` from the subject's ventricles: tissue behind it becomes CSF.
     radius = recipe.ventricle_growth_mm_per_year * years + recipe.ventricle_growth_mm_at_ad * stage
@@ -429,7 +436,13 @@ def _intensity(tissue: np.ndarray, bias: np.ndarray, rng: np.random.Generator, r
 
 
 def _render(
-    anat: _Anatomy, stage: float, age: float, sex: int, noise_rng: np.random.Generator, template: BrainTemplate, recipe: BrainRecipe
+    anat: _Anatomy,
+    stage: float,
+    age: float,
+    sex: int,
+    noise_rng: np.random.Generator,
+    template: BrainTemplate,
+    recipe: BrainRecipe,
 ) -> dict[str, Any]:
     tissue_u8 = _atrophy(anat, stage, age, recipe)
     tissue = tissue_u8.astype(np.float32) * np.float32(1.0 / TISSUE_LEVELS)
@@ -493,7 +506,9 @@ def synthesize_brain_subject(
     check_positive_int(visit, "visit", minimum=0)
     template = load_brain_template() if template is None else template
     if not isinstance(template, BrainTemplate):
-        raise TypeError(f"`template` must be a BrainTemplate (see load_brain_template()), got {type(template).__name__}.")
+        raise TypeError(
+            f"`template` must be a BrainTemplate (see load_brain_template()), got {type(template).__name__}."
+        )
     recipe = BrainRecipe() if recipe is None else recipe
     if isinstance(rng_or_seed, np.random.Generator):
         anat_rng = noise_rng = rng_or_seed
@@ -546,28 +561,19 @@ def _prepare_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:
         )
     for sub in ("images", "tissue", "rois"):
         (out / sub).mkdir(parents=True, exist_ok=True)
+    # cohort.json marks a complete cohort: drop an old one so an interrupted overwrite does not look complete.
+    (out / "cohort.json").unlink(missing_ok=True)
     return out
 
 
 def _file_mode() -> int:
-    """Permissions of a normal new file under the current umask (mkstemp would leave 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    """Kept for the writers' signatures; ``atomic_write`` applies the umask itself."""
+    return 0
 
 
 def _atomic_write(path: Path, write: Callable[[str], None], mode: int, suffix: str = ".tmp") -> None:
-    """Call ``write(tmp)`` on a temporary file in ``path``'s folder, then rename it onto ``path`` atomically."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Atomic write through the package's one helper (``mode`` is applied by it from the umask)."""
+    atomic_write(path, write, suffix=suffix)
 
 
 def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, mode: int, slope: float | None = None) -> None:
@@ -641,7 +647,7 @@ def _cohort_record(
         },
         "recipe": asdict(recipe),
         "template": {
-            "name": "MNI ICBM152 2009a symmetric (nilearn), 2 mm",
+            "name": "MNI ICBM152 2009a nonlinear, nilearn files mni_icbm152_*_tal_nlin_sym_09a_converted, 2 mm",
             "shape": list(template.shape),
             "affine": template.affine.tolist(),
             "licence": MNI_LICENCE,
@@ -664,7 +670,7 @@ def _cohort_record(
 def synthesize_brain_cohort(
     output_dir: str | os.PathLike,
     num_subjects: int = 40,
-    num_longitudinal: int = 10,
+    num_longitudinal: int | None = None,
     visits: int = 3,
     seed: int = 0,
     split: Sequence[float] = (0.7, 0.15, 0.15),
@@ -690,8 +696,9 @@ def synthesize_brain_cohort(
         Destination; must be empty or missing unless ``overwrite``.
     num_subjects : int
         Number of subjects (>= 1).
-    num_longitudinal : int
-        How many of them get ``visits`` visits ``recipe.visit_interval_years`` apart (the others get one).
+    num_longitudinal : int, optional
+        How many of them get ``visits`` visits ``recipe.visit_interval_years`` apart (the others get one);
+        default ``min(10, num_subjects // 4)``.
     visits : int
         Visits per longitudinal subject (>= 1).
     seed : int
@@ -699,7 +706,8 @@ def synthesize_brain_cohort(
     split : sequence of 3 floats
         Train, validation, test fractions of *subjects* (sum to 1).
     overwrite : bool
-        Allow a non-empty ``output_dir``: files of the same names are replaced, nothing else is deleted.
+        Allow a non-empty ``output_dir``: files of the same names are replaced and an old ``cohort.json`` is
+        removed first; nothing else is deleted (files of a larger earlier cohort stay, unlisted).
     progress : bool
         Show a tqdm progress bar.
     recipe : BrainRecipe, optional
@@ -712,6 +720,8 @@ def synthesize_brain_cohort(
         split, diagnosis counts, the paths of ``datalist``, ``ground_truth``, ``cohort``, ``rois`` and ``seconds``.
     """
     check_positive_int(num_subjects, "num_subjects")
+    if num_longitudinal is None:  # a quarter of the cohort, at most 10, so small cohorts work without options
+        num_longitudinal = min(10, num_subjects // 4)
     check_positive_int(num_longitudinal, "num_longitudinal", minimum=0)
     if num_longitudinal > num_subjects:
         raise ValueError(f"`num_longitudinal` ({num_longitudinal}) cannot exceed `num_subjects` ({num_subjects}).")
@@ -721,7 +731,8 @@ def synthesize_brain_cohort(
     recipe = BrainRecipe() if recipe is None else recipe
     if num_longitudinal > 0 and recipe.visit_interval_years * (visits - 1) >= recipe.age_range[1] - recipe.age_range[0]:
         raise ValueError(
-            f"`visits` ({visits}) x {recipe.visit_interval_years} years does not fit in the age range {recipe.age_range}."
+            f"`visits` ({visits}) x {recipe.visit_interval_years} years do not fit in the age range "
+            f"{recipe.age_range} of the recipe."
         )
     out = _prepare_output_dir(output_dir, overwrite)
     from tqdm.auto import tqdm
@@ -746,10 +757,11 @@ def synthesize_brain_cohort(
     subject_records = []
     num_images = sum(len(s["visits"]) for s in subjects)
     # Compression runs in one writer thread (zlib releases the GIL) while the next image is synthesised.
-    pending: list[Future] = []
-    with ThreadPoolExecutor(max_workers=1) as writer, tqdm(
-        total=num_images, desc="synth brain", unit="img", disable=not progress
-    ) as bar:
+    pending: deque[Future] = deque()
+    with (
+        ThreadPoolExecutor(max_workers=1) as writer,
+        tqdm(total=num_images, desc="synth brain", unit="img", disable=not progress) as bar,
+    ):
         for subj in subjects:
             i = subj["index"]
             sid = f"sub-{i:0{width}d}"
@@ -768,12 +780,13 @@ def synthesize_brain_cohort(
                 }
             )
             for visit, (age, stage) in enumerate(subj["visits"]):
-                res = _render(anat, stage, age, subj["sex"], np.random.default_rng(_child(ss, 1 + visit)), template, recipe)
+                res = _render(
+                    anat, stage, age, subj["sex"], np.random.default_rng(_child(ss, 1 + visit)), template, recipe
+                )
                 image_id = f"{sid}_ses-{visit}"
                 paths = {"image": f"images/{image_id}.nii.gz", "tissue": f"tissue/{image_id}.nii.gz"}
-                pending = [f for f in pending if not f.done() or f.result() is not None]  # re-raises write errors
-                while len(pending) > 4:  # bound the memory held by queued images
-                    pending.pop(0).result()
+                while len(pending) > 4:  # bound the memory held by queued images; .result() re-raises write errors
+                    pending.popleft().result()
                 pending.append(writer.submit(_save_nifti, res["image"], template.affine, out / paths["image"], mode))
                 pending.append(
                     writer.submit(

@@ -17,8 +17,10 @@ import io
 import json
 import os
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,8 @@ __all__ = [
     "CXR_PRESENCE_THRESHOLD",
     "CXR_REPORT_PREFIX",
     "CXRSubject",
+    "DEFAULT_PREVALENCE",
+    "EFFUSION_SIDES",
     "canonical_finding",
     "cxr_report",
     "finding_key",
@@ -65,6 +69,7 @@ _NORMAL_CTR = (0.42, 0.48)  # subject's own heart at severity 0
 _MAX_CTR = 0.68  # cardiomegaly severity 1
 _MAX_EFFUSION = 0.5  # fluid level (fraction of lung height) at effusion severity 1
 _MAX_OPACITY_RADIUS = 0.42  # consolidation radius at severity 1, in thoracic half-widths
+_HILA_UT = ((-0.25, 0.44), (0.27, 0.40))  # hila (u, t), right then left; the left hilum sits higher
 
 
 # ----------------------------------------------------------------------------------------------- vocabulary
@@ -84,9 +89,14 @@ def canonical_finding(name: str) -> str:
     return norm
 
 
+def _spelling(name: str) -> str:
+    """Lower case, ``_`` as space, single spaces: the prompt spelling of a finding or column name."""
+    return " ".join(str(name).replace("_", " ").lower().split())
+
+
 def finding_key(name: str) -> str:
     """Datalist / CSV key of a finding: its lower-case spelling with spaces as ``_`` (``"pleural_effusion"``)."""
-    return " ".join(str(name).lower().split()).replace(" ", "_")
+    return _spelling(name).replace(" ", "_")
 
 
 def cxr_report(findings: Iterable[str], order: Sequence[str] = CXR_FINDINGS) -> str:
@@ -95,8 +105,8 @@ def cxr_report(findings: Iterable[str], order: Sequence[str] = CXR_FINDINGS) -> 
     Findings are comma-joined after :data:`CXR_REPORT_PREFIX` in the order of ``order`` (canonical order by
     default, whatever order they are given in); an empty set gives ``"A chest X-ray image, no finding"``.
     """
-    wanted = {" ".join(str(f).lower().split()) for f in findings}
-    known = [" ".join(o.lower().split()) for o in order]
+    wanted = {_spelling(f) for f in findings}
+    known = [_spelling(o) for o in order]
     unknown = sorted(wanted - set(known))
     if unknown:
         raise ValueError(f"unknown finding(s) {unknown} in `findings`; expected names from {list(order)}.")
@@ -107,19 +117,33 @@ def cxr_report(findings: Iterable[str], order: Sequence[str] = CXR_FINDINGS) -> 
 def _check_severities(severities: Mapping[str, float] | None) -> dict[str, float]:
     """Validate ``severities`` and return it complete (missing findings -> 0) keyed by vocabulary spelling."""
     out = dict.fromkeys(CXR_FINDINGS, 0.0)
+    if severities is not None and not isinstance(severities, Mapping):
+        raise TypeError(f"`severities` must be a mapping {{finding: severity}}, got {type(severities).__name__}.")
     for name, value in (severities or {}).items():
-        key = canonical_finding(name)
-        v = float(value)
+        try:
+            key = canonical_finding(name)
+        except ValueError as e:
+            raise ValueError(f"`severities`: {e}") from None
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            v = float("nan")
         if not (0.0 <= v <= 1.0):  # also rejects NaN
             raise ValueError(f"`severities[{name!r}]` must be in [0, 1], got {value!r}.")
         out[key] = v
     return out
 
 
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int, or a ``ValueError`` naming ``name`` unless it is an integer >= ``minimum``."""
+    ok = isinstance(value, (int, np.integer, float)) and not isinstance(value, bool)
+    if not ok or value != int(value) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
 def _check_size(size: int) -> int:
-    if isinstance(size, bool) or int(size) != size or size < MIN_SIZE:
-        raise ValueError(f"`size` must be an integer >= {MIN_SIZE}, got {size!r}.")
-    return int(size)
+    return _check_int(size, "size", MIN_SIZE)
 
 
 # -------------------------------------------------------------------------------------------------- subject
@@ -167,13 +191,12 @@ class CXRSubject:
 
 def sample_cxr_subject(seed: int = 0) -> CXRSubject:
     """Draw a subject's anatomy from ``seed`` (the same seed always gives the same subject, at any size)."""
-    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-        raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}.")
-    ss = np.random.SeedSequence(int(seed))
+    seed = _check_int(seed, "seed", 0)
+    ss = np.random.SeedSequence(seed)
     rng = np.random.default_rng(ss.spawn(1)[0])
     texture_seed, noise_seed = (int(s) for s in ss.generate_state(3)[1:])
     u = rng.uniform
-    apex = u(0.11, 0.15)
+    apex = u(0.10, 0.13)
     return CXRSubject(
         seed=int(seed),
         center_x=0.5 + rng.normal(0, 0.012),
@@ -181,18 +204,18 @@ def sample_cxr_subject(seed: int = 0) -> CXRSubject:
         rotation_deg=rng.normal(0, 1.8),
         thorax_half_width=u(0.34, 0.385),
         apex_y=apex,
-        cp_y=apex + u(0.62, 0.70),
+        cp_y=apex + u(0.68, 0.74),
         dome_right_t=u(0.70, 0.78),
         dome_left_t=u(0.76, 0.84),
         body_margin=u(0.035, 0.07),
         normal_ctr=u(*_NORMAL_CTR),
-        heart_aspect=u(0.66, 0.78),
-        heart_tilt_deg=u(28, 40),
-        heart_center_t=u(0.66, 0.71),
+        heart_aspect=u(0.62, 0.72),
+        heart_tilt_deg=u(30, 42),
+        heart_center_t=u(0.68, 0.73),
         rib_count=int(rng.integers(9, 11)),
         rib_spacing_power=u(1.0, 1.25),
         rib_thickness=u(0.018, 0.024),
-        clavicle_t=u(-0.02, 0.10),
+        clavicle_t=u(0.08, 0.16),
         exposure=u(0.92, 1.08),
         gamma=u(0.9, 1.15),
         noise_sigma=u(0.008, 0.022),
@@ -220,11 +243,6 @@ class _Frame:
     u: np.ndarray  # (H, W) offset from the midline in thoracic half-widths
     t: np.ndarray  # (H, W) height from apex (0) to costophrenic angle (1)
     s: CXRSubject
-
-    @property
-    def px(self) -> float:
-        """One pixel in normalised units."""
-        return 1.0 / self.size
 
     def y_of_t(self, t: float | np.ndarray) -> float | np.ndarray:
         return self.s.apex_y + t * (self.s.cp_y - self.s.apex_y)
@@ -256,39 +274,49 @@ def _diaphragm_t(f: _Frame, u: np.ndarray) -> np.ndarray:
 def _mediastinum_u(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Right and left mediastinal borders (|u|) above the heart: SVC on the right, aortic knob and pulmonary
     trunk on the left."""
-    right = 0.13 + 0.05 * np.clip(t, 0, 1)
-    left = 0.11 + 0.12 * np.exp(-(((t - 0.27) / 0.07) ** 2)) + 0.07 * np.exp(-(((t - 0.40) / 0.05) ** 2))
+    tt = np.clip(t, 0, 1)
+    right = 0.14 + 0.10 * tt
+    left = 0.13 + 0.08 * tt + 0.13 * np.exp(-(((t - 0.28) / 0.08) ** 2)) + 0.08 * np.exp(-(((t - 0.42) / 0.06) ** 2))
     return right, left
 
 
-def _heart_mask(f: _Frame, scale: float) -> np.ndarray:
+def _heart_axes(f: _Frame) -> tuple[np.ndarray, np.ndarray]:
+    """Frame coordinates rotated onto the heart's long (p) and short (q) axes, in u units."""
+    phi = np.deg2rad(f.s.heart_tilt_deg)
+    v = f.t * ((f.s.cp_y - f.s.apex_y) / f.s.thorax_half_width)  # t -> u units
+    return np.cos(phi) * f.u + np.sin(phi) * v, -np.sin(phi) * f.u + np.cos(phi) * v
+
+
+def _heart_mask(f: _Frame, axes: tuple[np.ndarray, np.ndarray], scale: float) -> np.ndarray:
     """Cardiac silhouette: a tilted ellipse (apex down and to the patient's left) sitting on the diaphragm.
 
     ``scale`` 1 is a heart of about 0.44 thoracic widths; larger hearts grow mostly leftwards and downwards.
     """
     s = f.s
-    aspect = (s.cp_y - s.apex_y) / s.thorax_half_width  # t units -> u units
     a = 0.5 * scale
     b = 0.5 * s.heart_aspect * (1 + 0.4 * (scale - 1))
-    cu = 0.14 + 0.22 * (scale - 1)
-    ct = s.heart_center_t + 0.04 * (scale - 1)
+    cu = 0.16 + 0.22 * (scale - 1)
+    cv = (s.heart_center_t + 0.04 * (scale - 1)) * ((s.cp_y - s.apex_y) / s.thorax_half_width)
     phi = np.deg2rad(s.heart_tilt_deg)
-    du, dv = f.u - cu, (f.t - ct) * aspect
-    p = np.cos(phi) * du + np.sin(phi) * dv
-    q = -np.sin(phi) * du + np.cos(phi) * dv
-    return (p / a) ** 2 + (q / b) ** 2 <= 1.0
+    pc, qc = np.cos(phi) * cu + np.sin(phi) * cv, -np.sin(phi) * cu + np.cos(phi) * cv
+    p, q = axes
+    return ((p - pc) / a) ** 2 + ((q - qc) / b) ** 2 <= 1.0
 
 
 def _calibrated_heart(f: _Frame, thorax: np.ndarray, ctr: float) -> np.ndarray:
     """Heart mask whose measured CTR (see :func:`measure_ctr`) is the closest to ``ctr`` (bisection on scale)."""
     _, _, thorax_w = measure_ctr(thorax, thorax)
+    rows = np.nonzero(thorax.any(axis=1))[0]
+    lower = slice(rows[0] + (rows[-1] - rows[0]) // 4, rows[-1] + 1)  # the heart lives in the lower thorax
+    p, q = _heart_axes(f)
+    crop = (p[lower], q[lower])
     lo, hi = 0.5, 2.5
-    for _ in range(12):
+    for _ in range(11):
         mid = 0.5 * (lo + hi)
-        cols = np.nonzero((_heart_mask(f, mid) & thorax).any(axis=0))[0]
+        cols = np.nonzero((_heart_mask(f, crop, mid) & thorax[lower]).any(axis=0))[0]
         width = cols[-1] - cols[0] + 1 if cols.size else 0
         lo, hi = (mid, hi) if width < ctr * thorax_w else (lo, mid)
-    return _heart_mask(f, 0.5 * (lo + hi)) & thorax
+    return _heart_mask(f, (p, q), 0.5 * (lo + hi)) & thorax
 
 
 def _anatomy_masks(f: _Frame, ctr: float) -> dict[str, np.ndarray]:
@@ -306,7 +334,6 @@ def _anatomy_masks(f: _Frame, ctr: float) -> dict[str, np.ndarray]:
     return {
         "thorax": thorax,
         "heart": heart,
-        "mediastinum": mediastinum & thorax,
         "lung_right": lung & (f.u < 0),
         "lung_left": lung & (f.u > 0),
     }
@@ -315,8 +342,8 @@ def _anatomy_masks(f: _Frame, ctr: float) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------------------------- drawing
 
 
-def _blur(a: np.ndarray, sigma_px: float) -> np.ndarray:
-    return ndimage.gaussian_filter(a.astype(np.float32, copy=False), sigma_px, mode="nearest")
+def _blur(a: np.ndarray, sigma_px: float, truncate: float = 3.0) -> np.ndarray:
+    return ndimage.gaussian_filter(a.astype(np.float32, copy=False), sigma_px, mode="nearest", truncate=truncate)
 
 
 def _band(dist: np.ndarray, half_width: float) -> np.ndarray:
@@ -330,73 +357,81 @@ def _body(f: _Frame) -> np.ndarray:
     s = f.s
     dx = np.abs(f.x - s.center_x)
     chest = s.thorax_half_width + s.body_margin
-    y_axilla = s.apex_y + 0.16
-    flare = np.clip((y_axilla - f.y) / 0.16, 0, 1)
-    half = chest + (0.75 - chest) * (flare * flare * (3 - 2 * flare))
-    torso = np.clip(1 - (dx / half) ** 2, 0, None) ** 0.3  # flatter than an ellipse: the chest is boxy
+    # Shoulders and upper arms: the outline flares out gradually from the axillae upwards.
+    y_axilla = s.apex_y + 0.32
+    flare = np.clip((y_axilla - f.y) / 0.34, 0, 1)
+    half = chest + (0.62 - chest) * flare**1.6
+    torso = np.clip(1 - (dx / half) ** 2, 0, None) ** 0.45
     # Trapezius line: from the neck (|dx| ~ 0.1) down and out to the acromion.
-    y_top = s.apex_y - 0.15 + 0.30 * np.clip(dx - 0.1, 0, None) ** 1.3
-    torso *= np.clip((f.y - y_top) / 0.03, 0, 1)
+    y_top = s.apex_y - 0.14 + 0.2 * np.clip((dx - 0.09) / 0.36, 0, None) ** 2
+    torso *= np.sqrt(np.clip((f.y - y_top) / 0.1, 0, 1))
     neck = np.sqrt(np.clip(1 - (dx / 0.1) ** 2, 0, None))
     return np.maximum(torso, 0.8 * neck).astype(np.float32)
 
 
 def _humeri(f: _Frame) -> np.ndarray:
-    """Humeral heads and proximal shafts at the shoulders (often partly outside the field of view)."""
+    """Humeral heads at the shoulders (often partly outside the field of view)."""
     s = f.s
     dx = np.abs(f.x - s.center_x) - (s.thorax_half_width + 0.15)
-    dy = f.y - (s.apex_y - 0.01)
-    head = _band(np.hypot(dx, dy), 0.065)
-    shaft = _band(dx, 0.035) * (dy > 0) * np.clip((0.3 - dy) / 0.1, 0, 1)
-    return np.maximum(head, shaft)
+    dy = f.y - (s.apex_y + 0.04)
+    return _band(np.hypot(dx, dy), 0.065)
 
 
-def _rib_levels(f: _Frame) -> np.ndarray:
+def _rib_levels(f: _Frame) -> list[float]:
     """Height (image units) of each posterior rib's medial end, top to bottom."""
     s = f.s
     n = s.rib_count
     frac = (np.arange(n) / (n - 1)) ** (1.0 / s.rib_spacing_power)
-    return np.asarray(f.y_of_t(-0.12 + frac * 1.0))
+    return [float(v) for v in f.y_of_t(-0.12 + frac * 1.0)]
 
 
 def _ribs(f: _Frame) -> np.ndarray:
     """Posterior ribs (arcs convex upwards from the spine, curving down at the lateral wall) and fainter, wider
     anterior ribs (sloping down from the lateral wall towards the sternum)."""
     s = f.s
-    d = np.abs(f.x - s.center_x) / s.thorax_half_width  # 0 at the spine, 1 at the inner rib margin
     out = np.zeros_like(f.x)
-    fade = np.clip((1.15 - d) / 0.08, 0, 1) * np.clip((s.cp_y + 0.06 - f.y) / 0.08, 0, 1)
+    row_lo, row_hi = f.y.min(axis=1), f.y.max(axis=1)
     levels = _rib_levels(f)
     n = len(levels)
     for i, y0 in enumerate(levels):
         # Upper ribs are shorter with a tighter arc; lower ones are thicker and droop more laterally.
         reach = 0.7 + 0.3 * min(i / 3, 1)
-        dd = d / reach
-        rise, droop = 0.035 * (1 - 0.7 * i / n), 0.25 + 0.25 * (i / n)
+        rise, droop = 0.035 * (1 - 0.6 * i / n), 0.45 + 0.3 * (i / n)
         b = rise / 0.45**2  # -a*dd + b*dd^2 peaks at dd = 0.45 with height `rise`
         a = 0.9 * b - 0.03 * i / n  # lower ribs slope down laterally
-        lat = np.clip(dd - 0.7, 0, None)
+        y_lat = y0 - a / reach + b / reach**2 + droop * max(1 / reach - 0.55, 0) ** 2
+        # Only rows the rib can reach are evaluated (the bands are thin; this is most of the speed).
+        rows = np.nonzero((row_hi > y0 - rise - 0.03) & (row_lo < y_lat + 0.25))[0]
+        if not rows.size:
+            continue
+        sl = slice(rows[0], rows[-1] + 1)
+        x, y = f.x[sl], f.y[sl]
+        d = np.abs(x - s.center_x) / s.thorax_half_width  # 0 at the spine, 1 at the inner rib margin
+        fade = np.clip((1.15 - d) / 0.08, 0, 1) * np.clip((s.cp_y + 0.06 - y) / 0.08, 0, 1)
+        dd = d / reach
+        lat = np.clip(dd - 0.55, 0, None)
         yc = y0 - a * dd + b * dd**2 + droop * lat**2
         slope = (-a + 2 * b * dd + 2 * droop * lat) / (reach * s.thorax_half_width)
-        dist = np.abs(f.y - yc) / np.sqrt(1 + slope**2)
+        dist = np.abs(y - yc) / np.sqrt(1 + slope**2)
         hw = 0.5 * s.rib_thickness * (0.8 + 0.4 * i / n)
-        out += _band(dist, hw) * fade * np.clip((d - 0.08) / 0.05, 0, 1)
+        band = _band(dist, hw) * fade * np.clip((d - 0.08) / 0.05, 0, 1)
         # Anterior rib: joins the posterior arc at the lateral wall, runs down-medially to the costal cartilage.
-        y_lat = y0 - a / reach + b / reach**2 + droop * max(1 / reach - 0.7, 0) ** 2
         ya = y_lat + 0.2 * (1.0 - d)
-        dist_a = np.abs(f.y - ya) / np.sqrt(1 + (0.2 / s.thorax_half_width) ** 2)
-        out += 0.3 * _band(dist_a, 1.4 * hw) * np.clip((d - 0.3) / 0.15, 0, 1) * np.clip((1.02 - d) / 0.05, 0, 1)
+        dist_a = np.abs(y - ya) / np.sqrt(1 + (0.2 / s.thorax_half_width) ** 2)
+        band += 0.3 * _band(dist_a, 1.4 * hw) * np.clip((d - 0.3) / 0.15, 0, 1) * np.clip((1.02 - d) / 0.05, 0, 1)
+        out[sl] += band
     return out
 
 
 def _clavicles(f: _Frame) -> np.ndarray:
+    """Clavicles from the sternal notch out to the acromion, crossing the lung apices."""
     s = f.s
     d = np.abs(f.x - s.center_x)
     y_med = float(f.y_of_t(s.clavicle_t))
     # Gentle S: medial third dips, lateral end rises to the acromion.
     dn = d / s.thorax_half_width
     yc = y_med - 0.07 * dn + 0.025 * np.sin(np.pi * np.clip(dn, 0, 1.2) / 1.2)
-    extent = (dn > 0.08) & (dn < 1.18)
+    extent = (dn > 0.14) & (dn < 1.18)
     return _band(np.abs(f.y - yc), 0.017) * extent * np.clip((1.18 - dn) / 0.05, 0, 1)
 
 
@@ -425,11 +460,6 @@ def _airways(f: _Frame) -> np.ndarray:
         perp = (side * dx) * np.cos(ang) - (f.y - y_car) * np.sin(ang)
         bron += _band(perp, 0.013) * (along > -0.005) * (along < 0.07)
     return np.clip(trachea + bron, 0, 1)
-
-
-def _hila_uv(s: CXRSubject) -> list[tuple[float, float]]:
-    """Hilar points (u, t); the left hilum sits higher than the right."""
-    return [(-0.25, 0.44), (0.27, 0.40)]
 
 
 def _vessel_tree(rng: np.random.Generator) -> np.ndarray:
@@ -462,26 +492,47 @@ def _vessels(f: _Frame, lungs: tuple[np.ndarray, np.ndarray], rng: np.random.Gen
     """Pulmonary vascular markings: branching, tapering trees from each hilum, evaluated on lung pixels only."""
     s = f.s
     out = np.zeros_like(f.x)
-    for side, (hu, ht), lung in zip((-1, 1), _hila_uv(s), lungs):
+    for side, (hu, ht), lung in zip((-1, 1), _HILA_UT, lungs):
         tree = _vessel_tree(rng)
-        region = ndimage.binary_dilation(lung, iterations=2)
-        iy, ix = np.nonzero(region)
+        iy, ix = np.nonzero(ndimage.binary_dilation(lung, iterations=2))
         hx, hy = s.center_x + hu * s.thorax_half_width, float(f.y_of_t(ht))
         dx, dy = f.x[iy, ix] - hx, f.y[iy, ix] - hy
-        r = np.hypot(dx, dy)[None] + 1e-6
-        theta = np.arctan2(dy, side * dx)[None]
-        th0, kappa, r0, r1, w0 = (c[:, None] for c in tree.T)
-        ang = np.angle(np.exp(1j * (theta - th0 - kappa * (r - r0))))
-        prog = (r - r0) / (r1 - r0)
-        on = (prog >= 0) & (prog <= 1) & (np.abs(ang) < 1.0)
-        width = w0 * (1 - 0.6 * np.clip(prog, 0, 1))
-        val = _band(np.abs(ang) * r, width) * np.sqrt(np.clip(1 - prog, 0, 1)) * on
-        out[iy, ix] += val.sum(axis=0) + 1.5 * np.exp(-((r[0] / 0.03) ** 2))  # hilar vessels en face
+        r = np.hypot(dx, dy) + np.float32(1e-6)
+        # Sorting by radius turns each branch's radial extent into a contiguous slice.
+        order = np.argsort(r)
+        iy, ix, r, theta = iy[order], ix[order], r[order], np.arctan2(dy, side * dx)[order]
+        total = 0.5 * np.exp(-((r / 0.04) ** 2))  # hilar vessels seen end-on
+        for th0, kappa, r0, r1, w0 in tree.tolist():
+            sel = slice(*np.searchsorted(r, [r0, r1]))
+            rs = r[sel]
+            prog = (rs - r0) / (r1 - r0)
+            ang = (theta[sel] - th0 - kappa * (rs - r0) + np.pi) % (2 * np.pi) - np.pi
+            total[sel] += _band(np.abs(ang) * rs, w0 * (1 - 0.6 * prog)) * np.sqrt(1 - prog)
+        out[iy, ix] += total
     return out
 
 
+def _upsample(a: np.ndarray, size: int, step: int) -> np.ndarray:
+    """Bilinear upsampling of a coarse grid (spacing ``step``, offset by one cell) to ``(size, size)``.
+
+    Gathers and weights rather than a matrix product: BLAS threads spinning on a busy machine cost more than
+    the product itself."""
+    pos = (np.arange(size) + 0.5) / step + 0.5  # output pixel centres in coarse-grid units
+    i0 = np.clip(np.floor(pos).astype(int), 0, a.shape[0] - 2)
+    w = np.clip(pos - i0, 0, 1).astype(np.float32)
+    rows = a[i0] * (1 - w)[:, None] + a[i0 + 1] * w[:, None]
+    return rows[:, i0] * (1 - w)[None] + rows[:, i0 + 1] * w[None]
+
+
 def _smooth_noise(rng: np.random.Generator, size: int, sigma_px: float) -> np.ndarray:
-    n = _blur(rng.standard_normal((size, size)).astype(np.float32), sigma_px)
+    """Unit-variance Gaussian random field ``(size, size)`` with correlation length ``sigma_px``.
+
+    Wide fields are drawn on a coarse grid and upsampled bilinearly, which is much cheaper than a wide blur."""
+    step = max(1, int(sigma_px / 1.5))
+    low = -(-size // step) + 2 if step > 1 else size
+    n = _blur(rng.standard_normal((low, low)).astype(np.float32), sigma_px / step, truncate=2.0)
+    if step > 1:
+        n = _upsample(n, size, step)
     return n / (n.std() + 1e-8)
 
 
@@ -491,7 +542,9 @@ def _smooth_noise(rng: np.random.Generator, size: int, sigma_px: float) -> np.nd
 def _effusion(f: _Frame, lung: np.ndarray, side_sign: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Fluid layer at the base of one lung up to ``fraction`` of its height, with a lateral meniscus.
 
-    Returns the boolean mask and the fill weight (0..1, ramping up below the meniscus)."""
+    Returns the boolean mask ``(H, W)`` (inside ``lung``) and the fill weight ``(H, W)`` in [0, 1], which ramps
+    up below the meniscus and extends a few pixels past the lung so the fluid has no seam at its margins.
+    """
     if fraction <= 0 or not lung.any():
         return np.zeros_like(lung), np.zeros(lung.shape, np.float32)
     rows = np.nonzero(lung.any(axis=1))[0]
@@ -500,11 +553,12 @@ def _effusion(f: _Frame, lung: np.ndarray, side_sign: int, fraction: float) -> t
     level = (bottom + 1) / f.size - fraction * height  # image-row units, at the medial side
     # Meniscus: the fluid climbs the lateral chest wall (concave upwards), more so for larger effusions.
     lat = np.clip((side_sign * f.u - 0.15) / 0.85, 0, 1)
-    surface = level - (0.04 + 0.25 * fraction) * height * lat**2
+    surface = level - (0.04 + 0.12 * fraction) * height * lat**2
     yy = (np.arange(f.size, dtype=np.float32)[:, None] + 0.5) / f.size
     depth = (yy - surface) / (0.06 * height)
     mask = lung & (depth >= 0)
-    weight = np.clip(depth + 0.35, 0, 1) * lung
+    near = ndimage.binary_dilation(lung, iterations=max(2, round(3 * f.size / 128)))
+    weight = np.clip(depth + 0.35, 0, 1) * near
     return mask, weight.astype(np.float32)
 
 
@@ -516,19 +570,20 @@ def _opacity_field(f: _Frame, rng: np.random.Generator) -> np.ndarray:
     du = (f.u - sign * s.opacity_u) / s.opacity_aspect
     dv = (f.t - s.opacity_t) * aspect * s.opacity_aspect
     r = np.hypot(du, dv)
-    lobes = _smooth_noise(rng, f.size, 0.06 * f.size)
-    # Noise scaled by r keeps the centre at 1 and makes the outline lumpy.
-    return np.exp(-((r / _MAX_OPACITY_RADIUS) ** 2)) * (1.0 + 0.25 * np.tanh(lobes) * np.clip(r * 3, 0, 1))
+    lobes = 0.7 * _smooth_noise(rng, f.size, 0.05 * f.size) + 0.3 * _smooth_noise(rng, f.size, 0.02 * f.size)
+    # exp(-(r/R)^2) keeps the centre at 1; multiplicative noise away from it makes the outline lobulated.
+    return np.exp(-((r / _MAX_OPACITY_RADIUS) ** 2) * (1.0 + 0.45 * np.tanh(lobes) * np.clip(r * 4, 0, 1)))
 
 
 def _perihilar(f: _Frame, lungs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Bat-wing weight (0..1, compact support around the hila, sparing the periphery) and its region mask."""
+    """Bat-wing weight ``(H, W)`` in [0, 1] (compact support around the hila, sparing the periphery; it only
+    acts where there is air) and the perihilar region mask (weight > 0.25 inside the lungs)."""
     w = np.zeros_like(f.x)
     aspect = (f.s.cp_y - f.s.apex_y) / f.s.thorax_half_width
-    for hu, ht in _hila_uv(f.s):
+    for hu, ht in _HILA_UT:
         r2 = ((f.u - hu) / 0.55) ** 2 + ((f.t - ht) * aspect / 0.75) ** 2
         w = np.maximum(w, np.clip(1.0 - r2, 0, None) ** 2)
-    return (w * lungs).astype(np.float32), (w > 0.25) & lungs
+    return w.astype(np.float32), (w > 0.25) & lungs
 
 
 # -------------------------------------------------------------------------------------------------- measures
@@ -601,7 +656,7 @@ def render_cxr_phantom(
         Subject seed: anatomy, texture and noise. Ignored when ``subject`` is given.
     size
         Output is ``(size, size)``; at least 32. Anatomy is defined in normalised units, so a seed gives the
-        same subject at every size.
+        same anatomy and findings at every size (texture and noise are drawn per size).
     subject
         A subject from :func:`sample_cxr_subject` (to edit anatomy with ``dataclasses.replace``).
     effusion_side
@@ -632,52 +687,63 @@ def render_cxr_phantom(
 
     m = _anatomy_masks(f, _target_ctr(s, sev["cardiomegaly"]))
     lungs = m["lung_right"] | m["lung_left"]
-    lung_soft = _blur(lungs, 0.8 * px)
-    # Densities are in display units (soft tissue ~0.8). Lung air is deepest centrally and thins towards the
-    # margins, so the lung periphery is lighter than its core.
-    air = lung_soft * (0.14 + 0.4 * _blur(lungs, 7.0 * px))
-    mu = 0.82 * _body(f) - air - 0.2 * _airways(f)
-    mu += 0.06 * _blur(m["heart"], 1.0 * px) * np.clip(f.u + 0.9, 0, 1)  # thicker towards the apex
-    if s.gastric_bubble:
-        gx, gy = s.center_x + 0.5 * s.thorax_half_width, float(f.y_of_t(s.dome_left_t + 0.12))
-        mu -= 0.15 * _band(np.hypot((f.x - gx) / 0.06, (f.y - gy) / 0.03), 1.0) * (f.y > gy - 0.01)
+    # Texture fields are drawn unconditionally and in a fixed order, so that changing one severity never
+    # changes the subject's other structures.
     vessels = _blur(_vessels(f, (m["lung_right"], m["lung_left"]), tex), 0.7 * px)
-    texture = _smooth_noise(tex, size, 1.2 * px)
-    mu += (0.07 * vessels + 0.015 * texture) * _blur(lungs, 1.5 * px)
+    parenchyma = _smooth_noise(tex, size, 1.2 * px)
+    habitus = _smooth_noise(tex, size, 8.0 * px)
+    field = _opacity_field(f, tex)
+    patchy = np.tanh(parenchyma)
+    fluffy = np.tanh(_smooth_noise(tex, size, 3.0 * px))
 
-    # Findings replace lung air by fluid or exudate, so their density scales with the local air column.
-    filled = np.zeros_like(air)
+    # Densities are in display units (soft tissue ~0.8). Lung air column: thicker at the bases (larger AP
+    # diameter), thinner at the apices and the lateral periphery; margins taper over a few pixels.
+    lung_soft = _blur(lungs, 0.8 * px)
+    taper = np.clip(_blur(lungs, 2.0 * px) * 1.6 - 0.3, 0, 1)
+    column = 0.3 + 0.14 * np.clip(f.t, 0, 1) - 0.1 * np.clip(np.abs(f.u) - 0.5, 0, 1)
+    air = np.maximum(lung_soft, taper) * taper * column
+
+    # Findings replace a fraction of the air column by fluid or exudate: effusion, then consolidation, then
+    # edema fill what the previous ones left.
     eff_mask = np.zeros_like(lungs)
+    fill_eff = np.zeros_like(air)
     fractions = {"right": 0.0, "left": 0.0}
     f_eff = _MAX_EFFUSION * sev["pleural effusion"]
     for name, sign in (("right", -1), ("left", 1)):
         if side in (name, "bilateral") and f_eff > 0:
             mk, w = _effusion(f, m[f"lung_{name}"], sign, f_eff)
             eff_mask |= mk
-            filled += _blur(w, 1.0 * px) * (0.95 * air + 0.03)
+            fill_eff = np.maximum(fill_eff, _blur(w, 1.0 * px))
             fractions[name] = measure_effusion_fraction(m[f"lung_{name}"], mk)
-
-    field = _opacity_field(f, tex)
     op_mask = np.zeros_like(lungs)
+    fill_op = np.zeros_like(air)
     if sev["consolidation"] > 0:
-        r = _MAX_OPACITY_RADIUS * np.sqrt(sev["consolidation"])
-        thr = np.exp(-((r / _MAX_OPACITY_RADIUS) ** 2))
+        thr = np.exp(-sev["consolidation"])  # field is exp(-(r/R)^2): the region grows like sqrt(severity)
         op_mask = (field >= thr) & lungs
-        fill = np.clip((field - thr) / 0.15 + 0.35, 0, 1) * lung_soft
-        patchy = 0.85 + 0.15 * np.tanh(_smooth_noise(tex, size, 2.0 * px))
-        filled += (0.7 + 0.2 * sev["consolidation"]) * fill * patchy * np.clip(air - filled, 0, None)
-    mu += filled
-
-    # Bones: contrast is lost over dense regions (scatter, film shoulder), so weight them by remaining air.
-    seen = 0.35 + 0.65 * np.clip(_blur(air - filled, 2.0 * px) / 0.4, 0, 1)
-    mu += seen * (0.11 * _ribs(f) + 0.05 * _spine(f)) + 0.16 * _clavicles(f) + 0.12 * _humeri(f)
-
+        edge = np.clip((field - thr) / 0.25 + 0.3, 0, 1)
+        fill_op = (0.75 + 0.15 * sev["consolidation"]) * edge * (0.85 + 0.15 * patchy) * lung_soft
     bat, perihilar = _perihilar(f, lungs)
-    fluffy = 0.75 + 0.25 * np.tanh(_smooth_noise(tex, size, 3.0 * px))
-    edema_mu = 0.5 * sev["edema"] * _blur(bat, 2.0 * px) * fluffy * np.clip(air - filled, 0, None)
+    fill_ed = np.clip(1.1 * sev["edema"] * bat**0.7 * (0.8 + 0.2 * fluffy), 0, 1)
 
-    base = _display(f, mu, px)
-    image = _display(f, mu + edema_mu, px) if sev["edema"] > 0 else base
+    # Everything that does not depend on the findings.
+    static = 0.8 * _body(f) * (1 + 0.04 * habitus) + 0.03 * fill_eff * lung_soft
+    static -= 0.1 * _blur(_airways(f), 1.0 * px)
+    static += 0.03 * _blur(m["heart"], 1.0 * px) * np.clip(f.u + 0.9, 0, 1)  # thicker towards the apex
+    static += 0.13 * _clavicles(f) + 0.12 * _humeri(f)
+    if s.gastric_bubble:
+        gx, gy = s.center_x + 0.5 * s.thorax_half_width, float(f.y_of_t(s.dome_left_t + 0.12))
+        static -= 0.15 * _band(np.hypot((f.x - gx) / 0.06, (f.y - gy) / 0.03), 1.0) * (f.y > gy - 0.01)
+    lung_markings = (0.12 * vessels + 0.02 * parenchyma) * lung_soft
+    bones = 0.075 * _ribs(f) + 0.05 * _spine(f)
+
+    def density(with_edema: bool) -> np.ndarray:
+        kept = (1 - fill_eff) * (1 - fill_op) * (1 - fill_ed if with_edema else 1.0)
+        # Vessels and parenchyma are seen against air only; bones lose contrast over dense regions.
+        seen = 0.35 + 0.65 * np.clip(air * kept / 0.4, 0, 1)
+        return static - air * kept + lung_markings * kept + seen * bones
+
+    base = _display(f, density(False), px)
+    image = _display(f, density(True), px) if sev["edema"] > 0 else base
     edema_index = float((image - base)[perihilar].mean()) if perihilar.any() else 0.0
     if noise:
         nrng = np.random.default_rng(s.noise_seed)
@@ -706,10 +772,10 @@ def render_cxr_phantom(
         "effusion_fraction": max(fractions.values()),
         "effusion_fraction_right": fractions["right"],
         "effusion_fraction_left": fractions["left"],
-        "effusion_side": side,
+        "effusion_side": side if f_eff > 0 else "none",
         "opacity_area_px": int(op_mask.sum()),
         "opacity_fraction": float(op_mask.sum() / lung_area) if lung_area else 0.0,
-        "opacity_side": s.opacity_side,
+        "opacity_side": s.opacity_side if sev["consolidation"] > 0 else "none",
         "edema_index": edema_index,
         "seed": s.seed,
         "size": size,
@@ -753,7 +819,10 @@ def render_cxr_progression(
     names = [finding] if isinstance(finding, str) else list(finding)
     if not names:
         raise ValueError("`finding` must name at least one finding.")
-    names = [canonical_finding(n) for n in names]
+    try:
+        names = [canonical_finding(n) for n in names]
+    except ValueError as e:
+        raise ValueError(f"`finding`: {e}") from None
     if isinstance(severities, (str, bytes)) or len(severities) == 0:
         raise ValueError(f"`severities` must be a non-empty sequence of floats in [0, 1], got {severities!r}.")
     base = _check_severities(base_severities)
@@ -798,23 +867,37 @@ def _check_prevalence(prevalence: float | Mapping[str, float] | None) -> dict[st
                 key = canonical_finding(k)
             except ValueError as e:
                 raise ValueError(f"`prevalence`: {e}") from None
-            out[key] = float(v)
+            out[key] = v
     else:
-        out = dict.fromkeys(CXR_FINDINGS, float(prevalence))
-    for k, v in out.items():
+        out = dict.fromkeys(CXR_FINDINGS, prevalence)
+    for k, raw in out.items():
+        try:
+            v = out[k] = float(raw)
+        except (TypeError, ValueError):
+            v = float("nan")
         if not (0.0 <= v <= 1.0):
-            raise ValueError(f"`prevalence[{k!r}]` must be in [0, 1], got {v!r}.")
+            raise ValueError(f"`prevalence[{k!r}]` must be in [0, 1], got {raw!r}.")
     return out
 
 
 def _split_counts(n: int, split: Sequence[float]) -> list[int]:
-    if len(split) != 3 or any(not (0.0 <= float(p) <= 1.0) for p in split) or abs(sum(split) - 1.0) > 1e-6:
+    """Images per (train, validation, test): largest-remainder rounding, and every split with a positive fraction
+    gets at least one image when there are enough images."""
+    try:
+        fr = [float(p) for p in split]
+    except (TypeError, ValueError):
+        fr = []
+    if len(fr) != 3 or any(not (0.0 <= p <= 1.0) for p in fr) or abs(sum(fr) - 1.0) > 1e-6:
         raise ValueError(f"`split` must be 3 fractions in [0, 1] summing to 1 (train, val, test), got {split!r}.")
-    n_val = int(round(n * float(split[1])))
-    n_test = int(round(n * float(split[2])))
-    n_val = min(n_val, n)
-    n_test = min(n_test, n - n_val)
-    return [n - n_val - n_test, n_val, n_test]
+    raw = [n * p for p in fr]
+    counts = [int(np.floor(r)) for r in raw]
+    for i in sorted(range(3), key=lambda i: raw[i] - counts[i], reverse=True)[: n - sum(counts)]:
+        counts[i] += 1
+    for i in range(3):
+        if fr[i] > 0 and counts[i] == 0 and n >= sum(p > 0 for p in fr):
+            counts[int(np.argmax(counts))] -= 1
+            counts[i] = 1
+    return counts
 
 
 def _sample_case(seed: int, index: int, prevalence: Mapping[str, float]) -> tuple[int, dict[str, float]]:
@@ -827,6 +910,41 @@ def _sample_case(seed: int, index: int, prevalence: Mapping[str, float]) -> tupl
         level = rng.uniform(0.35, 1.0)  # drawn either way so prevalences do not shift other draws
         sev[name] = float(level) if present else 0.0
     return subject_seed, sev
+
+
+_TRUTH_KEYS = (
+    "ctr",
+    "heart_width_px",
+    "thoracic_width_px",
+    "effusion_fraction",
+    "effusion_fraction_right",
+    "effusion_fraction_left",
+    "effusion_side",
+    "opacity_area_px",
+    "opacity_fraction",
+    "opacity_side",
+    "edema_index",
+)
+
+
+def _cohort_records(cid: str, r: Mapping[str, Any], subject_seed: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """Datalist item (relative paths, labels, severities, measured truth) and CheXpert label row of one image."""
+    truth = {k: (round(r[k], 6) if isinstance(r[k], float) else r[k]) for k in _TRUTH_KEYS}
+    severity = {f"severity_{finding_key(k)}": round(v, 6) for k, v in r["severity"].items()}
+    image_rel = f"images/{cid}.png"
+    item = {
+        "id": cid,
+        "image": image_rel,
+        "report": r["report"],
+        **r["labels"],
+        **severity,
+        **truth,
+        "seed": subject_seed,
+        "masks": {name: f"masks/{cid}_{name}.png" for name in CXR_MASK_STRUCTURES},
+    }
+    labels = {CHEXPERT_COLUMNS[k]: f"{float(r['labels'][finding_key(k)]):.1f}" for k in CXR_FINDINGS}
+    no_finding = "0.0" if any(r["labels"].values()) else "1.0"
+    return item, {"Path": image_rel, **labels, "No Finding": no_finding}
 
 
 def synthesize_cxr_cohort(
@@ -859,7 +977,8 @@ def synthesize_cxr_cohort(
     seed
         Cohort seed; image ``i`` depends only on ``(seed, i, prevalence)``, not on ``num_images``.
     split
-        (train, validation, test) fractions summing to 1; the assignment is a seeded permutation.
+        (train, validation, test) fractions summing to 1 (largest-remainder rounding; a split with a positive
+        fraction gets at least one image when ``num_images >= 3``); the assignment is a seeded permutation.
     prevalence
         Probability that each finding is present (severity drawn in [0.35, 1]); a float for all findings or a
         partial ``{finding: p}`` over the defaults ``DEFAULT_PREVALENCE``. Absent findings have severity 0.
@@ -876,11 +995,8 @@ def synthesize_cxr_cohort(
     """
     from monai_pie.utils.io import atomic_write_bytes, atomic_write_text
 
-    if isinstance(num_images, bool) or int(num_images) != num_images or num_images < 1:
-        raise ValueError(f"`num_images` must be an integer >= 1, got {num_images!r}.")
-    num_images, size = int(num_images), _check_size(size)
-    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-        raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}.")
+    num_images, size = _check_int(num_images, "num_images", 1), _check_size(size)
+    seed = _check_int(seed, "seed", 0)
     prev = _check_prevalence(prevalence)
     counts = _split_counts(num_images, split)
     out = Path(output_dir)
@@ -905,46 +1021,30 @@ def synthesize_cxr_cohort(
     start = time.perf_counter()
     datalist: dict[str, list[dict[str, Any]]] = {"training": [], "validation": [], "test": []}
     gt_rows, label_rows = [], []
-    for i in it:
-        subject_seed, sev = _sample_case(seed, i, prev)
-        r = render_cxr_phantom(sev, seed=subject_seed, size=size)
-        cid = f"cxr-{i:04d}"
-        image_rel = f"images/{cid}.png"
-        atomic_write_bytes(out / image_rel, _png_bytes(r["image"]))
-        mask_rel = {}
-        for name in CXR_MASK_STRUCTURES:
-            mask_rel[name] = f"masks/{cid}_{name}.png"
-            atomic_write_bytes(out / mask_rel[name], _png_bytes(r["masks"][name]))
-        truth = {
-            k: r[k]
-            for k in (
-                "ctr",
-                "heart_width_px",
-                "thoracic_width_px",
-                "effusion_fraction",
-                "effusion_fraction_right",
-                "effusion_fraction_left",
-                "effusion_side",
-                "opacity_area_px",
-                "opacity_fraction",
-                "opacity_side",
-                "edema_index",
-            )
-        }
-        truth = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in truth.items()}
-        severity = {f"severity_{finding_key(k)}": round(v, 6) for k, v in sev.items()}
-        item = {"id": cid, "image": image_rel, "report": r["report"], **r["labels"], **severity, **truth}
-        datalist[str(split_of[i])].append({**item, "masks": mask_rel, "seed": subject_seed})
-        gt_rows.append({"id": cid, "split": split_of[i], **item, "seed": subject_seed})
-        label_rows.append(
-            {
-                "Path": image_rel,
-                **{CHEXPERT_COLUMNS[k]: f"{float(r['labels'][finding_key(k)]):.1f}" for k in CXR_FINDINGS},
-                "No Finding": "1.0" if not any(r["labels"].values()) else "0.0",
-            }
-        )
+    pending: deque[Future] = deque()
+
+    def write_png(rel: str, arr: np.ndarray) -> None:
+        atomic_write_bytes(out / rel, _png_bytes(arr))
+
+    # PNG encoding and fsync release the GIL, so two writer threads overlap them with rendering.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for i in it:
+            subject_seed, sev = _sample_case(seed, i, prev)
+            r = render_cxr_phantom(sev, seed=subject_seed, size=size)
+            item, label_row = _cohort_records(f"cxr-{i:04d}", r, subject_seed)
+            pending.append(pool.submit(write_png, item["image"], r["image"]))
+            for name, rel in item["masks"].items():
+                pending.append(pool.submit(write_png, rel, r["masks"][name]))
+            while len(pending) > 64:  # bound the memory held by queued images
+                pending.popleft().result()
+            datalist[str(split_of[i])].append(item)
+            gt_rows.append({"id": item["id"], "split": split_of[i], **{k: v for k, v in item.items() if k != "masks"}})
+            label_rows.append(label_row)
+        for fut in pending:
+            fut.result()  # re-raise any write error
     seconds = time.perf_counter() - start
 
+    # Tables last: a datalist on disk means every image it lists is complete.
     paths = {"datalist": out / "datalist.json", "ground_truth": out / "ground_truth.csv", "labels": out / "labels.csv"}
     atomic_write_text(paths["datalist"], json.dumps(datalist, indent=1) + "\n")
     atomic_write_text(paths["ground_truth"], _csv_text(gt_rows, list(gt_rows[0])))

@@ -139,14 +139,31 @@ class LatentDiffusionModel(nn.Module):
         timesteps: torch.Tensor,
         context: torch.Tensor | None = None,
         class_labels: torch.Tensor | None = None,
+        condition: Any = None,
+        drop_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The U-Net's forward, so the model trains and infers wherever MONAI expects a ``DiffusionModelUNet``."""
-        kwargs: dict[str, Any] = {}
+        """Denoiser output for ``x`` ``(B, C_lat, *spatial)``; the training entry point (DDP calls ``forward``).
+
+        ``context``/``class_labels`` are passed to the U-Net as in MONAI. A raw ``condition`` (covariates, tokens, a
+        dict, a ``DiffusionCondition``) goes through the conditioner inside the graph, so the conditioner trains with
+        the U-Net; ``drop_mask`` ``(B,)`` replaces those rows by the null condition (classifier-free guidance
+        training).
+        """
+        cond = self.make_condition(condition)
         if context is not None:
-            kwargs["context"] = context
+            cond.context = context if context.ndim == 3 else context[:, None]
         if class_labels is not None:
-            kwargs["class_labels"] = class_labels
-        return self.unet(x, timesteps, **kwargs)
+            cond.class_labels = class_labels
+        if drop_mask is not None and not cond.is_empty:
+            cond = self.drop_condition(cond, drop_mask)
+        return self.denoise(x, timesteps, cond)
+
+    def diffusion_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained in the diffusion stage: the U-Net's and the conditioner's (the autoencoder is frozen)."""
+        params = list(self.unet.parameters())
+        if self.conditioner is not None:
+            params += list(self.conditioner.parameters())
+        return params
 
     # ---------------------------------------------------------------- conditions
     def make_condition(self, condition: Any) -> DiffusionCondition:
@@ -173,6 +190,20 @@ class LatentDiffusionModel(nn.Module):
             labels = torch.full_like(condition.class_labels, self.null_class_label)
         context = None if condition.context is None else torch.zeros_like(condition.context)
         return DiffusionCondition(context=context, class_labels=labels, concat=condition.concat)
+
+    def drop_condition(self, condition: DiffusionCondition, drop_mask: torch.Tensor) -> DiffusionCondition:
+        """Replace the batch rows where ``drop_mask`` ``(B,)`` is true by the null condition (label/context dropout)."""
+        null = self.null_condition(condition)
+        keep = ~drop_mask.bool().reshape(-1)
+        out = DiffusionCondition(concat=condition.concat)
+        if condition.context is not None:
+            k = keep.to(condition.context.dtype).reshape(-1, 1, 1)
+            null_ctx = null.context.to(condition.context.dtype).expand_as(condition.context)
+            out.context = k * condition.context + (1 - k) * null_ctx
+        if condition.class_labels is not None:
+            out.class_labels = torch.where(keep.to(condition.class_labels.device), condition.class_labels,
+                                           null.class_labels)
+        return out
 
 
 def as_diffusion_model(network: nn.Module) -> LatentDiffusionModel:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from .checks import check_finite, check_in_range, check_mask, check_positive_int
-from .io import atomic_save, atomic_write_bytes, atomic_write_text
+from .io import atomic_save, atomic_write, atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "atomic_save",
+    "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
     "check_finite",

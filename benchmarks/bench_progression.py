@@ -1,0 +1,170 @@
+"""Seconds per PIE round and peak memory: ProgressionInferer vs the loop a MONAI user writes today.
+
+Baseline ("MONAI loop"): MONAI's ``LatentDiffusionInferer.sample`` with ``DDIMScheduler`` timesteps sliced to start
+at the strength (``set_timesteps(50)`` then ``timesteps[-25:]``), noise added with ``scheduler.add_noise``,
+classifier-free guidance through the inferer's ``cfg`` argument, the PIE blend in latent space, and the image
+decoded by the inferer and re-encoded at the start of every round (it has no way to stay in latent space).
+Ours: ``ProgressionInferer`` with the same networks, steps, strength, guidance and blend; latents stay latent and only
+the returned frames are decoded (residual decoding, one extra decode).
+
+Each case runs in its own process so peak RSS (CPU) / peak allocated memory (CUDA) is per case.
+
+    python benchmarks/bench_progression.py            # full table (2D 64x64 latent, 3D 24^3 latent), ~3 min on 2 cores
+    python benchmarks/bench_progression.py --quick    # fewer rounds, smaller sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CASES = {
+    "2D": {"spatial_dims": 2, "image": 128, "ae": (32, 64), "unet": (32, 64, 64), "ctx": 8},
+    "3D": {"spatial_dims": 3, "image": 48, "ae": (16, 32), "unet": (16, 32, 32), "ctx": 8},
+}
+QUICK = {"2D": {"image": 64}, "3D": {"image": 32}}
+
+
+def build(case: dict):
+    import torch
+    from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
+
+    torch.manual_seed(0)
+    sd = case["spatial_dims"]
+    ae = AutoencoderKL(spatial_dims=sd, in_channels=1, out_channels=1, channels=case["ae"], latent_channels=3,
+                       attention_levels=(False,) * len(case["ae"]), num_res_blocks=1, norm_num_groups=16)
+    unet = DiffusionModelUNet(spatial_dims=sd, in_channels=3, out_channels=3, channels=case["unet"],
+                              attention_levels=(False, False, True), num_res_blocks=1, norm_num_groups=16,
+                              num_head_channels=16, with_conditioning=True, cross_attention_dim=case["ctx"])
+    return ae.eval(), unet.eval()
+
+
+def peak_memory_mb(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+
+
+def run_case(name: str, method: str, rounds: int, quick: bool, device_name: str) -> dict:
+    import torch
+    from monai.inferers import LatentDiffusionInferer
+    from monai.networks.schedulers import DDIMScheduler
+
+    from monai_pie import LatentDiffusionModel, ProgressionInferer
+
+    case = dict(CASES[name], **(QUICK[name] if quick else {}))
+    device = torch.device(device_name)
+    ae, unet = build(case)
+    ae, unet = ae.to(device), unet.to(device)
+    sd, size = case["spatial_dims"], case["image"]
+    x = torch.rand((1, 1) + (size,) * sd, device=device)
+    ctx = torch.randn(1, 1, case["ctx"], device=device)
+    steps, strength, w, b_in = 50, 0.5, 7.5, 0.75
+    scale = 1.0
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    base_mem = peak_memory_mb(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.no_grad():
+        if method == "ours":
+            model = LatentDiffusionModel(unet, ae, scale_factor=scale)
+            inferer = ProgressionInferer(DDIMScheduler(1000, clip_sample=False), num_rounds=rounds, strength=strength,
+                                         num_inference_steps=steps, guidance_scale=w, blend_in=b_in,
+                                         reinject_background=False, progress=False)
+            inferer(x, model, condition=ctx, seed=0)  # warm-up (one full call)
+            sync()
+            t0 = time.perf_counter()
+            res = inferer(x, model, condition=ctx, seed=0)
+            sync()
+            elapsed = time.perf_counter() - t0
+            assert res.frames.shape[0] == rounds + 1
+        else:
+            scheduler = DDIMScheduler(1000, clip_sample=False)
+            ldm = LatentDiffusionInferer(scheduler, scale_factor=scale)
+
+            def monai_loop(n_rounds: int):
+                frames, img = [x], x
+                z_star = ae.encode_stage_2_inputs(x) * scale
+                for _ in range(n_rounds):
+                    z = ae.encode_stage_2_inputs(img) * scale  # re-encode the previous frame
+                    scheduler.set_timesteps(steps)
+                    scheduler.timesteps = scheduler.timesteps[-int(steps * strength):]
+                    z_k = scheduler.add_noise(z, torch.randn_like(z), scheduler.timesteps[:1])
+                    # the PIE blend needs the latent, so the user samples latents with cfg, then decodes
+                    z_hat = ldm.sample(input_noise=z_k, autoencoder_model=ae, diffusion_model=unet,
+                                       scheduler=scheduler, conditioning=ctx, cfg=w, cfg_fill_value=0.0,
+                                       verbose=False, save_intermediates=False)
+                    # LatentDiffusionInferer.sample returns the decoded image; re-encode to blend in latent space
+                    z_hat = ae.encode_stage_2_inputs(z_hat) * scale
+                    z_n = z_star + b_in * (z_hat - z_star)
+                    img = ae.decode_stage_2_outputs(z_n / scale)
+                    frames.append(img)
+                return frames
+
+            monai_loop(1)  # warm-up
+            sync()
+            t0 = time.perf_counter()
+            frames = monai_loop(rounds)
+            sync()
+            elapsed = time.perf_counter() - t0
+            assert len(frames) == rounds + 1
+    latent = size // 2
+    return {"case": name, "method": method, "image": f"{size}^{sd}", "latent": f"{latent}^{sd}",
+            "steps_per_round": int(steps * strength), "rounds": rounds, "sec_per_round": elapsed / rounds,
+            "peak_mem_mb": peak_memory_mb(device), "base_mem_mb": base_mem}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "progression.md"))
+    ap.add_argument("--worker", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(run_case(args.worker[0], args.worker[1], args.rounds, args.quick, args.device)))
+        return
+    rows = []
+    for name in CASES:
+        for method in ("monai", "ours"):
+            cmd = [sys.executable, __file__, "--worker", name, method, "--rounds", str(args.rounds), "--device", args.device]
+            cmd += ["--quick"] if args.quick else []
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            rows.append(json.loads(out))
+            print(f"  measured {name} {method}: {rows[-1]['sec_per_round']:.2f} s/round", file=sys.stderr)
+    import torch
+
+    lines = [
+        f"PIE round, {rows[0]['steps_per_round']} DDIM steps (50 at strength 0.5), guidance 7.5, batch 1, "
+        f"{args.rounds} rounds, device {args.device} ({platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads), torch {torch.__version__}",
+        "",
+        "| case | image | latent | MONAI loop s/round | ours s/round | speed-up | MONAI loop peak MB | ours peak MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in CASES:
+        m = next(r for r in rows if r["case"] == name and r["method"] == "monai")
+        o = next(r for r in rows if r["case"] == name and r["method"] == "ours")
+        lines.append(f"| {name} | {m['image']} | {m['latent']} | {m['sec_per_round']:.2f} | {o['sec_per_round']:.2f} | "
+                     f"{m['sec_per_round'] / o['sec_per_round']:.2f}x | {m['peak_mem_mb']:.0f} | {o['peak_mem_mb']:.0f} |")
+    table = "\n".join(lines)
+    print(table)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The ``monai-pie`` command line.
+
+    monai-pie version
+    monai-pie synth brain OUTPUT_DIR [--num_subjects 40] [--seed 0] ...
+    monai-pie synth cxr OUTPUT_DIR [--num_images 200] [--size 128] [--seed 0] ...
+    monai-pie schema            # path of the offline bundle-metadata schema
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+__all__ = ["main"]
+
+
+class Synth:
+    """Synthesise cohorts with known ground truth (see docs/data_*.md)."""
+
+    def brain(self, output_dir: str, **kwargs: Any) -> str:
+        """Brain T1 cohort with atrophy (MNI152 2 mm); keyword options as in ``synthesize_brain_cohort``."""
+        from monai_pie.data.brain_cohort import synthesize_brain_cohort
+
+        return json.dumps(synthesize_brain_cohort(output_dir, **kwargs), indent=2, default=str)
+
+    def cxr(self, output_dir: str, **kwargs: Any) -> str:
+        """Chest X-ray phantom cohort with findings; keyword options as in ``synthesize_cxr_cohort``."""
+        from monai_pie.data.cxr_phantoms import synthesize_cxr_cohort
+
+        return json.dumps(synthesize_cxr_cohort(output_dir, **kwargs), indent=2, default=str)
+
+
+class Cli:
+    """monai-pie: generative medical imaging on MONAI."""
+
+    def __init__(self) -> None:
+        self.synth = Synth()
+
+    def version(self) -> str:
+        """Package, MONAI and torch versions."""
+        import monai
+        import torch
+
+        import monai_pie
+
+        return f"monai-pie {monai_pie.__version__} (monai {monai.__version__}, torch {torch.__version__})"
+
+    def schema(self) -> str:
+        """Path of the bundle-metadata JSON schema for offline ``verify_metadata --filepath``."""
+        from monai_pie.bundle_tools import metadata_schema_path
+
+        return str(metadata_schema_path())
+
+
+def main(argv: list[str] | None = None) -> None:
+    import fire
+
+    try:
+        fire.Fire(Cli, command=argv if argv is not None else sys.argv[1:], name="monai-pie")
+    except (ValueError, FileNotFoundError, FileExistsError) as err:  # user errors: one clear line, no traceback
+        print(f"monai-pie: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

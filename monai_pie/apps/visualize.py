@@ -1,0 +1,94 @@
+"""Pictures people look at: mid-slice strips and GIFs of frame sequences (PIL only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..utils import atomic_write
+
+__all__ = ["frame_strip", "mid_slices", "save_gif", "save_png", "to_uint8"]
+
+
+def to_uint8(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Window ``x`` to ``[lo, hi]`` and map to 0..255."""
+    return (np.clip((x - lo) / max(hi - lo, 1e-12), 0, 1) * 255).astype(np.uint8)
+
+
+def mid_slices(volume: np.ndarray, center: Sequence[int] | None = None) -> list[np.ndarray]:
+    """Sagittal, coronal and axial slices ``(2D arrays)`` through ``center`` of a ``(X, Y, Z)`` RAS-ish volume,
+    rotated so superior/anterior point up."""
+    c = [s // 2 for s in volume.shape] if center is None else list(center)
+    sag = np.rot90(volume[c[0], :, :])
+    cor = np.rot90(volume[:, c[1], :])
+    axi = np.rot90(volume[:, :, c[2]])
+    return [sag, cor, axi]
+
+
+def _row(slices: list[np.ndarray], height: int) -> np.ndarray:
+    resized = []
+    for s in slices:
+        img = Image.fromarray(s)
+        w = max(1, round(img.width * height / img.height))
+        resized.append(np.asarray(img.resize((w, height), Image.BILINEAR)))
+    return np.concatenate(resized, axis=1)
+
+
+def frame_strip(
+    frames: Sequence[np.ndarray],
+    labels: Sequence[str] | None = None,
+    height: int = 128,
+    diff: bool = True,
+    center: Sequence[int] | None = None,
+) -> np.ndarray:
+    """One RGB picture: a row of mid-slices per frame, plus (``diff``) the change from frame 0 in blue/red.
+
+    Args:
+        frames: ``(X, Y, Z)`` volumes (or ``(H, W)`` images) sharing a grid.
+        labels: a caption per frame.
+        height: pixel height of each tile.
+    """
+    vols = [np.asarray(f, dtype=np.float32) for f in frames]
+    lo, hi = np.percentile(vols[0], [0.5, 99.5])
+    amp = max(float(np.percentile(np.abs(vols[-1] - vols[0]), 99.9)), 1e-6)
+    rows = []
+    for i, v in enumerate(vols):
+        sl = mid_slices(v, center) if v.ndim == 3 else [v]
+        gray = _row([to_uint8(s, lo, hi) for s in sl], height)
+        tile = np.stack([gray] * 3, axis=-1)
+        if diff:
+            d = mid_slices(v - vols[0], center) if v.ndim == 3 else [v - vols[0]]
+            d = _row([to_uint8(s, -amp, amp) for s in d], height).astype(np.float32) / 255.0
+            rgb = np.stack([np.clip(2 * d - 1, 0, 1), np.zeros_like(d), np.clip(1 - 2 * d, 0, 1)], axis=-1)
+            mag = np.abs(2 * d - 1)[..., None]
+            tinted = (gray[..., None] / 255.0) * (1 - mag) + rgb * mag
+            tile = np.concatenate([tile, (tinted * 255).astype(np.uint8)], axis=1)
+        img = Image.fromarray(tile)
+        if labels is not None:
+            ImageDraw.Draw(img).text((4, 2), str(labels[i]), fill=(255, 255, 0))
+        rows.append(np.asarray(img))
+    return np.concatenate(rows, axis=0)
+
+
+def save_png(picture: np.ndarray, path: str | Path) -> Path:
+    """Write an ``(H, W[, 3])`` uint8 picture atomically."""
+    return atomic_write(path, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"), suffix=".tmp.png")
+
+
+def save_gif(frames: Sequence[np.ndarray], path: str | Path, duration_ms: int = 400,
+             labels: Sequence[str] | None = None, height: int = 160, center: Sequence[int] | None = None) -> Path:
+    """Animated GIF of mid-slice rows, one GIF frame per volume, looping."""
+    vols = [np.asarray(f, dtype=np.float32) for f in frames]
+    lo, hi = np.percentile(vols[0], [0.5, 99.5])
+    pics = []
+    for i, v in enumerate(vols):
+        sl = mid_slices(v, center) if v.ndim == 3 else [v]
+        img = Image.fromarray(_row([to_uint8(s, lo, hi) for s in sl], height)).convert("RGB")
+        if labels is not None:
+            ImageDraw.Draw(img).text((4, 2), str(labels[i]), fill=(255, 255, 0))
+        pics.append(img)
+    return atomic_write(path, lambda tmp: pics[0].save(tmp, format="GIF", save_all=True, append_images=pics[1:],
+                                                       duration=duration_ms, loop=0), suffix=".tmp.gif")

@@ -1,0 +1,549 @@
+"""Readers for users' chest X-ray data: CheXpert-style label CSVs, image + free-text report pairs (MIMIC-CXR
+style) and a 2D image loader (PNG/JPEG, DICOM, NIfTI).
+
+Every reader returns MONAI datalist items (``{"image": absolute path, "report": ..., <finding_key>: 0/1}``)
+whose prompts follow the PIE grammar of :func:`monai_pie.data.cxr_phantoms.cxr_report`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monai_pie.data.cxr_phantoms import CXR_FINDINGS, cxr_report, finding_key
+
+__all__ = [
+    "FINDING_KEYWORDS",
+    "IMAGE_EXTENSIONS",
+    "NEGATION_CUES",
+    "load_2d_image",
+    "read_chexpert_csv",
+    "read_image_report_pairs",
+    "report_to_labels",
+    "report_to_prompt",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii", ".nii.gz")
+_PIL_EXTENSIONS = (".png", ".jpg", ".jpeg")
+_DICOM_EXTENSIONS = (".dcm", ".dicom")
+_NIFTI_EXTENSIONS = (".nii", ".nii.gz")
+# ITU-R BT.601 luma weights, the ones PIL's convert("L") uses.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_MAX_LISTED = 5  # how many offending files an error message names
+
+# Phrases that name each finding in free text (matched case-insensitively on word boundaries, plural "s" allowed).
+FINDING_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "cardiomegaly": (
+        "cardiomegaly",
+        "enlarged heart",
+        "heart is enlarged",
+        "heart size is enlarged",
+        "enlarged cardiac silhouette",
+        "cardiac silhouette is enlarged",
+        "cardiac enlargement",
+    ),
+    "pleural effusion": ("pleural effusion", "effusion", "pleural fluid"),
+    "consolidation": ("consolidation", "consolidative opacity", "airspace consolidation"),
+    "edema": ("edema", "oedema"),
+}
+# Words that negate a finding named after them in the same clause.
+NEGATION_CUES: tuple[str, ...] = ("no", "without", "negative for", "free of", "absence of")
+# Phrases removed before matching because they contain a keyword but are a different finding.
+_EXCLUDED_PHRASES = ("pericardial effusion",)
+_CLAUSE_BREAK = re.compile(r"\b(?:but|however|although|though|whereas)\b", re.IGNORECASE)
+_SENTENCE_BREAK = re.compile(r"[.;!?\n]+")
+
+
+# ------------------------------------------------------------------------------------------------ images
+
+
+def _extension(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """DICOM Part 10 files carry "DICM" after a 128-byte preamble (MIMIC-CXR style files may lack a suffix)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _minmax(arr: np.ndarray) -> np.ndarray:
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, np.float32)
+    return ((arr - lo) / (hi - lo)).astype(np.float32)
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    return (rgb[..., :3].astype(np.float32) @ _LUMA).astype(np.float32)
+
+
+def _pil_to_gray(im: Any) -> np.ndarray:
+    """PIL image -> ``(H, W)`` float32 in [0, 1], scaled by the bit depth (no contrast stretch) where known."""
+    mode = im.mode
+    if mode == "1":
+        return np.asarray(im, dtype=np.float32)
+    if mode in ("L", "LA"):
+        return np.asarray(im.getchannel(0), dtype=np.float32) / 255.0
+    if mode.startswith("I;16"):
+        return np.asarray(im, dtype=np.float32) / 65535.0
+    if mode in ("I", "F"):
+        arr = np.asarray(im, dtype=np.float32)
+        if mode == "I" and arr.min() >= 0 and arr.max() <= 65535:
+            return arr / 65535.0  # 16-bit grayscale stored as 32-bit integers
+        return _minmax(arr)
+    if mode in ("P", "PA"):
+        im = im.convert("RGBA")  # via RGBA: palette transparency converts without a warning
+    elif mode not in ("RGB", "RGBA"):
+        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+    return _luminance(np.asarray(im)) / 255.0
+
+
+def _load_pil(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return _pil_to_gray(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"cannot read image file {str(path)!r} ({type(e).__name__}: {e}).") from e
+
+
+def _load_dicom(path: Path) -> np.ndarray:
+    try:
+        import pydicom
+    except ImportError as e:
+        raise ImportError(f"reading DICOM file {str(path)!r} needs pydicom: `pip install pydicom`.") from e
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as e:  # pydicom raises InvalidDicomError, EOFError, struct/value errors on bad files
+        raise ValueError(f"cannot read DICOM file {str(path)!r} ({type(e).__name__}: {e}).") from e
+    if "PixelData" not in ds:
+        raise ValueError(f"DICOM file {str(path)!r} has no pixel data.")
+    try:
+        arr = np.asarray(ds.pixel_array, dtype=np.float32)
+    except Exception as e:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        raise ValueError(
+            f"cannot decode the pixel data of DICOM file {str(path)!r} (transfer syntax {syntax}; compressed "
+            f"data may need pylibjpeg or gdcm) ({type(e).__name__}: {e})."
+        ) from e
+    if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
+        arr = _luminance(arr)  # pydicom returns colour data as RGB
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise ValueError(f"DICOM file {str(path)!r} holds pixel data of shape {arr.shape}, not a single 2D image.")
+    arr = arr * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
+    out = _minmax(arr)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        out = 1.0 - out  # MONOCHROME1: the lowest value is displayed white
+    return out
+
+
+def _load_nifti(path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        arr = np.asarray(img.dataobj)
+    except Exception as e:  # nibabel raises ImageFileError, EOFError, zlib errors on bad files
+        raise ValueError(f"cannot read NIfTI file {str(path)!r} ({type(e).__name__}: {e}).") from e
+    if arr.dtype.fields is not None or np.iscomplexobj(arr):
+        raise ValueError(f"NIfTI file {str(path)!r} has dtype {arr.dtype}; expected real scalar intensities.")
+    shape = arr.shape
+    arr = arr.reshape([n for n in shape if n != 1])
+    if arr.ndim != 2:
+        raise ValueError(
+            f"NIfTI file {str(path)!r} holds an array of shape {shape}; load_2d_image needs a 2D image "
+            "(a 3D array is accepted only with one singleton dimension)."
+        )
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"NIfTI file {str(path)!r} contains NaN or infinite values.")
+    # NIfTI indexes (i, j) = (x, y); rows are y.
+    return _minmax(arr.T)
+
+
+def load_2d_image(path: str | os.PathLike) -> np.ndarray:
+    """Load a 2D radiograph as an ``(H, W)`` float32 array in [0, 1] (rows top to bottom).
+
+    * PNG / JPEG (PIL): divided by the bit depth (255 or 65535; no contrast stretch). RGB(A) and palette images
+      become grayscale by ITU-R BT.601 luminance ``0.299 R + 0.587 G + 0.114 B``; alpha is ignored.
+    * DICOM (``.dcm``/``.dicom``, or any file with the DICM preamble; needs pydicom): ``RescaleSlope`` and
+      ``RescaleIntercept`` applied, then min-max scaled to [0, 1] (window/level tags are ignored);
+      ``MONOCHROME1`` is inverted so that dense is bright. A single-frame multi-frame file is accepted.
+    * NIfTI (``.nii``/``.nii.gz``): a 2D array, or 3D/4D with only two non-singleton dimensions; min-max scaled;
+      the voxel array (x, y) is transposed to rows x columns; the affine is not applied.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        Unsupported extension, unreadable/corrupt file (the message names the file), or not a 2D image.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"image file {str(p)!r} does not exist.")
+    ext = _extension(p)
+    if ext in _PIL_EXTENSIONS:
+        return _load_pil(p)
+    if ext in _DICOM_EXTENSIONS or (ext not in IMAGE_EXTENSIONS and _is_dicom_file(p)):
+        return _load_dicom(p)
+    if ext in _NIFTI_EXTENSIONS:
+        return _load_nifti(p)
+    raise ValueError(
+        f"unsupported image file {str(p)!r} (extension {ext!r}); expected one of {list(IMAGE_EXTENSIONS)}."
+    )
+
+
+# ----------------------------------------------------------------------------------------- free-text reports
+
+
+def _norm(name: str) -> str:
+    return " ".join(str(name).replace("_", " ").lower().split())
+
+
+def _keyword_pattern(phrase: str) -> re.Pattern:
+    words = r"\s+".join(re.escape(w) for w in phrase.lower().split())
+    return re.compile(rf"(?<![a-z]){words}(?:s|es)?(?![a-z])", re.IGNORECASE)
+
+
+_NEGATION = re.compile(r"(?<![a-z])(?:" + "|".join(r"\s+".join(c.split()) for c in NEGATION_CUES) + r")(?![a-z])", re.I)
+
+
+def _clauses(text: str) -> list[str]:
+    out = []
+    for sentence in _SENTENCE_BREAK.split(text):
+        out += _CLAUSE_BREAK.split(sentence)
+    return [c for c in out if c.strip()]
+
+
+def report_to_labels(text: str, keywords: Mapping[str, Sequence[str]] | None = None) -> dict[str, int]:
+    """Finding labels (0/1) from a free-text report by keyword matching with simple negation handling.
+
+    Rule: the text is split into sentences (``. ; ! ?`` and newlines) and clauses (``but``, ``however``,
+    ``although``, ``though``, ``whereas``). A finding is positive when one of its keywords occurs in
+    a clause with no negation cue (:data:`NEGATION_CUES`: "no", "without", "negative for", "free of",
+    "absence of") *before* it in that clause. So "No pleural effusion." and "Lungs without consolidation" are
+    negative, "No pneumothorax, but a small left effusion" is positive. "pericardial effusion" does not count as
+    a pleural effusion. Uncertain wording ("possible", "cannot exclude") counts as positive.
+
+    Parameters
+    ----------
+    text
+        Report text.
+    keywords
+        ``{finding: phrases}``; default :data:`FINDING_KEYWORDS`. Keys give the label names (via
+        :func:`~monai_pie.data.cxr_phantoms.finding_key`) and their order.
+
+    Returns
+    -------
+    dict
+        ``{finding_key: 0 or 1}`` for every finding in ``keywords``.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"`text` must be a string, got {type(text).__name__}.")
+    kw = FINDING_KEYWORDS if keywords is None else keywords
+    clauses = _clauses(text.lower())
+    for phrase in _EXCLUDED_PHRASES:
+        clauses = [re.sub(re.escape(phrase), " ", c) for c in clauses]
+    labels = {}
+    for finding, phrases in kw.items():
+        if isinstance(phrases, str):
+            raise TypeError(f"`keywords[{finding!r}]` must be a sequence of phrases, not a single string.")
+        patterns = [_keyword_pattern(p) for p in phrases]
+        positive = False
+        for clause in clauses:
+            for pat in patterns:
+                for m in pat.finditer(clause):
+                    if not _NEGATION.search(clause[: m.start()]):
+                        positive = True
+                        break
+                if positive:
+                    break
+            if positive:
+                break
+        labels[finding_key(finding)] = int(positive)
+    return labels
+
+
+def report_to_prompt(text: str, keywords: Mapping[str, Sequence[str]] | None = None) -> str:
+    """PIE prompt (``"A chest X-ray image, cardiomegaly, edema"``) for a free-text report; see
+    :func:`report_to_labels` for the keyword and negation rule. Findings appear in the order of ``keywords``."""
+    kw = FINDING_KEYWORDS if keywords is None else keywords
+    labels = report_to_labels(text, kw)
+    return cxr_report([f for f in kw if labels[finding_key(f)]], order=list(kw))
+
+
+# ---------------------------------------------------------------------------------------------------- CSVs
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"CSV file {str(path)!r} does not exist.")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            header = list(reader.fieldnames or [])
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"cannot parse CSV file {str(path)!r} ({type(e).__name__}: {e}).") from e
+    if not header:
+        raise ValueError(f"CSV file {str(path)!r} is empty (no header row).")
+    return header, rows
+
+
+def _resolve(rel: str, root: Path) -> Path:
+    p = Path(rel)
+    return (p if p.is_absolute() else root / p).resolve()
+
+
+def _check_exist(paths: Sequence[Path], what: str) -> None:
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:_MAX_LISTED])
+        more = f" and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
+        raise FileNotFoundError(f"{len(missing)} image file(s) listed in {what} do not exist: {shown}{more}.")
+
+
+def _label_value(raw: str | None, uncertain: str, where: str) -> int | None:
+    """CheXpert cell -> 0/1, or None for an uncertain label under ``uncertain="ignore"``."""
+    v = (raw or "").strip()
+    if v == "" or v.lower() == "nan":
+        return 0  # blank: not mentioned
+    try:
+        x = float(v)
+    except ValueError:
+        x = float("nan")
+    if x == 1.0:
+        return 1
+    if x == 0.0:
+        return 0
+    if x == -1.0:
+        return {"zero": 0, "one": 1, "ignore": None}[uncertain]
+    raise ValueError(f"{where}: label {raw!r} is not one of 1, 0, -1 or blank.")
+
+
+def read_chexpert_csv(
+    csv_path: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    findings: Sequence[str] | None = None,
+    uncertain: str = "zero",
+    path_column: str = "Path",
+    check_files: bool = True,
+) -> list[dict[str, Any]]:
+    """Datalist items from a CheXpert-style label CSV (a path column plus one column per finding).
+
+    Cells are ``1`` (positive), ``0`` (negative), ``-1`` (uncertain) or blank (not mentioned = negative);
+    ``1.0``/``0.0``/``-1.0`` spellings are accepted. ``No Finding`` is not read: it is implied by the prompt.
+
+    Parameters
+    ----------
+    csv_path
+        The CSV file.
+    image_root
+        Folder the relative paths are resolved against; default: the CSV's folder. For the original CheXpert
+        CSVs (paths starting ``CheXpert-v1.0-small/...``) pass the folder that contains the dataset folder.
+    findings
+        Finding columns to read, matched case-insensitively with ``_`` as space (``"pleural_effusion"`` finds
+        ``"Pleural Effusion"``); default :data:`~monai_pie.data.cxr_phantoms.CXR_FINDINGS`. Any CheXpert column
+        works (``"Lung Opacity"``, ``"Atelectasis"``); in prompts it is spelled in lower case, in this order.
+    uncertain
+        Policy for ``-1``: ``"zero"`` (U-Zeros), ``"one"`` (U-Ones) or ``"ignore"`` (drop the row).
+    path_column
+        Name of the image path column.
+    check_files
+        Raise if listed images are missing (the message names the first few).
+
+    Returns
+    -------
+    list of dict
+        ``{"image": absolute path, "report": PIE prompt, <finding_key>: 0/1 ...}`` per kept row, in file order.
+    """
+    if uncertain not in ("zero", "one", "ignore"):
+        raise ValueError(f'`uncertain` must be "zero", "one" or "ignore", got {uncertain!r}.')
+    path = Path(csv_path)
+    header, rows = _read_csv(path)
+    if path_column not in header:
+        raise ValueError(f"CSV file {str(path)!r} has no path column {path_column!r}; its columns are {header}.")
+    requested = list(CXR_FINDINGS if findings is None else findings)
+    if not requested or isinstance(findings, str):
+        raise ValueError(f"`findings` must be a non-empty sequence of column names, got {findings!r}.")
+    by_norm = {_norm(c): c for c in header}
+    if "no finding" in {_norm(f) for f in requested}:
+        raise ValueError("`findings` must not contain 'No Finding': it is implied when no finding is positive.")
+    unknown = [f for f in requested if _norm(f) not in by_norm]
+    if unknown:
+        raise ValueError(
+            f"finding column(s) {unknown} requested in `findings` are not in {str(path)!r}; its columns are {header}."
+        )
+    columns = [by_norm[_norm(f)] for f in requested]
+    names = [_norm(f) for f in requested]  # prompt spelling
+    root = Path(image_root) if image_root is not None else path.parent
+
+    items, skipped = [], 0
+    for line, row in enumerate(rows, start=2):
+        rel = (row.get(path_column) or "").strip()
+        if not rel:
+            raise ValueError(f"{str(path)!r} line {line}: empty {path_column!r}.")
+        values = [_label_value(row.get(c), uncertain, f"{str(path)!r} line {line}, column {c!r}") for c in columns]
+        if any(v is None for v in values):
+            skipped += 1
+            continue
+        labels = {finding_key(n): int(v) for n, v in zip(names, values)}
+        present = [n for n, v in zip(names, values) if v]
+        items.append({"image": str(_resolve(rel, root)), "report": cxr_report(present, order=names), **labels})
+    if skipped:
+        logger.info("read_chexpert_csv: skipped %d row(s) with uncertain labels (uncertain='ignore').", skipped)
+    if check_files:
+        _check_exist([Path(it["image"]) for it in items], repr(str(path)))
+    return items
+
+
+# ------------------------------------------------------------------------------------- image + report pairs
+
+_IMAGE_COLUMNS = ("image", "path", "Path", "image_path", "dicom_path", "filename", "file")
+_REPORT_COLUMNS = ("report", "text", "report_text", "findings", "impression")
+
+
+def _pick_column(header: list[str], given: str | None, candidates: Sequence[str], arg: str, path: Path) -> str:
+    if given is not None:
+        if given not in header:
+            raise ValueError(f"`{arg}` {given!r} is not a column of {str(path)!r}; its columns are {header}.")
+        return given
+    for c in candidates:
+        if c in header:
+            return c
+    raise ValueError(f"{str(path)!r} has none of the columns {list(candidates)}; pass `{arg}` (columns: {header}).")
+
+
+def _report_for(image: Path) -> Path | None:
+    """Sibling ``X.txt`` for ``X.png``; else the MIMIC-CXR layout ``.../s123.txt`` next to the study folder."""
+    ext = _extension(image)
+    sibling = image.with_name(image.name[: len(image.name) - len(ext)] + ".txt")
+    if sibling.is_file():
+        return sibling
+    study = image.parent.with_name(image.parent.name + ".txt")
+    return study if study.is_file() else None
+
+
+def read_image_report_pairs(
+    source: str | os.PathLike,
+    image_column: str | None = None,
+    report_column: str | None = None,
+    image_root: str | os.PathLike | None = None,
+    to_prompt: bool | Callable[[str], str] = False,
+    recursive: bool = True,
+    missing_report: str = "error",
+    check_files: bool = True,
+) -> list[dict[str, Any]]:
+    """Datalist items from image + free-text report pairs (MIMIC-CXR style).
+
+    Parameters
+    ----------
+    source
+        Either a CSV with an image path column and a report text column, or a folder where each image
+        ``X.png|jpg|jpeg|dcm|dicom|nii|nii.gz`` has its report in a sibling ``X.txt`` (or, MIMIC-CXR layout,
+        ``sNNN.txt`` next to the study folder ``sNNN/`` that holds the image).
+    image_column, report_column
+        CSV column names; default: the first present of ``image, path, Path, image_path, dicom_path, filename,
+        file`` and ``report, text, report_text, findings, impression``.
+    image_root
+        Folder relative CSV paths are resolved against; default: the CSV's folder.
+    to_prompt
+        ``True``: add ``"prompt"`` (:func:`report_to_prompt`) and the 0/1 labels of :func:`report_to_labels`;
+        a callable ``str -> str``: add ``"prompt"`` computed by it; ``False``: reports only.
+    recursive
+        Folder mode: search sub-folders too.
+    missing_report
+        Folder mode, images without a report: ``"error"`` (name the first few) or ``"skip"``.
+    check_files
+        CSV mode: raise if listed images are missing.
+
+    Returns
+    -------
+    list of dict
+        ``{"image": absolute path, "report": the report text exactly as stored, ["prompt", labels]}``, in CSV
+        order or sorted by path.
+    """
+    if missing_report not in ("error", "skip"):
+        raise ValueError(f'`missing_report` must be "error" or "skip", got {missing_report!r}.')
+    if not (isinstance(to_prompt, bool) or callable(to_prompt)):
+        raise TypeError(f"`to_prompt` must be a bool or a callable str -> str, got {type(to_prompt).__name__}.")
+    src = Path(source)
+    if src.is_dir():
+        pairs = _folder_pairs(src, recursive, missing_report)
+    elif src.is_file() and _extension(src) == ".csv":
+        pairs = _csv_pairs(src, image_column, report_column, image_root, check_files)
+    elif src.exists():
+        raise ValueError(f"`source` {str(src)!r} must be a folder or a .csv file.")
+    else:
+        raise FileNotFoundError(f"`source` {str(src)!r} does not exist.")
+
+    items = []
+    for image, text in pairs:
+        item: dict[str, Any] = {"image": str(image), "report": text}
+        if to_prompt is True:
+            item["prompt"] = report_to_prompt(text)
+            item.update(report_to_labels(text))
+        elif callable(to_prompt):
+            item["prompt"] = to_prompt(text)
+        items.append(item)
+    return items
+
+
+def _folder_pairs(folder: Path, recursive: bool, missing_report: str) -> list[tuple[Path, str]]:
+    files = folder.rglob("*") if recursive else folder.glob("*")
+    images = sorted(p.resolve() for p in files if p.is_file() and _extension(p) in IMAGE_EXTENSIONS)
+    pairs, missing = [], []
+    for image in images:
+        report = _report_for(image)
+        if report is None:
+            missing.append(image)
+            continue
+        pairs.append((image, report.read_text(encoding="utf-8", errors="replace")))
+    if missing and missing_report == "error":
+        shown = ", ".join(repr(str(m)) for m in missing[:_MAX_LISTED])
+        more = f" and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
+        raise FileNotFoundError(
+            f"{len(missing)} image(s) in {str(folder)!r} have no report (X.txt beside X.png): {shown}{more}; "
+            'pass missing_report="skip" to leave them out.'
+        )
+    if not pairs:
+        raise ValueError(f"no image + report pairs found in {str(folder)!r} (extensions {list(IMAGE_EXTENSIONS)}).")
+    return pairs
+
+
+def _csv_pairs(
+    path: Path, image_column: str | None, report_column: str | None, image_root: Any, check_files: bool
+) -> list[tuple[Path, str]]:
+    header, rows = _read_csv(path)
+    icol = _pick_column(header, image_column, _IMAGE_COLUMNS, "image_column", path)
+    rcol = _pick_column(header, report_column, _REPORT_COLUMNS, "report_column", path)
+    root = Path(image_root) if image_root is not None else path.parent
+    pairs = []
+    for line, row in enumerate(rows, start=2):
+        rel = (row.get(icol) or "").strip()
+        if not rel:
+            raise ValueError(f"{str(path)!r} line {line}: empty {icol!r}.")
+        pairs.append((_resolve(rel, root), row.get(rcol) or ""))
+    if check_files:
+        _check_exist([p for p, _ in pairs], repr(str(path)))
+    return pairs

@@ -1,0 +1,129 @@
+"""Latent-diffusion training pieces for MONAI's ``SupervisedTrainer``.
+
+``LatentDiffusionPrepareBatch`` encodes images with the frozen autoencoder, draws noise and timesteps, and returns
+``(x_t, target, (), {"timesteps", "condition", "drop_mask"})``; with a ``SimpleInferer`` the trainer then calls
+``LatentDiffusionModel.forward(x_t, timesteps=..., condition=..., drop_mask=...)``, so the conditioner trains with the
+U-Net and DDP works (the forward is what DDP synchronises).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+
+from ..networks import LatentDiffusionModel
+
+__all__ = ["LatentDiffusionPrepareBatch", "LatentScaleFactor", "collect_condition"]
+
+
+def _unwrap(module: Any) -> Any:
+    return module.module if hasattr(module, "module") and isinstance(module, torch.nn.Module) else module
+
+
+def collect_condition(batch: dict, keys: Sequence[str], device: torch.device) -> dict[str, torch.Tensor] | None:
+    """``{key: (B,) float tensor}`` of the covariates named ``keys`` in a collated batch dict (``None`` if no keys)."""
+    if not keys:
+        return None
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise KeyError(f"batch lacks condition keys {missing}; it has {sorted(batch)}. Check the datalist.")
+    return {k: torch.as_tensor(batch[k], dtype=torch.float32).reshape(-1).to(device) for k in keys}
+
+
+class LatentDiffusionPrepareBatch:
+    """Batch -> noisy latents, training target and the forward's keyword arguments.
+
+    Args:
+        model: the (unwrapped) ``LatentDiffusionModel`` whose autoencoder encodes the images.
+        scheduler: MONAI scheduler (``DDPMScheduler``/``DDIMScheduler`` tables, or ``RFlowScheduler``).
+        condition_keys: batch keys of the covariates given to the conditioner (in its ``names`` order).
+        condition_dropout: probability of replacing a sample's condition by the null condition.
+        image_key: key of the image in the batch dict.
+    """
+
+    def __init__(self, model: LatentDiffusionModel, scheduler: Any, condition_keys: Sequence[str] = (),
+                 condition_dropout: float = 0.1, image_key: str = "image") -> None:
+        from ..inferers import NoiseSchedule
+
+        if not 0.0 <= condition_dropout < 1.0:
+            raise ValueError(f"`condition_dropout` must be in [0, 1), got {condition_dropout}.")
+        self.model = _unwrap(model)
+        self.scheduler = scheduler
+        self.schedule = NoiseSchedule.from_scheduler(scheduler)
+        self.condition_keys = list(condition_keys)
+        self.condition_dropout = float(condition_dropout)
+        self.image_key = image_key
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        ptype = self.schedule.prediction_type
+        if ptype == "epsilon":
+            return noise
+        if ptype == "sample":
+            return x0
+        if self.schedule.kind == "flow":
+            return x0 - noise
+        return self.scheduler.get_velocity(x0, noise, timesteps)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(images)
+
+    def __call__(self, batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False,
+                 **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, tuple, dict[str, Any]]:
+        images = batchdata[self.image_key]
+        images = images.as_tensor() if hasattr(images, "as_tensor") else images
+        images = images.to(device, non_blocking=non_blocking)
+        z = self.encode(images)
+        noise = torch.randn_like(z)
+        if self.schedule.kind == "flow":
+            timesteps = self.scheduler.sample_timesteps(z).to(z.device)
+        else:
+            timesteps = torch.randint(0, self.schedule.num_train_timesteps, (z.shape[0],), device=z.device).long()
+        x_t = self.scheduler.add_noise(original_samples=z, noise=noise, timesteps=timesteps)
+        target = self.target(z, noise, timesteps)
+        cond = collect_condition(batchdata, self.condition_keys, z.device)
+        fwd: dict[str, Any] = {"timesteps": timesteps}
+        if cond is not None:
+            fwd["condition"] = cond
+            fwd["drop_mask"] = torch.rand(z.shape[0], device=z.device) < self.condition_dropout
+        return x_t, target, (), fwd
+
+
+class LatentScaleFactor:
+    """At ``Events.STARTED``, set ``model.scale_factor = 1 / std`` of the latents of the first batches.
+
+    Skipped when the model already carries a computed factor (e.g. after resuming), unless ``force``.
+    """
+
+    def __init__(self, model: LatentDiffusionModel, data_loader: Any, num_batches: int = 1, image_key: str = "image",
+                 force: bool = False) -> None:
+        self.model, self.data_loader = _unwrap(model), data_loader
+        self.num_batches, self.image_key, self.force = int(num_batches), image_key, force
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    @torch.no_grad()
+    def __call__(self, engine: Engine) -> None:
+        if not self.force and float(self.model.scale_factor) != 1.0:
+            return
+        device = self.model.scale_factor.device
+        zs = []
+        for i, batch in enumerate(self.data_loader):
+            if i >= self.num_batches:
+                break
+            x = batch[self.image_key]
+            x = (x.as_tensor() if hasattr(x, "as_tensor") else x).to(device)
+            self.model.scale_factor.fill_(1.0)
+            zs.append(self.model.encode(x).flatten())
+        std = torch.cat(zs).std()
+        if not torch.isfinite(std) or std <= 0:
+            raise RuntimeError(f"cannot compute the latent scale factor: latent std is {float(std)}.")
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(std)
+            std = std / torch.distributed.get_world_size()
+        self.model.scale_factor.fill_(float(1.0 / std))
+        engine.logger.info(f"latent scale factor set to {float(self.model.scale_factor):.4f} (1 / std {float(std):.4f})")

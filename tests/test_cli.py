@@ -1,0 +1,25 @@
+"""The monai-pie command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monai_pie.apps.cli import main
+
+
+def test_version_and_schema(capsys):
+    main(["version"])
+    assert "monai-pie 0.1.0" in capsys.readouterr().out
+    main(["schema"])
+    assert Path(capsys.readouterr().out.strip()).is_file()
+
+
+def test_user_errors_exit_with_a_clear_line(capsys, tmp_path):
+    (tmp_path / "keep.txt").write_text("user data")
+    with pytest.raises(SystemExit) as exc:
+        main(["synth", "brain", str(tmp_path), "--num_subjects", "2"])
+    assert exc.value.code == 2
+    assert "monai-pie: error:" in capsys.readouterr().err
+    assert (tmp_path / "keep.txt").read_text() == "user data"  # never overwritten
