@@ -185,3 +185,16 @@ def test_progression_target_validation():
         target_stage(diagnosis="FTD")
     with pytest.raises(ValueError, match="target_stage"):
         target_stage(stage=1.5)
+
+
+def test_validation_report_runs_end_to_end(cohort, trained, tmp_path):
+    from monai_pie.apps.brain_validation import validate_brain
+
+    res = validate_brain(str(cohort), model_path=str(trained / "model.pt"), bundle_dir=str(LDM), output_dir=str(tmp_path),
+                         num_subjects=1, num_rounds=2, num_inference_steps=3, num_samples=2,
+                         overrides={k: TINY[k] for k in ("image_size", "ae_channels", "unet_channels")})
+    report = Path(res["report"]).read_text()
+    assert "Markers per round" in report and "MS-SSIM" in report and "| 2 |" in report
+    data = json.loads((tmp_path / "validation" / "brain_progression.json").read_text())
+    assert len(data["progression"]["subjects"][0]["markers"]) == 3
+    assert (tmp_path / "figures" / "brain_progression_strip.png").is_file()

@@ -3,6 +3,7 @@
     monai-pie version
     monai-pie synth brain OUTPUT_DIR [--num_subjects 40] [--seed 0] ...
     monai-pie synth cxr OUTPUT_DIR [--num_images 200] [--size 128] [--seed 0] ...
+    monai-pie validate brain COHORT_DIR [--model_path ...] [--num_subjects 4]
     monai-pie schema            # path of the offline bundle-metadata schema
 """
 
@@ -31,11 +32,22 @@ class Synth:
         return json.dumps(synthesize_cxr_cohort(output_dir, **kwargs), indent=2, default=str)
 
 
+class Validate:
+    """Validation reports on cohorts with known ground truth (written under docs/validation/)."""
+
+    def brain(self, cohort_dir: str, **kwargs: Any) -> str:
+        """PIE progression and generation of the brain bundles; options as in ``validate_brain``."""
+        from monai_pie.apps.brain_validation import validate_brain
+
+        return json.dumps(validate_brain(cohort_dir, **kwargs), indent=2)
+
+
 class Cli:
     """monai-pie: generative medical imaging on MONAI."""
 
     def __init__(self) -> None:
         self.synth = Synth()
+        self.validate = Validate()
 
     def version(self) -> str:
         """Package, MONAI and torch versions."""

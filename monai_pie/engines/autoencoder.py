@@ -58,9 +58,16 @@ class ScriptedPerceptualLoss(nn.Module):
 
 
 class ReconstructionInferer(Inferer):
-    """``inferer(images, autoencoder)`` -> the reconstruction (MONAI's ``AutoencoderKL.forward`` returns a tuple)."""
+    """``inferer(images, autoencoder)`` -> ``decode(z_mu)``: the deterministic reconstruction the LDM relies on.
+
+    (MONAI's ``AutoencoderKL.forward`` samples ``z`` even in eval mode, which would add noise to validation.)
+    """
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
+        net = network.module if hasattr(network, "module") else network
+        if hasattr(net, "encode") and hasattr(net, "decode"):
+            out = net.encode(inputs)
+            return net.decode(out[0] if isinstance(out, (tuple, list)) else out)
         out = network(inputs, *args, **kwargs)
         return out[0] if isinstance(out, (tuple, list)) else out
 

@@ -1,0 +1,133 @@
+"""Training pieces: covariate conditioner, condition dropout, trainers, atomic checkpoints and resume."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.data import DataLoader, Dataset
+from monai.engines import SupervisedTrainer
+from monai.inferers import SimpleInferer
+from monai.networks.schedulers import DDPMScheduler
+from toy_models import tiny_autoencoder, tiny_unet
+
+from monai_pie import LatentDiffusionModel
+from monai_pie.conditioning import CovariateConditioner, DiffusionCondition
+from monai_pie.engines import (
+    AtomicCheckpointSaver,
+    AutoencoderKLTrainer,
+    LatentDiffusionPrepareBatch,
+    LatentScaleFactor,
+    ResumeFromCheckpoint,
+    kl_divergence,
+    load_checkpoint,
+)
+
+
+def test_covariate_conditioner_normalises_validates_and_drops():
+    cond = CovariateConditioner(["age", "sex"], {"age": (40, 100)}, embed_dim=8)
+    a = cond({"age": [70.0, 70.0], "sex": [0, 1]}).context
+    b = cond(torch.tensor([[70.0, 0.0], [70.0, 1.0]])).context
+    assert a.shape == (2, 1, 8)
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="missing.*sex"):
+        cond({"age": [70.0]})
+    with pytest.raises(ValueError, match=r"shape \(B, 2\)"):
+        cond(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="NaN"):
+        cond({"age": [float("nan")], "sex": [0]})
+    with pytest.raises(ValueError, match="ranges"):
+        CovariateConditioner(["age"], {"stage": (0, 1)})
+    dropped = cond.drop(a, torch.tensor([True, False]))
+    torch.testing.assert_close(dropped[0], cond.null_token[0])
+    torch.testing.assert_close(dropped[1], a[1])
+
+
+def test_forward_with_raw_condition_and_drop_mask_equals_null_branch():
+    cond = CovariateConditioner(["age"], {"age": (40, 100)}, embed_dim=8)
+    with torch.no_grad():
+        cond.null_token.normal_()
+    model = LatentDiffusionModel(tiny_unet(2, 1, 1, context_dim=8), conditioner=cond).eval()
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([10, 10])
+    with torch.no_grad():
+        out = model(x, t, condition={"age": [60.0, 80.0]}, drop_mask=torch.tensor([True, False]))
+        null = model.denoise(x, t, cond.null_condition(DiffusionCondition(context=torch.zeros(2, 1, 8))))
+        kept = model.denoise(x, t, cond({"age": [60.0, 80.0]}))
+    torch.testing.assert_close(out[0], null[0])
+    torch.testing.assert_close(out[1], kept[1])
+
+
+def test_kl_divergence_is_zero_for_the_prior_and_positive_otherwise():
+    assert float(kl_divergence(torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4))) == pytest.approx(0.0, abs=1e-6)
+    assert float(kl_divergence(torch.ones(2, 3, 4, 4), torch.ones(2, 3, 4, 4))) > 0
+
+
+def data(n=4, size=16):
+    return DataLoader(Dataset([{"image": torch.rand(1, size, size), "age": 60.0 + i} for i in range(n)]), batch_size=2)
+
+
+def test_autoencoder_trainer_reduces_loss_and_trains_the_discriminator():
+    torch.manual_seed(0)
+    ae = tiny_autoencoder(2)
+    from monai.networks.nets import PatchDiscriminator
+
+    disc = PatchDiscriminator(spatial_dims=2, num_layers_d=2, channels=8, in_channels=1, out_channels=1)
+    d_before = [p.clone() for p in disc.parameters()]
+    dl = data(4)
+    tr = AutoencoderKLTrainer("cpu", 6, dl, ae, torch.optim.Adam(ae.parameters(), 3e-3), disc,
+                              torch.optim.Adam(disc.parameters(), 1e-3), adv_start_epoch=3)
+    losses = []
+    tr.add_event_handler(Events.EPOCH_COMPLETED, lambda e: losses.append(e.state.output["l1"]))
+    tr.run()
+    assert losses[-1] < losses[0]
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, disc.parameters()))
+    with pytest.raises(ValueError, match="perceptual_network_path"):
+        AutoencoderKLTrainer("cpu", 1, dl, ae, torch.optim.Adam(ae.parameters()), perceptual_weight=0.1)
+    with pytest.raises(FileNotFoundError, match="perceptual network not found"):
+        AutoencoderKLTrainer("cpu", 1, dl, ae, torch.optim.Adam(ae.parameters()), perceptual_weight=0.1,
+                             perceptual_network_path="/nonexistent/net.ts")
+
+
+def diffusion_trainer(model, opt, epochs, dl):
+    prep = LatentDiffusionPrepareBatch(model, DDPMScheduler(1000), ["age"], condition_dropout=0.5)
+    return SupervisedTrainer("cpu", epochs, dl, model, opt, torch.nn.MSELoss(), prepare_batch=prep, inferer=SimpleInferer())
+
+
+def test_atomic_checkpoints_scale_factor_and_resume(tmp_path):
+    torch.manual_seed(0)
+    cond = CovariateConditioner(["age"], {"age": (40, 100)}, embed_dim=8)
+    model = LatentDiffusionModel(tiny_unet(2, 3, 3, context_dim=8), tiny_autoencoder(2), cond)
+    opt = torch.optim.Adam(model.diffusion_parameters(), 1e-4)
+    dl = data(4)
+    tr = diffusion_trainer(model, opt, 1, dl)
+    LatentScaleFactor(model, dl).attach(tr)
+    saver = AtomicCheckpointSaver(str(tmp_path), {"model": model, "optimizer": opt, "trainer": tr}, network=model)
+    saver.attach(tr)
+    tr.run()
+    assert float(model.scale_factor) != 1.0
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint_last.pt", "model.pt"]  # no temporary files left
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert float(state["scale_factor"]) == float(model.scale_factor)
+
+    model2 = LatentDiffusionModel(tiny_unet(2, 3, 3, context_dim=8), tiny_autoencoder(2), CovariateConditioner(["age"], {"age": (40, 100)}, embed_dim=8))
+    opt2 = torch.optim.Adam(model2.diffusion_parameters(), 1e-4)
+    tr2 = diffusion_trainer(model2, opt2, 3, dl)
+    ResumeFromCheckpoint(str(tmp_path / "checkpoint_last.pt"), {"model": model2, "optimizer": opt2, "trainer": tr2}).attach(tr2)
+    seen = []
+    tr2.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append((e.state.epoch, e.state.iteration)))
+    tr2.run()
+    assert seen[0] == (2, 3) and seen[-1] == (3, 6)  # continued after epoch 1 (2 iterations per epoch)
+    assert float(model2.scale_factor) == float(state["scale_factor"])
+
+
+def test_load_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "none.pt", {})
+    (tmp_path / "bad.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(RuntimeError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt", {})
+    torch.save({"model": {}}, tmp_path / "partial.pt")
+    with pytest.raises(RuntimeError, match="lacks.*optimizer"):
+        load_checkpoint(tmp_path / "partial.pt", {"model": torch.nn.Linear(1, 1), "optimizer": torch.optim.SGD([torch.zeros(1, requires_grad=True)], 0.1)})
