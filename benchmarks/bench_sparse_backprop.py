@@ -402,12 +402,14 @@ def quality_run(args: argparse.Namespace) -> dict[str, Any]:
     n_train, n_val, n_ref = (256, 64, 128) if q else (1024, 256, 512)
     epochs = args.epochs or (4 if q else 20)
     n_samples, ddim_steps = (64, 20) if q else (256, 50)
+    t_data = time.perf_counter()
     vol = _mni_volume()
     train = synthetic_slices(n_train, size, seed=0, vol=vol)
     val = synthetic_slices(n_val, size, seed=1, vol=vol)
     ref = synthetic_slices(n_ref, size, seed=2, vol=vol)
     ref2 = synthetic_slices(n_ref, size, seed=3, vol=vol)
     ddpm, ddim = _schedulers()
+    print(f"synthetic slices ready in {time.perf_counter() - t_data:.0f}s", flush=True)
 
     torch.manual_seed(0)
     base = _small_unet()
@@ -424,9 +426,11 @@ def quality_run(args: argparse.Namespace) -> dict[str, Any]:
             train_loss=[],
             val_loss=[],
             epoch_s=[],
+            epoch_cpu_s=[],
             keep=[],
         )
     steps_per_epoch = n_train // batch
+    t_run = time.perf_counter()
     print(f"quality run: {epochs} epochs x {steps_per_epoch} steps of {batch} at {size}x{size}", flush=True)
     for epoch in range(epochs):
         for name, r in runs.items():  # lockstep: background load hits both runs alike
@@ -434,7 +438,7 @@ def quality_run(args: argparse.Namespace) -> dict[str, Any]:
             keep = 1.0 if name == "dense" else schedule.value(epoch)
             if name != "dense":
                 set_sparse_keep(model, keep)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             perm = torch.randperm(n_train, generator=g)
             losses = []
             for s in range(steps_per_epoch):
@@ -447,12 +451,14 @@ def quality_run(args: argparse.Namespace) -> dict[str, Any]:
                 opt.step()
                 losses.append(loss.item())
             r["epoch_s"].append(time.perf_counter() - t0)
+            r["epoch_cpu_s"].append(time.process_time() - c0)
             r["train_loss"].append(float(np.mean(losses)))
             r["val_loss"].append(_val_loss(model, ddpm, val, 128))
             r["keep"].append(keep)
             print(
                 f"  epoch {epoch + 1:2d} {name:>15s} keep={keep:.1f} train={r['train_loss'][-1]:.4f} "
-                f"val={r['val_loss'][-1]:.4f} {r['epoch_s'][-1]:.1f}s",
+                f"val={r['val_loss'][-1]:.4f} {r['epoch_s'][-1]:.1f}s (CPU {r['epoch_cpu_s'][-1]:.1f}s) "
+                f"[{time.perf_counter() - t_run:.0f}s]",
                 flush=True,
             )
 
@@ -495,14 +501,17 @@ def quality_run(args: argparse.Namespace) -> dict[str, Any]:
             train_loss=r["train_loss"],
             val_loss=r["val_loss"],
             epoch_s=r["epoch_s"],
+            epoch_cpu_s=r["epoch_cpu_s"],
             keep=r["keep"],
             train_s=float(sum(r["epoch_s"])),
+            train_cpu_s=float(sum(r["epoch_cpu_s"])),
             fd=frechet_distance(ref_f, s_f),
             w1=intensity_w1(ref, s),
             mean=float(s.mean()),
             std=float(s.std()),
             sample_s=time.perf_counter() - t0,
         )
+        print(f"  sampled {name} in {time.perf_counter() - t0:.0f}s [{time.perf_counter() - t_run:.0f}s]", flush=True)
     out["figures"] = _figures(out, samples, ref, Path(args.figures))
     return out
 
@@ -516,26 +525,27 @@ def quality_tables(q: dict[str, Any]) -> str:
         f"{q['size']}x{q['size']} slices, {q['n_train']} training images. Samples: {q['n_samples']} per model, "
         f"DDIM {q['ddim_steps']} steps, same starting noise.",
         "",
-        "| run | final train loss | final val loss | train s | train time vs dense | s / epoch (dense epochs) | "
-        "s / epoch (sparse epochs) | backward conv FLOPs vs dense | step FLOPs vs dense | FD (random conv features) | "
+        "| run | final train loss | final val loss | train s | train time vs dense | train CPU s | "
+        "CPU vs dense | CPU s / epoch (dense epochs) | CPU s / epoch (sparse epochs) | backward conv FLOPs vs dense | step FLOPs vs dense | FD (random conv features) | "
         "intensity W1 | sample mean / std |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in q["runs"].items():
-        dense_ep = [s for s, k in zip(r["epoch_s"], r["keep"]) if k >= 1.0]
-        sparse_ep = [s for s, k in zip(r["epoch_s"], r["keep"]) if k < 1.0]
+        dense_ep = [s for s, k in zip(r["epoch_cpu_s"], r["keep"]) if k >= 1.0]
+        sparse_ep = [s for s, k in zip(r["epoch_cpu_s"], r["keep"]) if k < 1.0]
         # FLOPs of the run relative to dense: its epochs are either dense or keep 0.2 (same steps per epoch)
         frac = len(sparse_ep) / len(r["keep"])
         conv_ratio = 1 - frac + frac * bc_s / bc_d
         step_ratio = 1 - frac + frac * (f_s + b_s) / (f_d + b_d)
         lines.append(
             f"| {name} | {r['train_loss'][-1]:.4f} | {r['val_loss'][-1]:.4f} | {r['train_s']:.0f} | "
-            f"{_pct(r['train_s'], dense['train_s'])} | "
+            f"{_pct(r['train_s'], dense['train_s'])} | {r['train_cpu_s']:.0f} | "
+            f"{_pct(r['train_cpu_s'], dense['train_cpu_s'])} | "
             f"{np.median(dense_ep):.1f} | {np.median(sparse_ep) if sparse_ep else float('nan'):.1f} | "
             f"{100 * (conv_ratio - 1):+.1f} % | {100 * (step_ratio - 1):+.1f} % | {r['fd']:.3f} | {r['w1']:.4f} | {r['mean']:.3f} / {r['std']:.3f} |"
         )
     lines += [
-        f"| real vs real (held-out sets) | | | | | | | | | {q['fd_real_vs_real']:.3f} | {q['w1_real_vs_real']:.4f} | "
+        f"| real vs real (held-out sets) | | | | | | | | | | | {q['fd_real_vs_real']:.3f} | {q['w1_real_vs_real']:.4f} | "
         f"{q['real_mean']:.3f} / {q['real_std']:.3f} |",
         "",
         f"Mean keep of the interleave run: {keep_mean:.2f}.",
