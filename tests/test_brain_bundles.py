@@ -48,10 +48,10 @@ def trained(cohort, tmp_path_factory) -> Path:
     """Both stages trained for one epoch with tiny networks; returns the checkpoint folder."""
     ckpt = tmp_path_factory.mktemp("run") / "models"
     common = dict(TINY, dataset_dir=str(cohort), ckpt_dir=str(ckpt), tf_dir=str(ckpt.parent / "runs"),
-                  bundle_root=str(LDM), max_epochs=1)
+                  bundle_root=str(LDM), max_epochs=1, val_interval=1)
     bundle_run(config_file=cfg(LDM, "inference.json", "train_autoencoder.json"), **common)
     assert (ckpt / "autoencoder.pt").is_file() and (ckpt / "autoencoder_checkpoint_last.pt").is_file()
-    bundle_run(config_file=cfg(LDM, "inference.json", "train_diffusion.json"), val_interval=1, **common)
+    bundle_run(config_file=cfg(LDM, "inference.json", "train_diffusion.json"), **common)
     return ckpt
 
 
@@ -72,7 +72,7 @@ def test_generation_writes_volumes_on_the_model_grid(trained, tmp_path):
     assert len(summary["samples"]) == 2
     vol = nib.load(summary["samples"][0])
     assert vol.shape == (32, 32, 32) and np.isfinite(vol.get_fdata()).all()
-    assert np.allclose(np.abs(np.diag(vol.affine)[:3]), 2.0)
+    assert np.allclose(np.abs(np.diag(vol.affine)[:3]), json.loads((LDM / "configs" / "inference.json").read_text())["pixdim"])
 
 
 def test_progression_bundle_outputs_on_the_input_grid(trained, tmp_path):
