@@ -47,13 +47,20 @@ class SparseKeepSchedule:
     - ``interleave``: dense and sparse alternate: in each cycle of ``period`` steps the first ``period // 2`` are
       dense (keep 1), the rest use ``keep``. ``keep=0.2, period=2`` is the paper's headline setting, mean keep 0.6.
 
-    Args:
-        mode: one of ``constant``, ``linear``, ``cosine``, ``bar``, ``interleave``.
-        keep: keep fraction of the sparse steps (the final value for ``linear``/``cosine``/``bar``), in (0, 1].
-        warmup: number of dense steps at the start.
-        period: cycle length of ``interleave`` in steps, >= 2.
-        total: number of steps of the run, needed by ``linear``, ``cosine`` and ``bar``.
-        start_keep: first value of ``linear``/``cosine``/``bar`` after warm-up, in (0, 1].
+    Parameters
+    ----------
+    mode : str
+        One of ``constant``, ``linear``, ``cosine``, ``bar``, ``interleave``.
+    keep : float
+        Keep fraction of the sparse steps (the final value for ``linear``/``cosine``/``bar``), in (0, 1].
+    warmup : int
+        Number of dense steps at the start.
+    period : int
+        Cycle length of ``interleave`` in steps, >= 2.
+    total : int, optional
+        Number of steps of the run, needed by ``linear``, ``cosine`` and ``bar``.
+    start_keep : float
+        First value of ``linear``/``cosine``/``bar`` after warm-up, in (0, 1].
     """
 
     def __init__(
@@ -99,8 +106,10 @@ class SparseKeepSchedule:
     __call__ = value
 
     def mean_keep(self, total: int | None = None) -> float:
-        """Mean keep over steps ``0 .. total - 1`` (default ``self.total``): the fraction of dense backward-conv
-        FLOPs spent, up to channel rounding."""
+        """Mean keep over steps ``0 .. total - 1`` (default ``self.total``).
+
+        This is the fraction of the dense backward-convolution FLOPs spent, up to channel rounding.
+        """
         total = self.total if total is None else total
         total = _check_int(total, "total", 1)
         return sum(self.value(i) for i in range(total)) / total
@@ -128,17 +137,28 @@ class SparseBackpropHandler:
         {"_target_": "monai_pie.engines.SparseBackpropHandler", "network": "@network", "mode": "interleave",
          "keep": 0.2, "warmup_epochs": 0, "period": 2, "exclude": ["out"]}
 
-    Args:
-        network: the trained model (a ``DataParallel``/DDP wrapper is fine).
-        mode: schedule mode, see :class:`SparseKeepSchedule`.
-        keep: keep fraction of the sparse epochs/iterations, in (0, 1].
-        warmup_epochs: dense epochs at the start.
-        period: ``interleave`` cycle length, in epochs (iterations if ``per_iteration``).
-        per_iteration: update at every iteration instead of every epoch.
-        max_epochs: run length for ``linear``/``cosine``/``bar``; default: the engine's ``max_epochs``.
-        start_keep: first value of ``linear``/``cosine``/``bar``.
-        exclude: module names or glob patterns kept dense when converting (e.g. the output convolution).
-        name: logger name.
+    Parameters
+    ----------
+    network : nn.Module
+        The trained model (a ``DataParallel``/DDP wrapper is fine).
+    mode : str
+        Schedule mode, see :class:`SparseKeepSchedule`.
+    keep : float
+        Keep fraction of the sparse epochs/iterations, in (0, 1].
+    warmup_epochs : int
+        Dense epochs at the start.
+    period : int
+        ``interleave`` cycle length, in epochs (iterations if ``per_iteration``).
+    per_iteration : bool
+        Update at every iteration instead of every epoch.
+    max_epochs : int, optional
+        Run length for ``linear``/``cosine``/``bar``; default: the engine's ``max_epochs``.
+    start_keep : float
+        First value of ``linear``/``cosine``/``bar``.
+    exclude : str or sequence of str, optional
+        Module names or glob patterns kept dense when converting (e.g. the output convolution).
+    name : str, optional
+        Logger name.
     """
 
     def __init__(

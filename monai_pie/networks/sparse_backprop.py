@@ -61,9 +61,17 @@ def _check_keep(keep: Any, name: str = "keep") -> float:
 def num_kept_channels(channels: int, keep: float) -> int:
     """Number of output channels kept in the sparse backward: ``max(1, floor(keep * channels))``.
 
-    Args:
-        channels: number of output channels ``C_out`` of the convolution.
-        keep: fraction of channels kept, in (0, 1].
+    Parameters
+    ----------
+    channels : int
+        Number of output channels ``C_out`` of the convolution.
+    keep : float
+        Fraction of channels kept, in (0, 1].
+
+    Returns
+    -------
+    int
+        Between 1 and ``channels``.
     """
     keep = _check_keep(keep)
     return max(1, min(int(channels), int(math.floor(keep * channels + _FLOOR_EPS))))
@@ -220,17 +228,24 @@ def sparse_backprop_conv(
     Under ``torch.autocast`` the inputs are cast to the autocast dtype, as autocast does for convolutions.
     Not twice differentiable.
 
-    Args:
-        input: ``(B, C_in, *spatial)`` with 1 to 3 spatial dimensions.
-        weight: ``(C_out, C_in / groups, *kernel)``.
-        bias: ``(C_out,)`` or None.
-        stride: int or one int per spatial dimension.
-        padding: int or one int per spatial dimension (explicit zero padding; no strings).
-        dilation: int or one int per spatial dimension.
-        groups: number of groups; grouped and depthwise convolutions are supported.
-        keep: fraction of output channels used in the backward pass, in (0, 1]; 1 is the dense backward.
+    Parameters
+    ----------
+    input : torch.Tensor
+        ``(B, C_in, *spatial)`` with 1 to 3 spatial dimensions.
+    weight : torch.Tensor
+        ``(C_out, C_in / groups, *kernel)``.
+    bias : torch.Tensor or None
+        ``(C_out,)``.
+    stride, padding, dilation : int or sequence of int
+        One value, or one per spatial dimension; ``padding`` is explicit zero padding (no strings).
+    groups : int
+        Number of groups; grouped and depthwise convolutions are supported.
+    keep : float
+        Fraction of output channels used in the backward pass, in (0, 1]; 1 is the dense backward.
 
-    Returns:
+    Returns
+    -------
+    torch.Tensor
         ``(B, C_out, *out_spatial)``.
     """
     keep = _check_keep(keep)
@@ -307,9 +322,12 @@ class _SparseBackpropConvMixin:
 class SparseBackpropConv1d(_SparseBackpropConvMixin, nn.Conv1d):
     """``nn.Conv1d`` with channel-sparse backward. Input ``(B, C_in, L)`` or ``(C_in, L)``.
 
-    Args:
-        args, kwargs: as for ``nn.Conv1d``.
-        keep: fraction of output channels used in the backward pass, in (0, 1] (attribute ``sparse_keep``).
+    Parameters
+    ----------
+    *args, **kwargs
+        As for ``nn.Conv1d``.
+    keep : float
+        Fraction of output channels used in the backward pass, in (0, 1] (attribute ``sparse_keep``).
     """
 
     def __init__(self, *args: Any, keep: float = 1.0, **kwargs: Any) -> None:
@@ -320,9 +338,12 @@ class SparseBackpropConv1d(_SparseBackpropConvMixin, nn.Conv1d):
 class SparseBackpropConv2d(_SparseBackpropConvMixin, nn.Conv2d):
     """``nn.Conv2d`` with channel-sparse backward. Input ``(B, C_in, H, W)`` or ``(C_in, H, W)``.
 
-    Args:
-        args, kwargs: as for ``nn.Conv2d``.
-        keep: fraction of output channels used in the backward pass, in (0, 1] (attribute ``sparse_keep``).
+    Parameters
+    ----------
+    *args, **kwargs
+        As for ``nn.Conv2d``.
+    keep : float
+        Fraction of output channels used in the backward pass, in (0, 1] (attribute ``sparse_keep``).
     """
 
     def __init__(self, *args: Any, keep: float = 1.0, **kwargs: Any) -> None:
@@ -333,9 +354,12 @@ class SparseBackpropConv2d(_SparseBackpropConvMixin, nn.Conv2d):
 class SparseBackpropConv3d(_SparseBackpropConvMixin, nn.Conv3d):
     """``nn.Conv3d`` with channel-sparse backward. Input ``(B, C_in, D, H, W)`` or ``(C_in, D, H, W)``.
 
-    Args:
-        args, kwargs: as for ``nn.Conv3d``.
-        keep: fraction of output channels used in the backward pass, in (0, 1] (attribute ``sparse_keep``).
+    Parameters
+    ----------
+    *args, **kwargs
+        As for ``nn.Conv3d``.
+    keep : float
+        Fraction of output channels used in the backward pass, in (0, 1] (attribute ``sparse_keep``).
     """
 
     def __init__(self, *args: Any, keep: float = 1.0, **kwargs: Any) -> None:
@@ -378,14 +402,21 @@ def convert_to_sparse_backprop(
     and custom ``nn.ConvNd`` subclasses are left dense (the latter with a warning). Converting twice only updates
     ``keep``.
 
-    Args:
-        model: any module, e.g. MONAI's ``DiffusionModelUNet``, ``AutoencoderKL``, ``UNet`` or ``DenseNet121``.
-        keep: initial fraction of output channels used in the backward pass, in (0, 1]. The default 1 is a dense
-            backward until :func:`set_sparse_keep` or a scheduler lowers it.
-        exclude: module names or ``fnmatch`` glob patterns (matched against ``named_modules()`` names) left dense;
-            a pattern matching a parent excludes all its convolutions, e.g. ``"out"`` or ``"conv_in.*"``.
+    Parameters
+    ----------
+    model : nn.Module
+        Any module, e.g. MONAI's ``DiffusionModelUNet``, ``AutoencoderKL``, ``UNet`` or ``DenseNet121``.
+    keep : float
+        Initial fraction of output channels used in the backward pass, in (0, 1]. The default 1 is a dense
+        backward until :func:`set_sparse_keep` or a scheduler lowers it.
+    exclude : str or sequence of str, optional
+        Module names or ``fnmatch`` glob patterns (matched against ``named_modules()`` names) left dense; a pattern
+        matching a parent excludes all its convolutions, e.g. ``"out"`` or ``"conv_in.*"``. Patterns that match no
+        convolution give a warning.
 
-    Returns:
+    Returns
+    -------
+    nn.Module
         ``model`` itself.
     """
     keep = _check_keep(keep)
@@ -428,7 +459,9 @@ def sparse_backprop_modules(model: nn.Module) -> dict[str, nn.Module]:
 def revert_sparse_backprop(model: nn.Module) -> nn.Module:
     """Undo :func:`convert_to_sparse_backprop` in place (the modules become plain ``nn.ConvNd`` again).
 
-    Returns:
+    Returns
+    -------
+    nn.Module
         ``model`` itself.
     """
     for module in sparse_backprop_modules(model).values():
@@ -449,12 +482,22 @@ def _require_converted(model: nn.Module) -> dict[str, nn.Module]:
 def set_sparse_keep(model: nn.Module, keep: float) -> int:
     """Set the backward keep fraction of every converted convolution of ``model``.
 
-    Args:
-        model: a model converted with :func:`convert_to_sparse_backprop`.
-        keep: fraction of output channels used in the backward pass, in (0, 1].
+    Parameters
+    ----------
+    model : nn.Module
+        A model converted with :func:`convert_to_sparse_backprop`.
+    keep : float
+        Fraction of output channels used in the backward pass, in (0, 1].
 
-    Returns:
-        the number of modules updated.
+    Returns
+    -------
+    int
+        The number of modules updated.
+
+    Raises
+    ------
+    ValueError
+        If ``keep`` is outside (0, 1] or ``model`` holds no converted convolution.
     """
     keep = _check_keep(keep)
     modules = _require_converted(model)
@@ -466,8 +509,11 @@ def set_sparse_keep(model: nn.Module, keep: float) -> int:
 def get_sparse_keep(model: nn.Module) -> float:
     """The keep fraction shared by all converted convolutions of ``model``.
 
-    Raises ``ValueError`` if nothing is converted or the modules hold different values (then read them one by one
-    through :func:`sparse_backprop_modules`).
+    Raises
+    ------
+    ValueError
+        If nothing is converted or the modules hold different values (then read them one by one through
+        :func:`sparse_backprop_modules`).
     """
     values = {float(m.sparse_keep) for m in _require_converted(model).values()}
     if len(values) != 1:
