@@ -4,5 +4,32 @@ from __future__ import annotations
 
 from .introspection import ConvSpec, first_conv_spec
 from .latent_diffusion import LatentDiffusionModel, as_diffusion_model
+from .sparse_backprop import (
+    SparseBackpropConv1d,
+    SparseBackpropConv2d,
+    SparseBackpropConv3d,
+    convert_to_sparse_backprop,
+    get_sparse_keep,
+    num_kept_channels,
+    revert_sparse_backprop,
+    set_sparse_keep,
+    sparse_backprop_conv,
+    sparse_backprop_modules,
+)
 
-__all__ = ["ConvSpec", "LatentDiffusionModel", "as_diffusion_model", "first_conv_spec"]
+__all__ = [
+    "ConvSpec",
+    "LatentDiffusionModel",
+    "SparseBackpropConv1d",
+    "SparseBackpropConv2d",
+    "SparseBackpropConv3d",
+    "as_diffusion_model",
+    "convert_to_sparse_backprop",
+    "first_conv_spec",
+    "get_sparse_keep",
+    "num_kept_channels",
+    "revert_sparse_backprop",
+    "set_sparse_keep",
+    "sparse_backprop_conv",
+    "sparse_backprop_modules",
+]
