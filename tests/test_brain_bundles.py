@@ -198,3 +198,19 @@ def test_validation_report_runs_end_to_end(cohort, trained, tmp_path):
     data = json.loads((tmp_path / "validation" / "brain_progression.json").read_text())
     assert len(data["progression"]["subjects"][0]["markers"]) == 3
     assert (tmp_path / "figures" / "brain_progression_strip.png").is_file()
+
+
+@pytest.mark.parametrize("stage, module", [("autoencoder", "autoencoder_def"), ("diffusion", "network_def")])
+def test_sparse_backprop_is_switchable_from_the_training_configs(stage, module):
+    from monai.bundle import ConfigParser
+
+    from monai_pie.networks import sparse_backprop_modules
+
+    for enabled in (False, True):
+        parser = ConfigParser()
+        parser.read_config(cfg(LDM, "inference.json", f"train_{stage}.json"))
+        parser.update(dict(TINY, sparse_backprop=enabled, bundle_root=str(LDM)))
+        handler = parser.get_parsed_content("sparse_backprop_handler")
+        net = parser.get_parsed_content(module)
+        assert (handler is not None) == enabled
+        assert bool(sparse_backprop_modules(net)) == enabled  # converted only when switched on
