@@ -551,7 +551,7 @@ def quality_tables(q: dict[str, Any]) -> str:
             f"| {name} | {r['train_loss'][-1]:.4f} | {r['val_loss'][-1]:.4f} | {r['train_s']:.0f} | "
             f"{_pct(r['train_s'], dense['train_s'])} | {r['train_cpu_s']:.0f} | "
             f"{_pct(r['train_cpu_s'], dense['train_cpu_s'])} | "
-            f"{np.median(dense_ep):.1f} | {np.median(sparse_ep) if sparse_ep else float('nan'):.1f} | "
+            f"{np.median(dense_ep):.1f} | {f'{np.median(sparse_ep):.1f}' if sparse_ep else '-'} | "
             f"{100 * (conv_ratio - 1):+.1f} % | {100 * (step_ratio - 1):+.1f} % | {r['fd']:.3f} | {r['w1']:.4f} | {r['mean']:.3f} / {r['std']:.3f} |"
         )
     lines += [
