@@ -108,6 +108,27 @@ def test_sparse_equals_dense_with_dropped_channels_zeroed(dims, kwargs, keep):
     assert int(kept.sum()) == num_kept_channels(COUT, keep)
 
 
+@pytest.mark.parametrize("top,groups", [((0, 1, 2, 5), 2), ((4, 5, 6, 7), 2), ((1, 3, 6), 8)])
+def test_grouped_uneven_and_inactive_groups(top, groups):
+    """Kept channels spread unevenly over groups (padding path) or filling some groups only (inactive groups)."""
+    cin = 8
+    dense = nn.Conv2d(cin, 8, 3, padding=1, groups=groups).double()
+    keep = len(top) / 8
+    sparse = SparseBackpropConv2d(cin, 8, 3, padding=1, groups=groups, keep=keep).double()
+    sparse.load_state_dict(dense.state_dict())
+    x = torch.randn(2, cin, 5, 5, dtype=torch.float64)
+    scale = torch.ones(8, dtype=torch.float64)
+    scale[list(top)] = 10.0  # these channels win the ranking
+    g = torch.randn(2, 8, 5, 5, dtype=torch.float64) * scale.view(1, -1, 1, 1)
+    mask = torch.zeros(8, dtype=torch.float64)
+    mask[list(top)] = 1
+    _, *ref = _grads(dense, x, g * mask.view(1, -1, 1, 1))
+    _, *got = _grads(sparse, x, g)
+    for r, o in zip(ref, got):
+        torch.testing.assert_close(o, r, rtol=1e-10, atol=1e-12)
+    assert torch.equal(got[1].flatten(1).abs().sum(1) > 0, mask.bool())
+
+
 def test_no_rescaling_and_gradient_differs_from_dense():
     dense, sparse = _pair(2, dict(kernel_size=3, padding=1), keep=0.5)
     x = torch.randn(2, CIN, 6, 6, dtype=torch.float64)
