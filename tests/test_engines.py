@@ -131,3 +131,19 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
     torch.save({"model": {}}, tmp_path / "partial.pt")
     with pytest.raises(RuntimeError, match="lacks.*optimizer"):
         load_checkpoint(tmp_path / "partial.pt", {"model": torch.nn.Linear(1, 1), "optimizer": torch.optim.SGD([torch.zeros(1, requires_grad=True)], 0.1)})
+
+
+def test_collect_condition_numeric_covariates_and_text_prompts():
+    from monai_pie.engines import collect_condition
+
+    batch = {"age": [60.0, 70.0], "stage": torch.tensor([0.1, 0.9]), "report": ["A chest X-ray image, edema",
+                                                                              "A chest X-ray image, no finding"]}
+    cov = collect_condition(batch, ["age", "stage"], torch.device("cpu"))
+    assert set(cov) == {"age", "stage"} and cov["age"].dtype == torch.float32
+    assert torch.allclose(cov["stage"], torch.tensor([0.1, 0.9]))
+    assert collect_condition(batch, ["report"], torch.device("cpu")) == batch["report"]  # strings pass through
+    assert collect_condition(batch, [], torch.device("cpu")) is None
+    with pytest.raises(ValueError, match="only condition key"):
+        collect_condition(batch, ["report", "age"], torch.device("cpu"))
+    with pytest.raises(KeyError, match="lacks condition keys"):
+        collect_condition(batch, ["sex"], torch.device("cpu"))

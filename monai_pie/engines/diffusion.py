@@ -23,13 +23,22 @@ def _unwrap(module: Any) -> Any:
     return module.module if hasattr(module, "module") and isinstance(module, torch.nn.Module) else module
 
 
-def collect_condition(batch: dict, keys: Sequence[str], device: torch.device) -> dict[str, torch.Tensor] | None:
-    """``{key: (B,) float tensor}`` of the covariates named ``keys`` in a collated batch dict (``None`` if no keys)."""
+def collect_condition(batch: dict, keys: Sequence[str], device: torch.device) -> dict[str, torch.Tensor] | list[str] | None:
+    """The raw condition for the conditioner from a collated batch dict (``None`` if no keys).
+
+    Numeric keys give ``{key: (B,) float tensor}`` (covariates); a single key holding strings (a prompt or report
+    column) gives the list of ``B`` strings, for a text conditioner.
+    """
     if not keys:
         return None
     missing = [k for k in keys if k not in batch]
     if missing:
         raise KeyError(f"batch lacks condition keys {missing}; it has {sorted(batch)}. Check the datalist.")
+    texts = [k for k in keys if isinstance(batch[k], (list, tuple)) and batch[k] and isinstance(batch[k][0], str)]
+    if texts:
+        if len(keys) != 1:
+            raise ValueError(f"a text condition must be the only condition key; got text keys {texts} among {list(keys)}.")
+        return [str(t) for t in batch[texts[0]]]
     return {k: torch.as_tensor(batch[k], dtype=torch.float32).reshape(-1).to(device) for k in keys}
 
 
