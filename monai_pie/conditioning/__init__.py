@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from .condition import DiffusionCondition
 from .covariates import CovariateConditioner
+from .text import FindingsTextEncoder, PretrainedTextEncoder
 
-__all__ = ["CovariateConditioner", "DiffusionCondition"]
+__all__ = ["CovariateConditioner", "DiffusionCondition", "FindingsTextEncoder", "PretrainedTextEncoder"]
