@@ -255,7 +255,9 @@ class FindingsTextEncoder(nn.Module):
             y = y[None]
         v = len(self.findings)
         if y.ndim != 2 or y.shape[1] != v:
-            raise ValueError(f"`labels` must have shape (B, {v}) for findings {list(self.findings)}, got {tuple(y.shape)}.")
+            raise ValueError(
+                f"`labels` must have shape (B, {v}) for findings {list(self.findings)}, got {tuple(y.shape)}."
+            )
         if y.shape[0] != index.shape[0]:
             raise ValueError(f"`modality_index` has {index.shape[0]} rows but `labels` has {y.shape[0]}.")
         if not torch.isfinite(y).all() or y.min() < 0 or y.max() > 1:
@@ -355,29 +357,28 @@ class PretrainedTextEncoder(nn.Module):
                 "(or `pip install monai-pie[text]`)."
             ) from e
 
-        self.model_dir = model_dir
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        encoder = transformers.AutoModel.from_pretrained(model_dir, local_files_only=True)
-        hidden = getattr(encoder.config, "hidden_size", None)
+        # validate against the config before loading the weights, so that argument errors are cheap
+        config = transformers.AutoConfig.from_pretrained(model_dir, local_files_only=True)
+        hidden = getattr(config, "hidden_size", None)
         if hidden is None:
             raise ValueError(f"the model in {model_dir!r} has no `hidden_size` in its config; is it a text encoder?")
         self.hidden_size = int(hidden)
-        self.embed_dim = int(embed_dim)
-        if self.embed_dim < 1:
+        if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
             raise ValueError(f"`embed_dim` must be a positive integer, got {embed_dim!r}.")
-        self.max_length = max_length
-        self.freeze = bool(freeze)
-        self.cache_size = cache_size if self.freeze else 0
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        if projection:
-            self.projection: nn.Module = nn.Linear(self.hidden_size, self.embed_dim)
-        elif self.embed_dim != self.hidden_size:
+        self.embed_dim = int(embed_dim)
+        if not projection and self.embed_dim != self.hidden_size:
             raise ValueError(
                 f"with projection=False, `embed_dim` must equal the encoder's hidden size {self.hidden_size}, "
                 f"got {self.embed_dim}."
             )
-        else:
-            self.projection = nn.Identity()
+        self.model_dir = model_dir
+        self.max_length = max_length
+        self.freeze = bool(freeze)
+        self.cache_size = cache_size if self.freeze else 0
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.projection: nn.Module = nn.Linear(self.hidden_size, self.embed_dim) if projection else nn.Identity()
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        encoder = transformers.AutoModel.from_pretrained(model_dir, config=config, local_files_only=True)
         if self.freeze:
             encoder.eval()
             encoder.requires_grad_(False)
