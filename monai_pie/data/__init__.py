@@ -25,7 +25,7 @@ from .cxr_phantoms import (
     synthesize_cxr_cohort,
 )
 from .cxr_readers import load_2d_image, read_chexpert_csv, read_image_report_pairs, report_to_labels, report_to_prompt
-from .transforms import CheckImaged
+from .transforms import CheckImaged, LoadImage2Dd, image_2d_transforms
 
 __all__ = [
     "CXR_FINDINGS",
@@ -36,6 +36,8 @@ __all__ = [
     "BrainTemplate",
     "CXRSubject",
     "CheckImaged",
+    "LoadImage2Dd",
+    "image_2d_transforms",
     "cxr_report",
     "diagnosis_from_stage",
     "load_2d_image",

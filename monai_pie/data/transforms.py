@@ -9,7 +9,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-__all__ = ["CheckImaged"]
+__all__ = ["CheckImaged", "LoadImage2Dd", "image_2d_transforms"]
 
 
 def _source(data: Mapping[Hashable, Any], key: Hashable) -> str:
@@ -51,3 +51,48 @@ class CheckImaged(MapTransform):
             if not self.allow_constant and t.numel() > 0 and bool((t == t.flatten()[0]).all()):
                 raise ValueError(f"{src}: image is constant (all values {float(t.flatten()[0])}); is the file empty?")
         return d
+
+
+class LoadImage2Dd(MapTransform):
+    """Load 2D radiographs (PNG/JPEG/DICOM/NIfTI) with :func:`monai_pie.data.load_2d_image` as ``(1, H, W)``
+    float32 :class:`~monai.data.MetaTensor` in [0, 1]; colour images become grayscale (BT.601 luminance).
+
+    Args:
+        keys: keys holding image file paths.
+        min_size: smallest accepted side in pixels (a thumbnail or a 1-row file is an error).
+    """
+
+    def __init__(self, keys: KeysCollection, min_size: int = 16, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.min_size = int(min_size)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from monai.data import MetaTensor
+
+        from .cxr_readers import load_2d_image
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = str(d[key])
+            arr = load_2d_image(path)
+            if min(arr.shape) < self.min_size:
+                raise ValueError(f"{path}: image is {arr.shape[0]}x{arr.shape[1]} pixels; at least "
+                                 f"{self.min_size} pixels per side are needed.")
+            d[key] = MetaTensor(torch.from_numpy(arr[None].copy()), meta={"filename_or_obj": path,
+                                                                        "original_shape": tuple(arr.shape)})
+        return d
+
+
+def image_2d_transforms(image_size: Sequence[int], keys: KeysCollection = "image") -> list:
+    """Transforms for 2D model input: load as ``(1, H, W)`` in [0, 1], resize to ``image_size`` (area
+    interpolation), then check dimensionality, channel count and finite, non-constant values."""
+    from monai.transforms import EnsureTyped, Resized
+
+    if len(image_size) != 2:
+        raise ValueError(f"`image_size` must be (H, W) for 2D images, got {list(image_size)}.")
+    return [
+        LoadImage2Dd(keys),
+        Resized(keys, spatial_size=tuple(int(s) for s in image_size), mode="area"),
+        CheckImaged(keys, spatial_dims=2, channels=1),
+        EnsureTyped(keys, dtype=torch.float32, track_meta=False),
+    ]
