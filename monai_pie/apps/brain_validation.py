@@ -22,7 +22,7 @@ import torch
 from scipy import ndimage
 
 from ..data.brain_cohort import load_brain_template, synthesize_brain_subject
-from ..engines import load_weights
+from ..bundle_tools import load_bundle_model
 from ..metrics import BrainMarkers, ms_ssim_diversity, nearest_neighbour_distances, spearman_rho
 from ..utils import atomic_write_text
 from .brain import default_brain_roi, generate_brain_volumes, run_brain_progression
@@ -36,19 +36,8 @@ HELD_OUT_SEED = 900_000  # subject seeds far from any cohort's spawn keys
 def load_brain_bundle(bundle_dir: str | Path, model_path: str | Path | None = None, device: str = "cpu",
                       overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Parse a brain bundle's ``inference.json`` (with optional config ``overrides``): network, scheduler, grid."""
-    from monai.bundle import ConfigParser
-
-    bundle_dir = Path(bundle_dir)
-    parser = ConfigParser()
-    parser.read_config(str(bundle_dir / "configs" / "inference.json"))
-    parser["bundle_root"] = str(bundle_dir)
-    for key, value in (overrides or {}).items():
-        parser[key] = value
-    network = parser.get_parsed_content("network_def")
-    path = Path(model_path) if model_path else bundle_dir / "models" / "model.pt"
-    network.load_state_dict(load_weights(path, "latent diffusion model"))
-    return {"network": network.to(device).eval(), "scheduler": parser.get_parsed_content("noise_scheduler"),
-            "pixdim": parser["pixdim"], "image_size": parser["image_size"], "parser": parser}
+    bundle = load_bundle_model(bundle_dir, model_path, device, overrides)
+    return {**bundle, "pixdim": bundle["parser"]["pixdim"], "image_size": bundle["parser"]["image_size"]}
 
 
 def _save(arr: np.ndarray, affine: np.ndarray, path: Path) -> str:

@@ -4,6 +4,7 @@
     monai-pie synth brain OUTPUT_DIR [--num_subjects 40] [--seed 0] ...
     monai-pie synth cxr OUTPUT_DIR [--num_images 200] [--size 128] [--seed 0] ...
     monai-pie validate brain COHORT_DIR [--model_path ...] [--num_subjects 4]
+    monai-pie validate cxr COHORT_DIR [--brain_slices_dir DIR] [--model_path ...]
     monai-pie schema            # path of the offline bundle-metadata schema
 """
 
@@ -40,6 +41,12 @@ class Validate:
         from monai_pie.apps.brain_validation import validate_brain
 
         return json.dumps(validate_brain(cohort_dir, **kwargs), indent=2)
+
+    def cxr(self, cohort_dir: str, **kwargs: Any) -> str:
+        """Text-guided generation and PIE of the CXR bundles; options as in ``validate_cxr``."""
+        from monai_pie.apps.cxr_validation import validate_cxr
+
+        return json.dumps(validate_cxr(cohort_dir, **kwargs), indent=2)
 
 
 class Cli:

@@ -34,6 +34,7 @@ __all__ = [
     "load_cxr",
     "progression_main",
     "run_cxr_progression",
+    "sample_cxr_images",
     "save_png16",
     "simulate_cxr_progression",
 ]
@@ -97,6 +98,36 @@ def save_png16(image: np.ndarray, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"), suffix=".tmp.png")
 
 
+def sample_cxr_images(
+    network: LatentDiffusionModel,
+    scheduler: Any,
+    prompts: Sequence[str],
+    image_size: Sequence[int] = (64, 64),
+    num_inference_steps: int = 50,
+    guidance_scale: float = 3.0,
+    seed: int = 0,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    latent_shape: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """One image per prompt: ``(N, 1, H, W)`` in [0, 1] on the CPU, sampled in batches of ``batch_size`` from one
+    seeded generator (the same call gives the same images)."""
+    device = torch.device(device)
+    prompts = check_prompts(prompts, network)
+    latent = tuple(latent_shape) if latent_shape is not None else latent_shape_for(network, image_size, device)
+    sampler = DiffusionSampler(scheduler, num_inference_steps, progress=progress)
+    g = make_generator(seed, device)
+    out = []
+    for start in range(0, len(prompts), int(batch_size)):
+        batch = prompts[start : start + int(batch_size)]
+        with torch.no_grad():
+            z = sampler.generate(network, (len(batch), *latent), generator=g, device=device, condition=list(batch),
+                                 guidance_scale=guidance_scale)
+            out.append(network.decode(z).clamp(0, 1).cpu())
+    return torch.cat(out)
+
+
 def generate_cxr_images(
     network: LatentDiffusionModel,
     scheduler: Any,
@@ -129,21 +160,15 @@ def generate_cxr_images(
     prompts = check_prompts(prompts, network)
     latent = latent_shape_for(network, image_size, device)
     t0 = time.perf_counter()
-    sampler = DiffusionSampler(scheduler, num_inference_steps, progress=progress)
-    g = make_generator(seed, device)
     jobs = [(p, i) for p in range(len(prompts)) for i in range(int(num_samples_per_prompt))]
+    x = sample_cxr_images(network, scheduler, [prompts[p] for p, _ in jobs], image_size, num_inference_steps,
+                          guidance_scale, seed, batch_size, device, progress, latent_shape=latent)[:, 0].numpy()
     out = Path(output_dir)
     images: dict[tuple[int, int], np.ndarray] = {}
     paths: list[list[str]] = [[] for _ in prompts]
-    for start in range(0, len(jobs), int(batch_size)):
-        batch = jobs[start : start + int(batch_size)]
-        with torch.no_grad():
-            z = sampler.generate(network, (len(batch), *latent), generator=g, device=device,
-                                 condition=[prompts[p] for p, _ in batch], guidance_scale=guidance_scale)
-            x = network.decode(z).clamp(0, 1)[:, 0].cpu().numpy()
-        for (p, i), img in zip(batch, x):
-            images[(p, i)] = img
-            paths[p].append(str(save_png16(img, out / f"prompt_{p:02d}" / f"sample_{i:03d}.png")))
+    for (p, i), img in zip(jobs, x):
+        images[(p, i)] = img
+        paths[p].append(str(save_png16(img, out / f"prompt_{p:02d}" / f"sample_{i:03d}.png")))
     seconds = time.perf_counter() - t0
     rows = [np.concatenate([_labelled_tile(to_uint8(images[(p, i)], 0, 1), "" if i else f"{p}", 96)
                             for i in range(int(num_samples_per_prompt))], axis=1) for p in range(len(prompts))]

@@ -1,12 +1,19 @@
-"""Metrics: generation diversity and memorisation, rank correlation, brain markers from T1 images."""
+"""Metrics: generation diversity and memorisation, rank correlation, brain markers from T1 images, CXR readers."""
 
 from __future__ import annotations
 
 from .brain_markers import BrainMarkers, tissue_class_means, tissue_fractions
+from .cxr_readers import CXRMaskNet, FindingClassifier, embedding_cosine, fid_from_features, measure_from_masks, prompt_adherence
 from .generation import ms_ssim_diversity, nearest_neighbour_distances, spearman_rho
 
 __all__ = [
     "BrainMarkers",
+    "CXRMaskNet",
+    "FindingClassifier",
+    "embedding_cosine",
+    "fid_from_features",
+    "measure_from_masks",
+    "prompt_adherence",
     "ms_ssim_diversity",
     "nearest_neighbour_distances",
     "spearman_rho",

@@ -1,0 +1,439 @@
+"""Validation of the CXR bundles on phantoms with known truth; writes ``docs/validation/cxr.md`` with figures.
+
+    monai-pie validate cxr COHORT_DIR [--brain_slices_dir DIR] [--model_path bundles/cxr_text_ldm/models/model.pt]
+
+Readers trained here on the cohort's training split (cached in the work folder): a DenseNet121 finding classifier
+and a UNet that segments lungs, heart, thorax and effusion (their accuracy on the test split is reported first, so
+every number read through them can be judged). Then:
+
+* PIE progression of held-out normal phantoms toward "cardiomegaly" and toward "pleural effusion": per round the
+  classifier's confidence and the measured CTR / effusion height, Spearman rho against the round, the change
+  inside and outside the ROI, and the classifier-embedding cosine to the source (our stand-in for CLIP-I);
+* generation per prompt: prompt adherence read by the classifier, FID on classifier features against the test
+  split (with the real-vs-real FID as the floor), MS-SSIM diversity against real images with the same findings,
+  a memorisation audit, and (generalist) whether each sample lands in the prompted modality;
+* MediSyn's utility test: the classifier trained on few real images, with and without synthetic ones.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..bundle_tools import load_bundle_model
+from ..data.cxr_phantoms import CXR_FINDINGS, CXR_REPORT_PREFIX, cxr_report, finding_key, render_cxr_phantom
+from ..data.cxr_readers import load_2d_image
+from ..metrics import ms_ssim_diversity, nearest_neighbour_distances, spearman_rho
+from ..metrics.cxr_readers import (
+    MASK_CHANNELS,
+    CXRMaskNet,
+    FindingClassifier,
+    embedding_cosine,
+    fid_from_features,
+    fit,
+    measure_from_masks,
+    prompt_adherence,
+)
+from ..utils import atomic_save, atomic_write_text
+from .cxr import default_cxr_roi, sample_cxr_images, simulate_cxr_progression
+from .visualize import frame_strip, save_png, to_uint8
+
+__all__ = ["load_cxr_split", "train_readers", "validate_cxr"]
+
+HELD_OUT_SEED = 700_000  # phantom subject seeds far from the cohort's
+GENERATION_PROMPTS = (
+    "A chest X-ray image, no finding",
+    "A chest X-ray image, cardiomegaly",
+    "A chest X-ray image, pleural effusion",
+    "A chest X-ray image, consolidation",
+    "A chest X-ray image, edema",
+    "A chest X-ray image, cardiomegaly, pleural effusion",
+)
+BRAIN_PROMPTS = ("A brain MRI image, no finding", "A brain MRI image, alzheimer's disease")
+PROGRESSION_TARGETS = {"cardiomegaly": "ctr", "pleural effusion": "effusion_fraction"}
+
+
+def _image(path: Path, size: Sequence[int]) -> torch.Tensor:
+    x = torch.from_numpy(load_2d_image(path))[None, None]
+    if tuple(x.shape[2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="area")
+    return x[0]
+
+
+def load_cxr_split(cohort_dir: str | Path, split: str, size: Sequence[int], masks: bool = True) -> dict[str, Any]:
+    """Images ``(N, 1, H, W)``, labels ``(N, F)`` over :data:`CXR_FINDINGS`, masks ``(N, 4, H, W)`` (ordered as
+    ``MASK_CHANNELS``) and the datalist items of one split of a ``monai-pie synth cxr`` cohort."""
+    root = Path(cohort_dir)
+    listing = root / "datalist.json"
+    if not listing.is_file():
+        raise FileNotFoundError(f"{str(listing)!r} not found; make a cohort with `monai-pie synth cxr DIR`.")
+    items = json.loads(listing.read_text()).get(split, [])
+    if not items:
+        raise ValueError(f"split {split!r} of {str(listing)!r} is empty.")
+    out: dict[str, Any] = {"items": items}
+    out["images"] = torch.stack([_image(root / i["image"], size) for i in items])
+    out["labels"] = torch.tensor([[float(i[finding_key(f)]) for f in CXR_FINDINGS] for i in items])
+    if masks:
+        out["masks"] = torch.stack([torch.cat([_image(root / i["masks"][m], size) for m in MASK_CHANNELS]) > 0.5
+                                    for i in items]).float()
+    return out
+
+
+def _auc(probs: np.ndarray, labels: np.ndarray) -> list[float | None]:
+    from monai.metrics import compute_roc_auc
+
+    out = []
+    for j in range(labels.shape[1]):
+        y = labels[:, j]
+        out.append(float(compute_roc_auc(torch.as_tensor(probs[:, j]), torch.as_tensor(y))) if 0 < y.sum() < len(y) else None)
+    return out
+
+
+def _train_classifier(images: torch.Tensor, labels: torch.Tensor, steps: int, seed: int, desc: str) -> FindingClassifier:
+    torch.manual_seed(seed)
+    clf = FindingClassifier(CXR_FINDINGS)
+    fit(clf, images, labels, F.binary_cross_entropy_with_logits, steps=steps, batch_size=32, lr=1e-3, seed=seed, desc=desc)
+    return clf
+
+
+def train_readers(train: dict[str, Any], work: Path, classifier_steps: int, mask_steps: int,
+                  seed: int = 0) -> tuple[FindingClassifier, CXRMaskNet]:
+    """Train (or load from ``work``) the finding classifier and the mask network on the training split."""
+    from monai.losses import DiceCELoss
+
+    clf_path, mask_path = work / "finding_classifier.pt", work / "mask_net.pt"
+    clf = FindingClassifier(CXR_FINDINGS)
+    if clf_path.is_file():
+        clf.load_state_dict(torch.load(clf_path, weights_only=True))
+    else:
+        clf = _train_classifier(train["images"], train["labels"], classifier_steps, seed, "finding classifier")
+        atomic_save(clf.state_dict(), clf_path)
+    masknet = CXRMaskNet()
+    if mask_path.is_file():
+        masknet.load_state_dict(torch.load(mask_path, weights_only=True))
+    else:
+        torch.manual_seed(seed)
+        fit(masknet, train["images"], train["masks"], DiceCELoss(sigmoid=True), steps=mask_steps, batch_size=16,
+            lr=3e-3, seed=seed, desc="mask net")
+        atomic_save(masknet.state_dict(), mask_path)
+    return clf.eval(), masknet.eval()
+
+
+def _reader_accuracy(clf: FindingClassifier, masknet: CXRMaskNet, test: dict[str, Any]) -> dict[str, Any]:
+    probs, _ = clf.predict(test["images"])
+    pred = masknet.predict(test["images"])
+    measured = [measure_from_masks(m) for m in pred]
+    ctr = np.array([m["ctr"] for m in measured])
+    eff = np.array([m["effusion_fraction"] for m in measured])
+    true_ctr = np.array([i["ctr"] for i in test["items"]])
+    true_eff = np.array([i["effusion_fraction"] for i in test["items"]])
+    dice = []
+    for c in range(len(MASK_CHANNELS)):
+        p, t = pred[:, c], test["masks"][:, c].numpy() > 0.5
+        dice.append(float(2 * (p & t).sum() / max(p.sum() + t.sum(), 1)))
+    return {"auc": _auc(probs, test["labels"].numpy()), "n_test": len(test["items"]),
+            "ctr_mae": float(np.abs(ctr - true_ctr).mean()), "ctr_corr": _corr(ctr, true_ctr),
+            "effusion_mae": float(np.abs(eff - true_eff).mean()),
+            "effusion_corr": _corr(eff, true_eff), "dice": dict(zip(MASK_CHANNELS, dice))}
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson r, NaN when either side is constant (an untrained reader)."""
+    if np.std(a) == 0 or np.std(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _measure(masknet: CXRMaskNet, images: torch.Tensor, key: str) -> np.ndarray:
+    return np.array([measure_from_masks(m)[key] for m in masknet.predict(images)])
+
+
+def validate_progression(bundle: dict[str, Any], clf: FindingClassifier, masknet: CXRMaskNet, figures: Path,
+                         num_subjects: int, num_rounds: int, strength: float, num_inference_steps: int,
+                         guidance_scale: float, size: Sequence[int], seed: int) -> dict[str, Any]:
+    """PIE toward each target finding on held-out normal phantoms; per-round readings with the truth for reference."""
+    renders = [render_cxr_phantom({}, seed=HELD_OUT_SEED + i, size=int(size[0])) for i in range(num_subjects)]
+    source = torch.stack([torch.from_numpy(r["image"])[None] for r in renders])
+    roi = default_cxr_roi(size)
+    inside = roi[0, 0].bool().numpy()
+    results: dict[str, Any] = {}
+    for finding, key in PROGRESSION_TARGETS.items():
+        t0 = time.perf_counter()
+        res = simulate_cxr_progression(bundle["network"], bundle["scheduler"], source, f"{CXR_REPORT_PREFIX}, {finding}",
+                                       num_rounds=num_rounds, strength=strength, num_inference_steps=num_inference_steps,
+                                       guidance_scale=guidance_scale, seed=seed, progress=False)
+        seconds = time.perf_counter() - t0
+        frames = res.frames[:, :, :1].float().cpu()  # (N+1, B, 1, H, W)
+        j = CXR_FINDINGS.index(finding)
+        conf, measure, cosine, other = [], [], [], []
+        _, f0 = clf.predict(frames[0])
+        for n in range(frames.shape[0]):
+            p, f = clf.predict(frames[n])
+            conf.append(p[:, j])
+            other.append(np.delete(p, j, axis=1).max(1))
+            cosine.append(embedding_cosine(f, f0))
+            measure.append(_measure(masknet, frames[n], key))
+        conf, measure, cosine, other = (np.stack(a) for a in (conf, measure, cosine, other))  # (N+1, B)
+        rounds = np.arange(frames.shape[0])
+        change = (frames[-1] - frames[0]).abs()[:, 0].numpy()  # (B, H, W)
+        # truth: the same subjects re-rendered at the target finding, severity 1
+        truth_end = [render_cxr_phantom({finding: 1.0}, seed=HELD_OUT_SEED + i, size=int(size[0]))[key]
+                     for i in range(num_subjects)]
+        results[finding] = {
+            "measure": key,
+            "confidence": conf.mean(1).tolist(),
+            "measured": measure.mean(1).tolist(),
+            "other_findings_max_confidence": other.mean(1).tolist(),
+            "cosine_to_source": cosine.mean(1).tolist(),
+            "rho_confidence": [spearman_rho(rounds, conf[:, b]) for b in range(conf.shape[1])],
+            "rho_measured": [spearman_rho(rounds, measure[:, b]) for b in range(measure.shape[1])],
+            "change_inside": float(change[:, inside].mean()),
+            "change_outside": float(change[:, ~inside].mean()),
+            "truth_start": float(np.mean([r[key] for r in renders])),
+            "truth_severity_1": float(np.mean(truth_end)),
+            "seconds_per_round": seconds / num_rounds,
+            "batch": num_subjects,
+        }
+        labels = ["input"] + [f"round {n}" for n in range(1, frames.shape[0])]
+        save_png(frame_strip([frames[n, 0, 0].numpy() for n in range(frames.shape[0])], labels, height=96),
+                 figures / f"cxr_progression_{finding.replace(' ', '_')}.png")
+    return results
+
+
+def _label_vector(prompt: str) -> np.ndarray:
+    named = [t.strip() for t in prompt.split(",")[1:]]
+    return np.array([float(f in named) for f in CXR_FINDINGS])
+
+
+def _tile_row(images: torch.Tensor, height: int = 64) -> np.ndarray:
+    return np.concatenate([np.asarray(Image.fromarray(to_uint8(x[0].numpy(), 0, 1)).resize((height, height)))
+                           for x in images], axis=1)
+
+
+def validate_generation(bundle: dict[str, Any], clf: FindingClassifier, train: dict[str, Any], test: dict[str, Any],
+                        brain: torch.Tensor | None, figures: Path, num_samples: int, num_inference_steps: int,
+                        guidance_scale: float, size: Sequence[int], seed: int) -> dict[str, Any]:
+    """Per-prompt adherence, diversity and memorisation; FID over all CXR samples; generalist modality check."""
+    prompts = [p for p in GENERATION_PROMPTS for _ in range(num_samples)]
+    t0 = time.perf_counter()
+    samples = sample_cxr_images(bundle["network"], bundle["scheduler"], prompts, size, num_inference_steps,
+                                guidance_scale, seed, batch_size=16, progress=True)
+    seconds_per_image = (time.perf_counter() - t0) / len(prompts)
+    probs, feats = clf.predict(samples)
+    _, test_feats = clf.predict(test["images"])
+    _, train_feats = clf.predict(train["images"])
+    want = np.stack([_label_vector(p) for p in prompts])
+    n_ref = min(len(train_feats), len(samples))
+    ref_idx = np.random.default_rng(seed).choice(len(train_feats), n_ref, replace=False)
+    out: dict[str, Any] = {
+        "seconds_per_image": seconds_per_image,
+        "adherence": prompt_adherence(probs, want),
+        "fid": fid_from_features(feats, test_feats),
+        "fid_real_floor": fid_from_features(train_feats[ref_idx], test_feats),
+        "num_samples": len(prompts),
+        "prompts": {},
+    }
+    train_nn = nearest_neighbour_distances(train["images"], train["images"], exclude_self=True)
+    out["nn_train_mean"], out["nn_train_min"] = float(train_nn.mean()), float(train_nn.min())
+    rows = []
+    train_labels = train["labels"].numpy()
+    for k, prompt in enumerate(GENERATION_PROMPTS):
+        sl = slice(k * num_samples, (k + 1) * num_samples)
+        x = samples[sl]
+        match = np.nonzero((train_labels == _label_vector(prompt)).all(1))[0][:num_samples]
+        nn = nearest_neighbour_distances(x, train["images"])
+        out["prompts"][prompt] = {
+            "adherence": prompt_adherence(probs[sl], want[sl]),
+            "ms_ssim": ms_ssim_diversity(x) if len(x) > 1 else None,
+            "ms_ssim_real": ms_ssim_diversity(train["images"][match]) if len(match) > 1 else None,
+            "n_real": int(len(match)),
+            "nn_mean": float(nn.mean()), "nn_min": float(nn.min()),
+        }
+        rows.append(_tile_row(x[: min(8, num_samples)]))
+    save_png(np.concatenate(rows, axis=0), figures / "cxr_generated.png")
+    if brain is not None and len(brain):
+        bprompts = [p for p in BRAIN_PROMPTS for _ in range(max(2, num_samples // 2))]
+        bx = sample_cxr_images(bundle["network"], bundle["scheduler"], bprompts, size, num_inference_steps,
+                               guidance_scale, seed + 1, batch_size=16, progress=False)
+        cx = samples[: len(bx)]
+        reference = torch.cat([train["images"], brain])
+        is_brain = np.r_[np.zeros(len(train["images"]), bool), np.ones(len(brain), bool)]
+
+        def nearest_is_brain(q: torch.Tensor) -> np.ndarray:
+            d = torch.cdist(q.flatten(1), reference.flatten(1), p=1)
+            return is_brain[d.argmin(1).numpy()]
+
+        out["modality"] = {"brain_prompt_nearest_brain": float(nearest_is_brain(bx).mean()),
+                           "cxr_prompt_nearest_cxr": float((~nearest_is_brain(cx)).mean()),
+                           "num_brain_samples": len(bx)}
+        save_png(np.concatenate([_tile_row(bx[: len(bx) // 2][:8]), _tile_row(bx[len(bx) // 2 :][:8])], axis=0),
+                 figures / "cxr_generalist_brain.png")
+    return out
+
+
+def validate_utility(bundle: dict[str, Any], train: dict[str, Any], test: dict[str, Any], num_real: int,
+                     num_synthetic: int, steps: int, num_inference_steps: int, guidance_scale: float,
+                     size: Sequence[int], seed: int) -> dict[str, Any]:
+    """Classifier on ``num_real`` real images vs the same plus ``num_synthetic`` generated ones (prompts drawn from
+    the training split's reports); mean AUC on the test split."""
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(train["items"]), min(num_real, len(train["items"])), replace=False)
+    real_x, real_y = train["images"][idx], train["labels"][idx]
+    reports = [cxr_report([f for f in CXR_FINDINGS if i[finding_key(f)]]) for i in train["items"]]
+    prompts = [reports[k] for k in rng.choice(len(reports), num_synthetic)]
+    syn_x = sample_cxr_images(bundle["network"], bundle["scheduler"], prompts, size, num_inference_steps,
+                              guidance_scale, seed + 2, batch_size=16, progress=True)
+    syn_y = torch.from_numpy(np.stack([_label_vector(p) for p in prompts])).float()
+    out = {"num_real": len(idx), "num_synthetic": num_synthetic, "steps": steps}
+    for name, (x, y) in {"real_only": (real_x, real_y),
+                         "real_plus_synthetic": (torch.cat([real_x, syn_x]), torch.cat([real_y, syn_y]))}.items():
+        clf = _train_classifier(x, y, steps, seed, f"utility: {name}")
+        auc = _auc(clf.predict(test["images"])[0], test["labels"].numpy())
+        out[name] = {"auc": auc, "mean_auc": float(np.mean([a for a in auc if a is not None]))}
+    return out
+
+
+def _f(x: Any, nd: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{nd}f}"
+
+
+def write_report(r: dict[str, Any], path: Path) -> str:
+    p, acc = r["params"], r["readers"]
+    lines = [
+        "# CXR text-guided LDM and PIE: validation on phantoms with known truth", "",
+        f"Command: `{p['command']}`  ",
+        f"Model: `{p['model_path']}`; cohort `{p['cohort_dir']}` ({p['image_size'][0]} px); {p['num_inference_steps']} "
+        f"DDIM steps, guidance {p['guidance_scale']}; device {p['device']}; {p['seconds']:.0f} s in all.", "",
+        "## The readers (trained on the cohort's training split, scored on its test split)", "",
+        f"Finding classifier (MONAI DenseNet121, {p['classifier_steps']} steps): test AUC "
+        + ", ".join(f"{f} {_f(a, 2)}" for f, a in zip(CXR_FINDINGS, acc["auc"])) + f" (n = {acc['n_test']}).  ",
+        f"Mask net (MONAI UNet, {p['mask_steps']} steps): Dice " + ", ".join(f"{k} {v:.2f}" for k, v in acc["dice"].items())
+        + f"; CTR from predicted masks vs truth: MAE {acc['ctr_mae']:.3f}, r {_f(acc['ctr_corr'], 2)}; effusion height: "
+        f"MAE {acc['effusion_mae']:.3f}, r {_f(acc['effusion_corr'], 2)}.", "",
+        "Every number below is read by these two networks, so it is only as good as they are.", "",
+        "## PIE progression", "",
+        f"{p['num_subjects']} held-out normal phantoms (subject seeds {HELD_OUT_SEED}+, never in the cohort), "
+        f"{p['num_rounds']} rounds, strength {p['strength']}, ROI = default thorax ellipse. Fidelity is the cosine "
+        "between the classifier's 1024-d embeddings of frame and source: PIE's CLIP-I needs CLIP weights, which cannot "
+        "be fetched here, and a radiograph-trained feature space is the more relevant one.", "",
+    ]
+    for finding, g in r["progression"].items():
+        lines += [f"### Toward \"{finding}\"", "",
+                  f"| round | P({finding}) | measured {g['measure']} | max P(other findings) | cosine to source |",
+                  "|---|---|---|---|---|"]
+        for n in range(len(g["confidence"])):
+            lines.append(f"| {n} | {g['confidence'][n]:.3f} | {g['measured'][n]:.3f} | "
+                         f"{g['other_findings_max_confidence'][n]:.3f} | {g['cosine_to_source'][n]:.3f} |")
+        lines += ["", f"Spearman rho against the round, median over subjects: confidence "
+                  f"{_f(float(np.nanmedian(g['rho_confidence'])), 2)}, measured {g['measure']} "
+                  f"{_f(float(np.nanmedian(g['rho_measured'])), 2)} (per subject: "
+                  + ", ".join(_f(v, 2) for v in g["rho_measured"]) + ").  ",
+                  f"Truth for reference: {g['measure']} {g['truth_start']:.3f} for these subjects as rendered, "
+                  f"{g['truth_severity_1']:.3f} when the same subjects are rendered at severity 1.  ",
+                  f"Mean |frame {len(g['confidence']) - 1} - input| inside the ROI {g['change_inside']:.4f}, outside "
+                  f"{g['change_outside']:.4f}. {g['seconds_per_round']:.2f} s per round for a batch of {g['batch']} "
+                  f"({g['seconds_per_round'] / g['batch']:.3f} s per image-round).", "",
+                  f"![PIE toward {finding}](../figures/cxr_progression_{finding.replace(' ', '_')}.png)", ""]
+    gen = r["generation"]
+    lines += ["## Generation", "",
+              f"{gen['num_samples']} samples, {gen['seconds_per_image']:.3f} s per image (batch 16). "
+              f"FID on classifier features against the test split: **{gen['fid']:.2f}**; the same FID between real "
+              f"training and test images (the floor): {gen['fid_real_floor']:.2f}. Prompt adherence (classifier reads "
+              f"exactly the prompted findings): **{gen['adherence']['exact']:.2f}**.", "",
+              "| prompt | exact adherence | prompted findings read as present | MS-SSIM samples | MS-SSIM real (n) | "
+              "nearest training image, mean / min MAE |", "|---|---|---|---|---|---|"]
+    for prompt, g in gen["prompts"].items():
+        pres = [v for v in g["adherence"]["present"] if v is not None]
+        lines.append(f"| {prompt} | {g['adherence']['exact']:.2f} | {_f(float(np.mean(pres)), 2) if pres else '-'} | "
+                     f"{_f(g['ms_ssim'])} | {_f(g['ms_ssim_real'])} ({g['n_real']}) | {g['nn_mean']:.4f} / {g['nn_min']:.4f} |")
+    lines += ["", f"Memorisation audit: training-to-training nearest neighbour MAE mean {gen['nn_train_mean']:.4f}, "
+              f"min {gen['nn_train_min']:.4f}; a sample much closer to a training image than that would be a copy.", "",
+              "Rows: the prompts above, in order.", "", "![Generated](../figures/cxr_generated.png)", ""]
+    if "modality" in gen:
+        m = gen["modality"]
+        lines += ["### Generalist (MediSyn): one model, two modalities", "",
+                  f"{m['num_brain_samples']} samples from brain prompts: {m['brain_prompt_nearest_brain']:.2f} have a "
+                  f"brain slice as their nearest real image (pixel MAE over CXR training images and brain slices); CXR "
+                  f"prompts: {m['cxr_prompt_nearest_cxr']:.2f} nearest a CXR.", "",
+                  "Rows: \"A brain MRI image, no finding\", \"A brain MRI image, alzheimer's disease\".", "",
+                  "![Brain samples](../figures/cxr_generalist_brain.png)", ""]
+    if r.get("utility"):
+        u = r["utility"]
+        lines += ["## Utility (MediSyn): few real images, with and without synthetic ones", "",
+                  f"DenseNet121, {u['steps']} steps each, {u['num_real']} real training images, plus "
+                  f"{u['num_synthetic']} generated from prompts drawn from the training reports; test AUC.", "",
+                  "| training set | " + " | ".join(CXR_FINDINGS) + " | mean |", "|---" * (len(CXR_FINDINGS) + 2) + "|"]
+        for name in ("real_only", "real_plus_synthetic"):
+            lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(_f(a, 2) for a in u[name]["auc"]) +
+                         f" | {u[name]['mean_auc']:.3f} |")
+        lines.append("")
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(path, text)
+    return text
+
+
+def validate_cxr(
+    cohort_dir: str,
+    brain_slices_dir: str | None = None,
+    model_path: str | None = None,
+    bundle_dir: str = "bundles/cxr_text_ldm",
+    output_dir: str = "docs",
+    work_dir: str | None = None,
+    num_subjects: int = 8,
+    num_rounds: int = 8,
+    strength: float = 0.5,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 3.0,
+    num_samples: int = 16,
+    classifier_steps: int = 400,
+    mask_steps: int = 400,
+    utility_real: int = 32,
+    utility_synthetic: int = 256,
+    utility_steps: int = 300,
+    device: str = "cpu",
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run the whole CXR validation; writes ``<output_dir>/validation/cxr.md`` (+ ``cxr.json``) and figures under
+    ``<output_dir>/figures``. Readers are cached in ``work_dir`` (default ``<output_dir>/validation/cxr_work``).
+    ``utility_synthetic=0`` skips the utility test."""
+    t0 = time.perf_counter()
+    out = Path(output_dir)
+    work = Path(work_dir) if work_dir else out / "validation" / "cxr_work"
+    figures = out / "figures"
+    for d in (work, figures, out / "validation"):
+        d.mkdir(parents=True, exist_ok=True)
+    bundle = load_bundle_model(bundle_dir, model_path, device, overrides)
+    size = tuple(bundle["parser"]["image_size"])
+    train = load_cxr_split(cohort_dir, "training", size)
+    test = load_cxr_split(cohort_dir, "test", size)
+    brain = None
+    if brain_slices_dir:
+        items = json.loads((Path(brain_slices_dir) / "datalist.json").read_text())["training"]
+        brain = torch.stack([_image(Path(brain_slices_dir) / i["image"], size) for i in items])
+    clf, masknet = train_readers(train, work, classifier_steps, mask_steps, seed)
+    report: dict[str, Any] = {"readers": _reader_accuracy(clf, masknet, test)}
+    report["progression"] = validate_progression(bundle, clf, masknet, figures, num_subjects, num_rounds, strength,
+                                                 num_inference_steps, guidance_scale, size, seed)
+    report["generation"] = validate_generation(bundle, clf, train, test, brain, figures, num_samples,
+                                               num_inference_steps, guidance_scale, size, seed)
+    if utility_synthetic > 0:
+        report["utility"] = validate_utility(bundle, train, test, utility_real, utility_synthetic, utility_steps,
+                                             num_inference_steps, guidance_scale, size, seed)
+    command = f"monai-pie validate cxr {cohort_dir}" + (f" --brain_slices_dir {brain_slices_dir}" if brain_slices_dir else "")
+    report["params"] = {"command": command, "model_path": bundle["model_path"], "cohort_dir": str(cohort_dir),
+                        "image_size": list(size), "num_subjects": num_subjects, "num_rounds": num_rounds,
+                        "strength": strength, "num_inference_steps": num_inference_steps,
+                        "guidance_scale": guidance_scale, "classifier_steps": classifier_steps,
+                        "mask_steps": mask_steps, "device": device, "seconds": time.perf_counter() - t0}
+    write_report(report, out / "validation" / "cxr.md")
+    atomic_write_text(out / "validation" / "cxr.json", json.dumps(report, indent=2, default=float))
+    return {"report": str(out / "validation" / "cxr.md"), "seconds": report["params"]["seconds"]}
