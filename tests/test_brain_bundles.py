@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_helpers import cfg, cli_overrides, torchrun_bundle
 from monai.bundle import run as bundle_run
 
 from monai_pie.apps.brain_io import load_to_model_grid
@@ -24,16 +24,6 @@ PROG = ROOT / "bundles" / "brain_mri_progression"
 TINY = {"image_size": [32, 32, 32], "ae_channels": [16, 16, 16], "unet_channels": [16, 16, 32],
         "ae_patch_size": [32, 32, 32], "num_workers": 0}
 
-
-def cfg(bundle: Path, *names: str) -> list[str]:
-    return [str(bundle / "configs" / n) for n in names]
-
-
-def cli_overrides(d: dict) -> list[str]:
-    out = []
-    for k, v in d.items():
-        out += [f"--{k}", json.dumps(v) if isinstance(v, (list, dict)) else str(v)]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -113,12 +103,8 @@ def test_multi_gpu_configs_run_with_torchrun_on_cpu(stage, cohort, trained, tmp_
     ckpt.mkdir()
     shutil.copy(trained / "autoencoder.pt", ckpt / "autoencoder.pt")
     configs = cfg(LDM, "inference.json", f"train_{stage}.json", f"multi_gpu_train_{stage}.json")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
-           "run", "--config_file", json.dumps(configs)]
-    cmd += cli_overrides(dict(TINY, dataset_dir=str(cohort), ckpt_dir=str(ckpt), tf_dir=str(tmp_path / "runs"),
-                              bundle_root=str(LDM), max_epochs=1, val_interval=1))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    proc = torchrun_bundle(configs, dict(TINY, dataset_dir=str(cohort), ckpt_dir=str(ckpt), tf_dir=str(tmp_path / "runs"),
+                                      bundle_root=str(LDM), max_epochs=1, val_interval=1))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     final = "autoencoder.pt" if stage == "autoencoder" else "model.pt"
     assert (ckpt / final).is_file()

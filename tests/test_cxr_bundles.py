@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from bundle_helpers import cfg, cli_overrides, torchrun_bundle
 from monai.bundle import run as bundle_run
 from PIL import Image
 
 from monai_pie.apps import cxr
-from monai_pie.data import load_2d_image, synthesize_brain_cohort, synthesize_cxr_cohort
-from monai_pie.data.generalist import brain_slice_cohort, merge_datalists
+from monai_pie.data import load_2d_image
+from monai_pie.data.generalist import synthesize_generalist_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
 LDM = ROOT / "bundles" / "cxr_text_ldm"
@@ -27,16 +27,6 @@ TINY = {"image_size": [32, 32], "ae_channels": [16, 16, 16], "unet_channels": [3
         "num_workers": 0}
 NET = {k: TINY[k] for k in ("image_size", "ae_channels", "unet_channels", "context_dim")}
 
-
-def cfg(bundle: Path, *names: str) -> list[str]:
-    return [str(bundle / "configs" / n) for n in names]
-
-
-def cli_overrides(d: dict) -> list[str]:
-    out = []
-    for k, v in d.items():
-        out += [f"--{k}", json.dumps(v) if isinstance(v, (list, dict)) else str(v)]
-    return out
 
 
 def tiny_network(seed: int = 0) -> torch.nn.Module:
@@ -60,13 +50,10 @@ def scheduler():
 @pytest.fixture(scope="module")
 def generalist(tmp_path_factory) -> Path:
     """CXR phantoms + brain slices merged into one datalist (the MediSyn generalist setting)."""
-    root = tmp_path_factory.mktemp("generalist")
-    synthesize_cxr_cohort(root / "cxr", num_images=10, size=40, seed=1, split=(0.6, 0.2, 0.2), progress=False)
-    synthesize_brain_cohort(root / "brain", num_subjects=3, num_longitudinal=0, split=(0.34, 0.33, 0.33), seed=2,
-                            progress=False)
-    brain_slice_cohort(root / "brain", root / "brain_slices", size=40, slice_offsets_mm=(0.0,))
-    merge_datalists({"chest x-ray": root / "cxr", "brain mri": root / "brain_slices"}, root / "all" / "datalist.json")
-    return root / "all"
+    root = tmp_path_factory.mktemp("generalist") / "all"
+    info = synthesize_generalist_cohort(root, num_cxr=10, num_brain_subjects=3, size=40, seed=1, progress=False)
+    assert info["cxr_images"] == 10 and info["brain_slices"] == 3 * info["brain_images"]
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -240,12 +227,50 @@ def test_multi_gpu_configs_run_with_torchrun_on_cpu(stage, generalist, trained, 
     ckpt.mkdir()
     shutil.copy(trained / "autoencoder.pt", ckpt / "autoencoder.pt")
     configs = cfg(LDM, "inference.json", f"train_{stage}.json", f"multi_gpu_train_{stage}.json")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
-           "run", "--config_file", json.dumps(configs)]
-    cmd += cli_overrides(dict(TINY, dataset_dir=str(generalist), ckpt_dir=str(ckpt), tf_dir=str(tmp_path / "runs"),
-                              bundle_root=str(LDM), max_epochs=1, val_interval=1, train_batch_size=2))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    proc = torchrun_bundle(configs, dict(TINY, dataset_dir=str(generalist), ckpt_dir=str(ckpt), tf_dir=str(tmp_path / "runs"),
+                                      bundle_root=str(LDM), max_epochs=1, val_interval=1, train_batch_size=2))
     assert proc.returncode == 0, proc.stderr[-3000:]
     final = "autoencoder.pt" if stage == "autoencoder" else "model.pt"
     assert (ckpt / final).is_file()
+
+
+def test_progression_over_a_datalist_uses_per_item_prompts(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(2)
+    _png(data / "a.png", rng.random((32, 32)))
+    _png(data / "b.png", rng.random((32, 32)))
+    (data / "list.json").write_text(json.dumps({"test": [
+        {"image": "a.png"}, {"image": "b.png", "prompt": "A chest X-ray image, edema"}]}))
+    res = cxr.progression_main(tiny_network(), scheduler(), str(tmp_path / "out"), datalist=str(data / "list.json"),
+                               dataset_dir=str(data), image_size=(32, 32), num_rounds=1, num_inference_steps=2,
+                               progress=False)
+    assert res["num_images"] == 2 and set(res["outputs"]) == {"a", "b"}
+    prompts = {s: json.loads((tmp_path / "out" / s / "progression.json").read_text())["prompt"] for s in "ab"}
+    assert prompts == {"a": "A chest X-ray image, cardiomegaly, pleural effusion", "b": "A chest X-ray image, edema"}
+    with pytest.raises(FileNotFoundError, match="datalist"):
+        cxr.progression_main(tiny_network(), scheduler(), str(tmp_path / "o"), datalist=str(data / "nope.json"))
+
+
+def test_both_bundles_define_the_same_network():
+    a = json.loads((LDM / "configs" / "inference.json").read_text())
+    b = json.loads((PROG / "configs" / "inference.json").read_text())
+    for k in ["autoencoder_def", "unet_def", "conditioner_def", "network_def", "noise_scheduler", "image_size",
+              "ae_channels", "unet_channels", "latent_channels", "context_dim", "spatial_dims"]:
+        assert a[k] == b[k], k
+
+
+def test_interrupted_diffusion_training_resumes_from_the_last_checkpoint(generalist, trained, tmp_path):
+    ckpt = tmp_path / "models"
+    ckpt.mkdir()
+    shutil.copy(trained / "autoencoder.pt", ckpt / "autoencoder.pt")
+    base = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+            json.dumps(cfg(LDM, "inference.json", "train_diffusion.json"))]
+    base += cli_overrides(dict(TINY, dataset_dir=str(generalist), ckpt_dir=str(ckpt), tf_dir=str(tmp_path / "runs"),
+                               bundle_root=str(LDM), train_batch_size=4))
+    first = subprocess.run(base + ["--max_epochs", "1"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = subprocess.run(base + ["--max_epochs", "2", "--resume", "True"], capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    log = second.stdout + second.stderr
+    assert "Epoch: 2/2" in log and "Epoch: 1/2" not in log

@@ -17,6 +17,7 @@ from ..inferers import DiffusionSampler, ProgressionInferer, make_generator
 from ..networks import LatentDiffusionModel
 from ..utils import atomic_write_text
 from .brain_io import load_to_model_grid, from_model_grid, save_like
+from .datalist_runner import run_datalist
 from .visualize import frame_strip, save_gif, save_png
 
 __all__ = [
@@ -217,18 +218,6 @@ def progression_main(
         if image is None:
             raise ValueError("give `image` (a T1 NIfTI) or `datalist`.")
         return run_brain_progression(network, scheduler, image, output_dir, roi_path=roi, **kwargs)
-    from monai.data import load_decathlon_datalist
-
-    if not Path(datalist).is_file():
-        raise FileNotFoundError(f"datalist not found: {datalist}")
-    items = load_decathlon_datalist(datalist, True, datalist_split, base_dir=dataset_dir)
-    results = {}
-    for item in items:
-        stem = Path(item["image"]).name.split(".")[0]
-        kw = dict(kwargs)
-        for key in ("age", "sex"):
-            if key in item:
-                kw[key] = int(item[key]) if key == "sex" else float(item[key])
-        results[stem] = run_brain_progression(network, scheduler, item["image"], str(Path(output_dir) / stem),
-                                              roi_path=item.get("roi"), **kw)
-    return {"num_images": len(results), "outputs": {k: v["strip"] for k, v in results.items()}}
+    options = {"roi": ("roi_path", str), "age": ("age", float), "sex": ("sex", int)}
+    return run_datalist(lambda path, out, **kw: run_brain_progression(network, scheduler, path, out, **kw), datalist,
+                        dataset_dir, datalist_split, output_dir, options, **kwargs)

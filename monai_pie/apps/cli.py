@@ -3,6 +3,7 @@
     monai-pie version
     monai-pie synth brain OUTPUT_DIR [--num_subjects 40] [--seed 0] ...
     monai-pie synth cxr OUTPUT_DIR [--num_images 200] [--size 128] [--seed 0] ...
+    monai-pie synth generalist OUTPUT_DIR [--num_cxr 800] [--num_brain_subjects 60] [--size 64]
     monai-pie validate brain COHORT_DIR [--model_path ...] [--num_subjects 4]
     monai-pie validate cxr COHORT_DIR [--brain_slices_dir DIR] [--model_path ...]
     monai-pie schema            # path of the offline bundle-metadata schema
@@ -31,6 +32,13 @@ class Synth:
         from monai_pie.data.cxr_phantoms import synthesize_cxr_cohort
 
         return json.dumps(synthesize_cxr_cohort(output_dir, **kwargs), indent=2, default=str)
+
+    def generalist(self, output_dir: str, **kwargs: Any) -> str:
+        """CXR phantoms + brain MRI slices with one merged datalist (MediSyn generalist training); options as in
+        ``synthesize_generalist_cohort``."""
+        from monai_pie.data.generalist import synthesize_generalist_cohort
+
+        return json.dumps(synthesize_generalist_cohort(output_dir, **kwargs), indent=2, default=str)
 
 
 class Validate:

@@ -23,6 +23,7 @@ from ..data.cxr_readers import load_2d_image
 from ..inferers import DiffusionSampler, ProgressionInferer, ProgressionResult, make_generator
 from ..networks import LatentDiffusionModel
 from ..utils import atomic_write, atomic_write_text
+from .datalist_runner import run_datalist
 from .visualize import frame_strip, save_gif, save_png, to_uint8
 
 __all__ = [
@@ -356,20 +357,6 @@ def progression_main(
         if image is None:
             raise ValueError("give `image` (a PNG/JPEG/DICOM/NIfTI radiograph) or `datalist`.")
         return run_cxr_progression(network, scheduler, image, output_dir, roi_path=roi, **kwargs)
-    from monai.data import load_decathlon_datalist
-
-    if not Path(datalist).is_file():
-        raise FileNotFoundError(f"datalist not found: {datalist}")
-    items = load_decathlon_datalist(datalist, True, datalist_split, base_dir=dataset_dir)
-    results = {}
-    for item in items:
-        stem = Path(item["image"]).name.split(".")[0]
-        kw = dict(kwargs)
-        if item.get("prompt"):
-            kw["prompt"] = item["prompt"]
-        roi_path = item.get("roi")
-        if roi_path and dataset_dir and not Path(roi_path).is_absolute():
-            roi_path = str(Path(dataset_dir) / roi_path)
-        results[stem] = run_cxr_progression(network, scheduler, item["image"], str(Path(output_dir) / stem),
-                                            roi_path=roi_path, **kw)
-    return {"num_images": len(results), "outputs": {k: v["strip"] for k, v in results.items()}}
+    options = {"roi": ("roi_path", str), "prompt": ("prompt", str)}
+    return run_datalist(lambda path, out, **kw: run_cxr_progression(network, scheduler, path, out, **kw), datalist,
+                        dataset_dir, datalist_split, output_dir, options, **kwargs)

@@ -18,7 +18,8 @@ import numpy as np
 
 from .cxr_phantoms import _png_bytes
 
-__all__ = ["BRAIN_DIAGNOSIS_FINDING", "BRAIN_REPORT_PREFIX", "brain_slice_cohort", "merge_datalists"]
+__all__ = ["BRAIN_DIAGNOSIS_FINDING", "BRAIN_REPORT_PREFIX", "brain_slice_cohort", "merge_datalists",
+           "synthesize_generalist_cohort"]
 
 BRAIN_REPORT_PREFIX = "A brain MRI image"
 #: prompt finding per brain-cohort diagnosis
@@ -152,3 +153,37 @@ def merge_datalists(sources: Mapping[str, str | os.PathLike], output_path: str |
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(merged, indent=1) + "\n")
     return {"datalist": str(out), "counts": {s: len(v) for s, v in merged.items()}}
+
+
+def synthesize_generalist_cohort(
+    output_dir: str | os.PathLike,
+    num_cxr: int = 800,
+    num_brain_subjects: int = 60,
+    size: int = 64,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """CXR phantoms, a brain cohort and its slices, and the merged datalist, under one folder.
+
+    Layout: ``cxr/`` (:func:`monai_pie.data.synthesize_cxr_cohort`), ``brain/``
+    (:func:`monai_pie.data.synthesize_brain_cohort`), ``brain_slices/`` (:func:`brain_slice_cohort`) and
+    ``datalist.json`` (:func:`merge_datalists`, modalities ``chest x-ray`` and ``brain mri``): train the
+    ``cxr_text_ldm`` bundle with ``--dataset_dir <output_dir>``.
+    """
+    from .brain_cohort import synthesize_brain_cohort
+    from .cxr_phantoms import synthesize_cxr_cohort
+
+    out = Path(output_dir)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"`output_dir` {str(out)!r} is not empty; pass overwrite=True to write into it.")
+    cxr = synthesize_cxr_cohort(out / "cxr", num_images=num_cxr, size=size, seed=seed, overwrite=overwrite,
+                                progress=progress)
+    brain = synthesize_brain_cohort(out / "brain", num_subjects=num_brain_subjects, seed=seed, overwrite=overwrite,
+                                    progress=progress)
+    slices = brain_slice_cohort(out / "brain", out / "brain_slices", size=size, overwrite=overwrite)
+    merged = merge_datalists({"chest x-ray": out / "cxr", "brain mri": out / "brain_slices"}, out / "datalist.json",
+                             overwrite=overwrite)
+    return {"output_dir": str(out), "datalist": merged["datalist"], "counts": merged["counts"],
+            "cxr_images": cxr["num_images"], "brain_slices": slices["num_images"],
+            "brain_images": brain.get("num_images")}
