@@ -274,3 +274,11 @@ def test_interrupted_diffusion_training_resumes_from_the_last_checkpoint(general
     assert second.returncode == 0, second.stderr[-2000:]
     log = second.stdout + second.stderr
     assert "Epoch: 2/2" in log and "Epoch: 1/2" not in log
+
+
+def test_datalist_output_names_never_collide():
+    from monai_pie.apps.datalist_runner import output_names
+
+    assert output_names(["/d/a.png", "/d/b.nii.gz"], "/d") == ["a", "b"]
+    assert output_names(["/d/p1/s1/view1.jpg", "/d/p2/s1/view1.jpg"], "/d") == ["p1__s1__view1", "p2__s1__view1"]
+    assert output_names(["/d/1.2.3.dcm", "/d/1.2.3.dcm"], "/d") == ["1.2.3", "1.2.3_2"]

@@ -118,7 +118,8 @@ def test_validate_cxr_writes_the_report_with_every_section(cohort, tmp_path):
     assert report["generation"]["num_samples"] == 12 and np.isfinite(report["generation"]["fid"])
     for fig in ("cxr_progression_cardiomegaly.png", "cxr_generated.png", "cxr_generalist_brain.png"):
         assert (out / "figures" / fig).is_file()
-    assert (out / "validation" / "cxr_work" / "finding_classifier.pt").is_file()  # cached for reruns
+    recipe = json.loads((out / "validation" / "cxr_work" / "finding_classifier.json").read_text())
+    assert recipe["steps"] == 2 and recipe["n_train"] == len(load_cxr_split(cohort, "training", (32, 32))["items"])
 
 
 def test_brain_slice_cohort_refuses_a_non_cohort_and_its_own_folder(tmp_path):

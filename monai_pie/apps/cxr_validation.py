@@ -104,26 +104,41 @@ def _train_classifier(images: torch.Tensor, labels: torch.Tensor, steps: int, se
     return clf
 
 
-def train_readers(train: dict[str, Any], work: Path, classifier_steps: int, mask_steps: int,
-                  seed: int = 0) -> tuple[FindingClassifier, CXRMaskNet]:
-    """Train (or load from ``work``) the finding classifier and the mask network on the training split."""
+def _cached(path: Path, recipe: dict[str, Any], module: torch.nn.Module) -> bool:
+    """Load ``module`` from ``path`` when its recipe file matches ``recipe`` exactly."""
+    meta = path.with_suffix(".json")
+    if path.is_file() and meta.is_file() and json.loads(meta.read_text()) == recipe:
+        module.load_state_dict(torch.load(path, weights_only=True))
+        return True
+    return False
+
+
+def _store(path: Path, recipe: dict[str, Any], module: torch.nn.Module) -> None:
+    atomic_save(module.state_dict(), path)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(recipe, sort_keys=True))
+
+
+def train_readers(train: dict[str, Any], work: Path, classifier_steps: int, mask_steps: int, seed: int = 0,
+                  cohort: str = "") -> tuple[FindingClassifier, CXRMaskNet]:
+    """Train the finding classifier and the mask network on the training split, or load them from ``work`` when
+    they were trained there with the same recipe (cohort, split size, image size, steps, loss, seed)."""
     from monai.losses import DiceCELoss
 
-    clf_path, mask_path = work / "finding_classifier.pt", work / "mask_net.pt"
+    common = {"cohort": str(Path(cohort).resolve()) if cohort else "", "n_train": len(train["items"]),
+              "image_size": list(train["images"].shape[2:]), "seed": seed}
+    clf_recipe = {**common, "net": "DenseNet121", "steps": classifier_steps, "loss": "bce", "batch": 32, "lr": 1e-3}
+    mask_recipe = {**common, "net": "UNet16-128", "steps": mask_steps, "loss": "dice_ce_batch", "batch": 16, "lr": 3e-3}
     clf = FindingClassifier(CXR_FINDINGS)
-    if clf_path.is_file():
-        clf.load_state_dict(torch.load(clf_path, weights_only=True))
-    else:
+    if not _cached(work / "finding_classifier.pt", clf_recipe, clf):
         clf = _train_classifier(train["images"], train["labels"], classifier_steps, seed, "finding classifier")
-        atomic_save(clf.state_dict(), clf_path)
+        _store(work / "finding_classifier.pt", clf_recipe, clf)
+    torch.manual_seed(seed)
     masknet = CXRMaskNet()
-    if mask_path.is_file():
-        masknet.load_state_dict(torch.load(mask_path, weights_only=True))
-    else:
-        torch.manual_seed(seed)
-        fit(masknet, train["images"], train["masks"], DiceCELoss(sigmoid=True), steps=mask_steps, batch_size=16,
-            lr=3e-3, seed=seed, desc="mask net")
-        atomic_save(masknet.state_dict(), mask_path)
+    if not _cached(work / "mask_net.pt", mask_recipe, masknet):
+        # batch Dice: the effusion channel is empty in most images, per-image Dice would reward predicting nothing
+        fit(masknet, train["images"], train["masks"], DiceCELoss(sigmoid=True, batch=True), steps=mask_steps,
+            batch_size=16, lr=3e-3, seed=seed, desc="mask net")
+        _store(work / "mask_net.pt", mask_recipe, masknet)
     return clf.eval(), masknet.eval()
 
 
@@ -161,17 +176,19 @@ def validate_progression(bundle: dict[str, Any], clf: FindingClassifier, masknet
                          guidance_scale: float, size: Sequence[int], seed: int) -> dict[str, Any]:
     """PIE toward each target finding on held-out normal phantoms; per-round readings with the truth for reference."""
     renders = [render_cxr_phantom({}, seed=HELD_OUT_SEED + i, size=int(size[0])) for i in range(num_subjects)]
-    source = torch.stack([torch.from_numpy(r["image"])[None] for r in renders])
-    roi = default_cxr_roi(size)
-    inside = roi[0, 0].bool().numpy()
+    device = next(bundle["network"].parameters()).device
+    source = torch.stack([torch.from_numpy(r["image"])[None] for r in renders]).to(device)
+    roi = default_cxr_roi(size).to(device)
+    inside = roi[0, 0].bool().cpu().numpy()
     results: dict[str, Any] = {}
     for finding, key in PROGRESSION_TARGETS.items():
         t0 = time.perf_counter()
         res = simulate_cxr_progression(bundle["network"], bundle["scheduler"], source, f"{CXR_REPORT_PREFIX}, {finding}",
-                                       num_rounds=num_rounds, strength=strength, num_inference_steps=num_inference_steps,
+                                       roi=roi, num_rounds=num_rounds, strength=strength, num_inference_steps=num_inference_steps,
                                        guidance_scale=guidance_scale, seed=seed, progress=False)
         seconds = time.perf_counter() - t0
-        frames = res.frames[:, :, :1].float().cpu()  # (N+1, B, 1, H, W)
+        # residual decoding can leave [0, 1]; the readers were trained on [0, 1] images
+        frames = res.frames[:, :, :1].float().clamp(0, 1).cpu()  # (N+1, B, 1, H, W)
         j = CXR_FINDINGS.index(finding)
         conf, measure, cosine, other = [], [], [], []
         _, f0 = clf.predict(frames[0])
@@ -221,23 +238,31 @@ def _tile_row(images: torch.Tensor, height: int = 64) -> np.ndarray:
 def validate_generation(bundle: dict[str, Any], clf: FindingClassifier, train: dict[str, Any], test: dict[str, Any],
                         brain: torch.Tensor | None, figures: Path, num_samples: int, num_inference_steps: int,
                         guidance_scale: float, size: Sequence[int], seed: int) -> dict[str, Any]:
-    """Per-prompt adherence, diversity and memorisation; FID over all CXR samples; generalist modality check."""
+    """Per-prompt adherence, diversity and memorisation; FID against the test split with prompts drawn from the test
+    reports (so that the finding mix matches); generalist modality check."""
+    device = next(bundle["network"].parameters()).device
     prompts = [p for p in GENERATION_PROMPTS for _ in range(num_samples)]
     t0 = time.perf_counter()
     samples = sample_cxr_images(bundle["network"], bundle["scheduler"], prompts, size, num_inference_steps,
-                                guidance_scale, seed, batch_size=16, progress=True)
+                                guidance_scale, seed, batch_size=16, device=device, progress=True)
     seconds_per_image = (time.perf_counter() - t0) / len(prompts)
-    probs, feats = clf.predict(samples)
+    probs, _ = clf.predict(samples)
+    want = np.stack([_label_vector(p) for p in prompts])
+    # FID: one sample per test report, against the test images; the floor is as many real training images
+    fid_prompts = [i["report"] for i in test["items"]]
+    fid_x = sample_cxr_images(bundle["network"], bundle["scheduler"], fid_prompts, size, num_inference_steps,
+                              guidance_scale, seed + 3, batch_size=16, device=device, progress=True)
+    _, fid_feats = clf.predict(fid_x)
     _, test_feats = clf.predict(test["images"])
     _, train_feats = clf.predict(train["images"])
-    want = np.stack([_label_vector(p) for p in prompts])
-    n_ref = min(len(train_feats), len(samples))
+    n_ref = min(len(train_feats), len(fid_x))
     ref_idx = np.random.default_rng(seed).choice(len(train_feats), n_ref, replace=False)
     out: dict[str, Any] = {
         "seconds_per_image": seconds_per_image,
         "adherence": prompt_adherence(probs, want),
-        "fid": fid_from_features(feats, test_feats),
+        "fid": fid_from_features(fid_feats, test_feats),
         "fid_real_floor": fid_from_features(train_feats[ref_idx], test_feats),
+        "fid_n": len(fid_x),
         "num_samples": len(prompts),
         "prompts": {},
     }
@@ -262,8 +287,8 @@ def validate_generation(bundle: dict[str, Any], clf: FindingClassifier, train: d
     if brain is not None and len(brain):
         bprompts = [p for p in BRAIN_PROMPTS for _ in range(max(2, num_samples // 2))]
         bx = sample_cxr_images(bundle["network"], bundle["scheduler"], bprompts, size, num_inference_steps,
-                               guidance_scale, seed + 1, batch_size=16, progress=False)
-        cx = samples[: len(bx)]
+                               guidance_scale, seed + 1, batch_size=16, device=device, progress=False)
+        cx = samples[np.random.default_rng(seed).choice(len(samples), min(len(bx), len(samples)), replace=False)]
         reference = torch.cat([train["images"], brain])
         is_brain = np.r_[np.zeros(len(train["images"]), bool), np.ones(len(brain), bool)]
 
@@ -290,7 +315,8 @@ def validate_utility(bundle: dict[str, Any], train: dict[str, Any], test: dict[s
     reports = [cxr_report([f for f in CXR_FINDINGS if i[finding_key(f)]]) for i in train["items"]]
     prompts = [reports[k] for k in rng.choice(len(reports), num_synthetic)]
     syn_x = sample_cxr_images(bundle["network"], bundle["scheduler"], prompts, size, num_inference_steps,
-                              guidance_scale, seed + 2, batch_size=16, progress=True)
+                              guidance_scale, seed + 2, batch_size=16, device=next(bundle["network"].parameters()).device,
+                              progress=True)
     syn_y = torch.from_numpy(np.stack([_label_vector(p) for p in prompts])).float()
     out = {"num_real": len(idx), "num_synthetic": num_synthetic, "steps": steps}
     for name, (x, y) in {"real_only": (real_x, real_y),
@@ -321,7 +347,7 @@ def write_report(r: dict[str, Any], path: Path) -> str:
         "Every number below is read by these two networks, so it is only as good as they are.", "",
         "## PIE progression", "",
         f"{p['num_subjects']} held-out normal phantoms (subject seeds {HELD_OUT_SEED}+, never in the cohort), "
-        f"{p['num_rounds']} rounds, strength {p['strength']}, ROI = default thorax ellipse. Fidelity is the cosine "
+        f"{p['num_rounds']} rounds, strength {p['strength']}, ROI = the default thorax region (`roi_region` thorax). Fidelity is the cosine "
         "between the classifier's 1024-d embeddings of frame and source: PIE's CLIP-I needs CLIP weights, which cannot "
         "be fetched here, and a radiograph-trained feature space is the more relevant one.", "",
     ]
@@ -345,9 +371,11 @@ def write_report(r: dict[str, Any], path: Path) -> str:
     gen = r["generation"]
     lines += ["## Generation", "",
               f"{gen['num_samples']} samples, {gen['seconds_per_image']:.3f} s per image (batch 16). "
-              f"FID on classifier features against the test split: **{gen['fid']:.2f}**; the same FID between real "
-              f"training and test images (the floor): {gen['fid_real_floor']:.2f}. Prompt adherence (classifier reads "
-              f"exactly the prompted findings): **{gen['adherence']['exact']:.2f}**.", "",
+              f"FID on the classifier's 1024-d features against the {gen['fid_n']} test images, from one sample per test "
+              f"report (same finding mix): **{gen['fid']:.2f}**; the same FID between {gen['fid_n']} real training "
+              f"images and the test images (the floor at this sample size): {gen['fid_real_floor']:.2f}. Prompt "
+              f"adherence over the per-prompt samples (the classifier reads exactly the prompted findings): "
+              f"**{gen['adherence']['exact']:.2f}**.", "",
               "| prompt | exact adherence | prompted findings read as present | MS-SSIM samples | MS-SSIM real (n) | "
               "nearest training image, mean / min MAE |", "|---|---|---|---|---|---|"]
     for prompt, g in gen["prompts"].items():
@@ -361,15 +389,18 @@ def write_report(r: dict[str, Any], path: Path) -> str:
         m = gen["modality"]
         lines += ["### Generalist (MediSyn): one model, two modalities", "",
                   f"{m['num_brain_samples']} samples from brain prompts: {m['brain_prompt_nearest_brain']:.2f} have a "
-                  f"brain slice as their nearest real image (pixel MAE over CXR training images and brain slices); CXR "
-                  f"prompts: {m['cxr_prompt_nearest_cxr']:.2f} nearest a CXR.", "",
+                  f"brain slice as their nearest real image (pixel MAE over CXR training images and brain slices); as many "
+                  f"random CXR-prompt samples: {m['cxr_prompt_nearest_cxr']:.2f} nearest a CXR.", "",
                   "Rows: \"A brain MRI image, no finding\", \"A brain MRI image, alzheimer's disease\".", "",
                   "![Brain samples](../figures/cxr_generalist_brain.png)", ""]
     if r.get("utility"):
         u = r["utility"]
         lines += ["## Utility (MediSyn): few real images, with and without synthetic ones", "",
                   f"DenseNet121, {u['steps']} steps each, {u['num_real']} real training images, plus "
-                  f"{u['num_synthetic']} generated from prompts drawn from the training reports; test AUC.", "",
+                  f"{u['num_synthetic']} generated from prompts drawn from the training reports; test AUC. The "
+                  "generator itself was trained on the whole training split, so the synthetic images carry information "
+                  "from more than the few real ones: this measures what synthetic images from a generator trained on a "
+                  "larger pool of image-report pairs add to a small labelled set, as in MediSyn.", "",
                   "| training set | " + " | ".join(CXR_FINDINGS) + " | mean |", "|---" * (len(CXR_FINDINGS) + 2) + "|"]
         for name in ("real_only", "real_plus_synthetic"):
             lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(_f(a, 2) for a in u[name]["auc"]) +
@@ -378,6 +409,29 @@ def write_report(r: dict[str, Any], path: Path) -> str:
     text = "\n".join(lines) + "\n"
     atomic_write_text(path, text)
     return text
+
+
+def _command(args: dict[str, Any]) -> str:
+    """The CLI line that reproduces a ``validate_cxr`` call (options that differ from the defaults)."""
+    import inspect
+
+    defaults = {k: v.default for k, v in inspect.signature(validate_cxr).parameters.items()}
+    opts = "".join(f" --{k} {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in args.items()
+                   if k != "cohort_dir" and v != defaults.get(k))
+    return f"monai-pie validate cxr {args['cohort_dir']}{opts}"
+
+
+def _json_safe(x: Any) -> Any:
+    """NaN/inf -> None and numpy scalars -> Python, so the file is strict JSON."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
 
 
 def validate_cxr(
@@ -394,7 +448,7 @@ def validate_cxr(
     guidance_scale: float = 3.0,
     num_samples: int = 16,
     classifier_steps: int = 400,
-    mask_steps: int = 400,
+    mask_steps: int = 1200,
     utility_real: int = 32,
     utility_synthetic: int = 256,
     utility_steps: int = 300,
@@ -405,6 +459,7 @@ def validate_cxr(
     """Run the whole CXR validation; writes ``<output_dir>/validation/cxr.md`` (+ ``cxr.json``) and figures under
     ``<output_dir>/figures``. Readers are cached in ``work_dir`` (default ``<output_dir>/validation/cxr_work``).
     ``utility_synthetic=0`` skips the utility test."""
+    args = dict(locals())
     t0 = time.perf_counter()
     out = Path(output_dir)
     work = Path(work_dir) if work_dir else out / "validation" / "cxr_work"
@@ -419,7 +474,7 @@ def validate_cxr(
     if brain_slices_dir:
         items = json.loads((Path(brain_slices_dir) / "datalist.json").read_text())["training"]
         brain = torch.stack([_image(Path(brain_slices_dir) / i["image"], size) for i in items])
-    clf, masknet = train_readers(train, work, classifier_steps, mask_steps, seed)
+    clf, masknet = train_readers(train, work, classifier_steps, mask_steps, seed, cohort=cohort_dir)
     report: dict[str, Any] = {"readers": _reader_accuracy(clf, masknet, test)}
     report["progression"] = validate_progression(bundle, clf, masknet, figures, num_subjects, num_rounds, strength,
                                                  num_inference_steps, guidance_scale, size, seed)
@@ -428,12 +483,12 @@ def validate_cxr(
     if utility_synthetic > 0:
         report["utility"] = validate_utility(bundle, train, test, utility_real, utility_synthetic, utility_steps,
                                              num_inference_steps, guidance_scale, size, seed)
-    command = f"monai-pie validate cxr {cohort_dir}" + (f" --brain_slices_dir {brain_slices_dir}" if brain_slices_dir else "")
+    command = _command(args)
     report["params"] = {"command": command, "model_path": bundle["model_path"], "cohort_dir": str(cohort_dir),
                         "image_size": list(size), "num_subjects": num_subjects, "num_rounds": num_rounds,
                         "strength": strength, "num_inference_steps": num_inference_steps,
                         "guidance_scale": guidance_scale, "classifier_steps": classifier_steps,
                         "mask_steps": mask_steps, "device": device, "seconds": time.perf_counter() - t0}
     write_report(report, out / "validation" / "cxr.md")
-    atomic_write_text(out / "validation" / "cxr.json", json.dumps(report, indent=2, default=float))
+    atomic_write_text(out / "validation" / "cxr.json", json.dumps(_json_safe(report), indent=2))
     return {"report": str(out / "validation" / "cxr.md"), "seconds": report["params"]["seconds"]}

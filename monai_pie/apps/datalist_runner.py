@@ -6,7 +6,36 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_datalist"]
+__all__ = ["output_names", "run_datalist"]
+
+
+def _strip_suffixes(name: str) -> str:
+    for ext in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".mha", ".nrrd"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def output_names(images: list[str], root: str | None = None) -> list[str]:
+    """One distinct folder name per image: the file name without its extension, or, where names repeat (CheXpert's
+    ``patient1/study1/view1_frontal.jpg``), the path under ``root`` with ``/`` as ``__``; a numeric suffix as the
+    last resort."""
+    base = [_strip_suffixes(Path(p).name) for p in images]
+    if len(set(base)) < len(base):
+        rel = []
+        for p in images:
+            try:
+                r = Path(p).resolve().relative_to(Path(root).resolve()) if root else Path(p)
+            except ValueError:
+                r = Path(p)
+            rel.append(_strip_suffixes("__".join(part for part in r.parts if part not in ("/", ".."))))
+        base = rel
+    seen: dict[str, int] = {}
+    out = []
+    for name in base:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return out
 
 
 def run_datalist(
@@ -18,7 +47,8 @@ def run_datalist(
     item_options: Mapping[str, tuple[str, Callable[[Any], Any]]] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Call ``run_one(image_path, output_dir/<image stem>, **kwargs)`` for each item of ``datalist[split]``.
+    """Call ``run_one(image_path, output_dir/<name>, **kwargs)`` for each item of ``datalist[split]``; names come
+    from :func:`output_names`, so two items never share a folder.
 
     Args:
         run_one: the per-image function; it returns a summary with a ``strip`` path.
@@ -32,9 +62,9 @@ def run_datalist(
     if not Path(datalist).is_file():
         raise FileNotFoundError(f"datalist not found: {datalist}")
     items = load_decathlon_datalist(datalist, True, split, base_dir=dataset_dir)
+    names = output_names([item["image"] for item in items], dataset_dir)
     results = {}
-    for item in items:
-        stem = Path(item["image"]).name.split(".")[0]
+    for item, stem in zip(items, names):
         kw = dict(kwargs)
         for field, (name, convert) in (item_options or {}).items():
             if item.get(field) not in (None, ""):

@@ -89,7 +89,7 @@ def brain_slice_cohort(
             if item.get("diagnosis") not in BRAIN_DIAGNOSIS_FINDING:
                 raise ValueError(f"{item.get('image')}: diagnosis {item.get('diagnosis')!r} is not one of "
                                  f"{sorted(BRAIN_DIAGNOSIS_FINDING)}.")
-            img = nib.load(str(src / item["image"]))
+            img = nib.as_closest_canonical(nib.load(str(src / item["image"])))  # RAS, so the flips below hold
             vol = np.asarray(img.dataobj, dtype=np.float32)
             inv = np.linalg.inv(img.affine)
             stem = Path(item["image"]).name.split(".")[0]
