@@ -109,7 +109,7 @@ def test_validate_cxr_writes_the_report_with_every_section(cohort, tmp_path):
                           classifier_steps=2, mask_steps=2, utility_real=4, utility_synthetic=4, utility_steps=1,
                           overrides=NET)
     text = Path(result["report"]).read_text()
-    for section in ("## The readers", "## PIE progression", "Toward \"cardiomegaly\"", "## Generation",
+    for section in ("## The readers", "## PIE progression", "Toward \"cardiomegaly\"", "PIE settings", "## Generation",
                     "Generalist", "## Utility"):
         assert section in text
     report = json.loads((out / "validation" / "cxr.json").read_text())
