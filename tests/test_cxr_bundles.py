@@ -166,9 +166,11 @@ def test_progression_bundle_frames_at_input_resolution_with_roi_respected(traine
     image = _png(tmp_path / "input.png", np.asarray(Image.fromarray(src).resize((40, 48))))  # non-square, not 32
     out = tmp_path / "prog"
     bundle_run(config_file=cfg(PROG, "inference.json"), bundle_root=str(PROG), model_path=str(trained / "model.pt"),
-               output_dir=str(out), image=str(image), num_rounds=2, num_inference_steps=4, **NET)
+               output_dir=str(out), image=str(image), num_rounds=2, num_inference_steps=4, **NET,
+               anchor="original", strength=0.5, blend_in=0.75)  # PIE's blend: a clear in/out contrast in 2 rounds
     summary = json.loads((out / "progression.json").read_text())
     assert len(summary["rounds"]) == 2 and summary["prompt"].startswith("A chest X-ray image")
+    assert summary["params"]["anchor"] == "original" and summary["params"]["blend_in"] == 0.75  # overrides reach PIE
     f0, f2 = load_2d_image(out / "frame_00.png"), load_2d_image(out / "frame_02.png")
     assert f0.shape == f2.shape == (48, 40)
     assert np.abs(f0 - load_2d_image(image)).max() < 1e-4  # frame 0 is the input
@@ -252,6 +254,8 @@ def test_progression_over_a_datalist_uses_per_item_prompts(tmp_path):
     assert res["num_images"] == 2 and set(res["outputs"]) == {"a", "b"}
     prompts = {s: json.loads((tmp_path / "out" / s / "progression.json").read_text())["prompt"] for s in "ab"}
     assert prompts == {"a": "A chest X-ray image, cardiomegaly, pleural effusion", "b": "A chest X-ray image, edema"}
+    params = json.loads((tmp_path / "out" / "a" / "progression.json").read_text())["params"]
+    assert params["anchor"] == "previous" and params["blend_in"] == 0.3  # the validated defaults
     with pytest.raises(FileNotFoundError, match="datalist"):
         cxr.progression_main(tiny_network(), scheduler(), str(tmp_path / "o"), datalist=str(data / "nope.json"))
 
