@@ -17,7 +17,7 @@ from ..inferers import DiffusionSampler, ProgressionInferer, make_generator
 from ..networks import LatentDiffusionModel
 from ..utils import atomic_write_text
 from .brain_io import load_to_model_grid, from_model_grid, save_like
-from .datalist_runner import run_datalist
+from .datalist_runner import run_image_or_datalist
 from .visualize import frame_strip, save_gif, save_png
 
 __all__ = [
@@ -214,10 +214,10 @@ def progression_main(
 
     Datalist items use ``image`` and optionally ``roi``, ``age``, ``sex``; each goes to ``output_dir/<image stem>/``.
     """
-    if datalist is None:
-        if image is None:
-            raise ValueError("give `image` (a T1 NIfTI) or `datalist`.")
-        return run_brain_progression(network, scheduler, image, output_dir, roi_path=roi, **kwargs)
     options = {"roi": ("roi_path", str), "age": ("age", float), "sex": ("sex", int)}
-    return run_datalist(lambda path, out, **kw: run_brain_progression(network, scheduler, path, out, **kw), datalist,
-                        dataset_dir, datalist_split, output_dir, options, **kwargs)
+
+    def run_one(path: str, out: str, **kw: Any) -> dict[str, Any]:
+        return run_brain_progression(network, scheduler, path, out, **kw)
+
+    return run_image_or_datalist(run_one, output_dir, image, roi, datalist, dataset_dir, datalist_split, options,
+                                 image_hint="a T1 NIfTI", **kwargs)

@@ -23,7 +23,7 @@ from ..data.cxr_readers import load_2d_image
 from ..inferers import DiffusionSampler, ProgressionInferer, ProgressionResult, make_generator
 from ..networks import LatentDiffusionModel
 from ..utils import atomic_write, atomic_write_text
-from .datalist_runner import run_datalist
+from .datalist_runner import run_image_or_datalist
 from .visualize import frame_strip, save_gif, save_png, to_uint8
 
 __all__ = [
@@ -112,13 +112,12 @@ def sample_cxr_images(
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     progress: bool = True,
-    latent_shape: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """One image per prompt: ``(N, 1, H, W)`` in [0, 1] on the CPU, sampled in batches of ``batch_size`` from one
     seeded generator (the same call gives the same images)."""
     device = torch.device(device)
     prompts = check_prompts(prompts, network)
-    latent = tuple(latent_shape) if latent_shape is not None else latent_shape_for(network, image_size, device)
+    latent = latent_shape_for(network, image_size, device)
     sampler = DiffusionSampler(scheduler, num_inference_steps, progress=progress)
     g = make_generator(seed, device)
     out = []
@@ -160,12 +159,11 @@ def generate_cxr_images(
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
     device = torch.device(device)
     network = network.to(device).eval()
-    prompts = check_prompts(prompts, network)
-    latent = latent_shape_for(network, image_size, device)
+    prompts = check_prompts(prompts)  # the conditioner checks them in sample_cxr_images, before any sampling
     t0 = time.perf_counter()
     jobs = [(p, i) for p in range(len(prompts)) for i in range(int(num_samples_per_prompt))]
     x = sample_cxr_images(network, scheduler, [prompts[p] for p, _ in jobs], image_size, num_inference_steps,
-                          guidance_scale, seed, batch_size, device, progress, latent_shape=latent)[:, 0].numpy()
+                          guidance_scale, seed, batch_size, device, progress)[:, 0].numpy()
     out = Path(output_dir)
     images: dict[tuple[int, int], np.ndarray] = {}
     paths: list[list[str]] = [[] for _ in prompts]
@@ -369,10 +367,10 @@ def progression_main(
     """Bundle entry point: one ``image`` (+ optional ``roi`` mask file), or every item of
     ``datalist[datalist_split]`` (items: ``image``, optional ``roi`` and ``prompt``), each to
     ``output_dir/<image stem>/``."""
-    if datalist is None:
-        if image is None:
-            raise ValueError("give `image` (a PNG/JPEG/DICOM/NIfTI radiograph) or `datalist`.")
-        return run_cxr_progression(network, scheduler, image, output_dir, roi_path=roi, **kwargs)
     options = {"roi": ("roi_path", str), "prompt": ("prompt", str)}
-    return run_datalist(lambda path, out, **kw: run_cxr_progression(network, scheduler, path, out, **kw), datalist,
-                        dataset_dir, datalist_split, output_dir, options, **kwargs)
+
+    def run_one(path: str, out: str, **kw: Any) -> dict[str, Any]:
+        return run_cxr_progression(network, scheduler, path, out, **kw)
+
+    return run_image_or_datalist(run_one, output_dir, image, roi, datalist, dataset_dir, datalist_split, options,
+                                 image_hint="a PNG/JPEG/DICOM/NIfTI radiograph", **kwargs)

@@ -192,14 +192,14 @@ def validate_progression(bundle: dict[str, Any], clf: FindingClassifier, masknet
         # residual decoding can leave [0, 1]; the readers were trained on [0, 1] images
         frames = res.frames[:, :, :1].float().clamp(0, 1).cpu()  # (N+1, B, 1, H, W)
         j = CXR_FINDINGS.index(finding)
-        conf, measure, cosine, other = [], [], [], []
-        _, f0 = clf.predict(frames[0])
+        conf, measure, feats, other = [], [], [], []
         for n in range(frames.shape[0]):
             p, f = clf.predict(frames[n])
             conf.append(p[:, j])
             other.append(np.delete(p, j, axis=1).max(1))
-            cosine.append(embedding_cosine(f, f0))
+            feats.append(f)
             measure.append(_measure(masknet, frames[n], key))
+        cosine = [embedding_cosine(f, feats[0]) for f in feats]
         conf, measure, cosine, other = (np.stack(a) for a in (conf, measure, cosine, other))  # (N+1, B)
         rounds = np.arange(frames.shape[0])
         change = (frames[-1] - frames[0]).abs()[:, 0].numpy()  # (B, H, W)

@@ -6,11 +6,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["output_names", "run_datalist"]
+__all__ = ["output_names", "run_datalist", "run_image_or_datalist"]
 
 
 def _strip_suffixes(name: str) -> str:
-    for ext in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".mha", ".nrrd"):
+    from ..data.cxr_readers import IMAGE_EXTENSIONS
+
+    # only known image extensions: a suffix-less DICOM UID ("1.2.840.1") keeps its dots
+    for ext in sorted((*IMAGE_EXTENSIONS, ".mha", ".nrrd"), key=len, reverse=True):
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return name
@@ -71,3 +74,24 @@ def run_datalist(
                 kw[name] = convert(item[field])
         results[stem] = run_one(item["image"], str(Path(output_dir) / stem), **kw)
     return {"num_images": len(results), "outputs": {k: v["strip"] for k, v in results.items()}}
+
+
+def run_image_or_datalist(
+    run_one: Callable[..., dict[str, Any]],
+    output_dir: str,
+    image: str | None,
+    roi: str | None,
+    datalist: str | None,
+    dataset_dir: str | None,
+    split: str,
+    item_options: Mapping[str, tuple[str, Callable[[Any], Any]]] | None = None,
+    image_hint: str = "an image file",
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Bundle entry point shared by the progression apps: ``run_one(image, output_dir, roi_path=roi, **kwargs)``
+    for one ``image``, or :func:`run_datalist` over ``datalist[split]`` when a datalist is given."""
+    if datalist is None:
+        if image is None:
+            raise ValueError(f"give `image` ({image_hint}) or `datalist`.")
+        return run_one(image, output_dir, roi_path=roi, **kwargs)
+    return run_datalist(run_one, datalist, dataset_dir, split, output_dir, item_options, **kwargs)

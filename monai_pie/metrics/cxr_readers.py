@@ -48,17 +48,14 @@ class FindingClassifier(nn.Module):
         self.findings = tuple(findings)
         self.net = DenseNet121(spatial_dims=2, in_channels=1, out_channels=len(self.findings))
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features ``(B, 1024)``: the DenseNet's last feature map, ReLU, global average pool."""
-        return F.adaptive_avg_pool2d(F.relu(self.net.features(x)), 1).flatten(1)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, F)``."""
         return self.net(x)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities ``(N, F)`` and features ``(N, 1024)`` of ``(N, 1, H, W)`` images, in eval mode."""
+        """Probabilities ``(N, F)`` and pooled features ``(N, 1024)`` (the last feature map, ReLU, global average
+        pool) of ``(N, 1, H, W)`` images, from one pass, in eval mode."""
         self.eval()
         probs, feats = [], []
         for i in range(0, x.shape[0], batch_size):
