@@ -68,9 +68,11 @@ def test_generation_writes_volumes_on_the_model_grid(trained, tmp_path):
 def test_progression_bundle_outputs_on_the_input_grid(trained, tmp_path):
     out = tmp_path / "prog"
     bundle_run(config_file=cfg(PROG, "inference.json"), bundle_root=str(PROG), model_path=str(trained / "model.pt"),
-               output_dir=str(out), num_rounds=2, num_inference_steps=4, **{k: TINY[k] for k in ("image_size", "ae_channels", "unet_channels")})
+               output_dir=str(out), num_rounds=2, num_inference_steps=4, anchor="previous", blend_in=0.4,
+               **{k: TINY[k] for k in ("image_size", "ae_channels", "unet_channels")})
     summary = json.loads((out / "progression.json").read_text())
     assert len(summary["rounds"]) == 2 and summary["target"]["diagnosis"] == "AD"
+    assert summary["params"]["anchor"] == "previous" and summary["params"]["blend_in"] == 0.4  # overrides reach PIE
     example = nib.load(PROG / "docs" / "example_t1.nii.gz")
     f0, f2 = nib.load(out / "frame_00.nii.gz"), nib.load(out / "frame_02.nii.gz")
     assert f2.shape == example.shape and np.allclose(f2.affine, example.affine)
@@ -175,6 +177,7 @@ def test_progression_target_validation():
 
 def test_validation_report_runs_end_to_end(cohort, trained, tmp_path):
     from monai_pie.apps.brain_validation import validate_brain
+    from monai_pie.inferers.progression import SWEEP_SETTINGS
 
     res = validate_brain(str(cohort), model_path=str(trained / "model.pt"), bundle_dir=str(LDM), output_dir=str(tmp_path),
                          num_subjects=1, num_rounds=2, num_inference_steps=3, num_samples=2,
@@ -183,6 +186,10 @@ def test_validation_report_runs_end_to_end(cohort, trained, tmp_path):
     assert "Markers per round" in report and "MS-SSIM" in report and "| 2 |" in report
     data = json.loads((tmp_path / "validation" / "brain_progression.json").read_text())
     assert len(data["progression"]["subjects"][0]["markers"]) == 3
+    sweep = data["progression"]["sweep"]
+    assert [(r["strength"], r["blend_in"], r["anchor"]) for r in sweep] == [tuple(s) for s in SWEEP_SETTINGS]
+    assert all(set(r["rho_median"]) == set(data["progression"]["subjects"][0]["rho"]) for r in sweep)
+    assert "PIE settings" in report and report.count("| previous |") >= 2
     assert (tmp_path / "figures" / "brain_progression_strip.png").is_file()
 
 
@@ -200,3 +207,18 @@ def test_sparse_backprop_is_switchable_from_the_training_configs(stage, module):
         net = parser.get_parsed_content(module)
         assert (handler is not None) == enabled
         assert bool(sparse_backprop_modules(net)) == enabled  # converted only when switched on
+
+
+def test_progression_defaults_are_the_validated_settings():
+    import inspect
+
+    from monai_pie.apps.brain import run_brain_progression
+    from monai_pie.apps.brain_validation import validate_brain
+
+    conf = json.loads((PROG / "configs" / "inference.json").read_text())
+    for fn in (run_brain_progression, validate_brain):
+        defaults = inspect.signature(fn).parameters
+        assert {k: defaults[k].default for k in ("strength", "blend_in", "anchor")} == \
+            {k: conf[k] for k in ("strength", "blend_in", "anchor")}
+    # the setting with monotone markers in docs/validation/brain_progression.md (PIE's 0.5 / 0.75 / original is not)
+    assert (conf["strength"], conf["blend_in"], conf["anchor"]) == (0.3, 0.3, "previous")

@@ -147,3 +147,28 @@ def test_collect_condition_numeric_covariates_and_text_prompts():
         collect_condition(batch, ["report", "age"], torch.device("cpu"))
     with pytest.raises(KeyError, match="lacks condition keys"):
         collect_condition(batch, ["sex"], torch.device("cpu"))
+
+
+def test_latent_cache_encodes_each_image_once_and_matches_uncached():
+    torch.manual_seed(0)
+    model = LatentDiffusionModel(tiny_unet(2, 3, 3), tiny_autoencoder(2)).eval()
+    calls = []
+    encode = model.autoencoder.encode
+    model.autoencoder.encode = lambda x: (calls.append(x.shape[0]), encode(x))[1]
+    images = torch.rand(3, 1, 16, 16)
+    cached = LatentDiffusionPrepareBatch(model, DDPMScheduler(1000), latent_cache_size=2)
+    plain = LatentDiffusionPrepareBatch(model, DDPMScheduler(1000))
+    z = cached.encode(images[:2])
+    torch.testing.assert_close(z, plain.encode(images[:2]))
+    calls.clear()
+    torch.testing.assert_close(cached.encode(images[[1, 0]]), z[[1, 0]])
+    assert calls == []  # both hits: the encoder did not run
+    cached.encode(images[2:])  # a new image: one encode, and the least recently used (image 1) is dropped
+    assert calls == [1] and len(cached._cache) == 2
+    calls.clear()
+    cached.encode(images[:1])
+    assert calls == []  # image 0 was used more recently than image 1, so it stayed
+    model.scale_factor.fill_(2.0)  # a new scale factor must not reuse latents scaled by the old one
+    torch.testing.assert_close(cached.encode(images[:1]), 2.0 * z[:1])
+    with pytest.raises(ValueError, match="latent_cache_size"):
+        LatentDiffusionPrepareBatch(model, DDPMScheduler(1000), latent_cache_size=-1)

@@ -79,11 +79,12 @@ def run_brain_progression(
     sex: int = 0,
     roi_path: str | None = None,
     num_rounds: int = 8,
-    strength: float = 0.5,
+    strength: float = 0.3,
     num_inference_steps: int = 50,
     guidance_scale: float = 3.0,
-    blend_in: float = 0.75,
+    blend_in: float = 0.3,
     blend_out: float = 0.01,
+    anchor: str = "previous",
     n_restarts: int = 1,
     noise_mode: str = "stochastic",
     seed: int = 0,
@@ -113,8 +114,8 @@ def run_brain_progression(
     roi = vol.roi if vol.roi is not None else default_brain_roi(vol.image)
     inferer = ProgressionInferer(
         scheduler, num_rounds=num_rounds, strength=strength, num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale, blend_in=blend_in, blend_out=blend_out, n_restarts=n_restarts,
-        noise_mode=noise_mode, progress=progress,
+        guidance_scale=guidance_scale, blend_in=blend_in, blend_out=blend_out, anchor=anchor,
+        n_restarts=n_restarts, noise_mode=noise_mode, progress=progress,
     )
     cond = _covariates(stage, age, sex)
     result = inferer(vol.image.to(device), network, condition=cond, roi_mask=roi.to(device), seed=seed)

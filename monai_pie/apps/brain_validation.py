@@ -21,11 +21,13 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..data.brain_cohort import load_brain_template, synthesize_brain_subject
+from ..data.brain_cohort import DIAGNOSIS_THRESHOLDS, load_brain_template, synthesize_brain_subject
 from ..bundle_tools import load_bundle_model
 from ..metrics import BrainMarkers, ms_ssim_diversity, nearest_neighbour_distances, spearman_rho
 from ..utils import atomic_write_text
+from ..inferers.progression import SWEEP_SETTINGS
 from .brain import default_brain_roi, generate_brain_volumes, run_brain_progression
+from .brain_io import load_to_model_grid
 from .visualize import frame_strip, save_png
 
 __all__ = ["load_brain_bundle", "validate_brain"]
@@ -52,7 +54,8 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 def validate_progression(bundle: dict[str, Any], out_dir: Path, num_subjects: int, num_rounds: int,
                          num_inference_steps: int, guidance_scale: float, strength: float, device: str,
-                         target_stage: float = 0.9) -> dict[str, Any]:
+                         target_stage: float = 0.9, blend_in: float = 0.75, anchor: str = "original",
+                         figures: bool = True) -> dict[str, Any]:
     template = load_brain_template()
     voxel_ml = float(abs(np.linalg.det(template.affine[:3, :3]))) / 1000.0
     rois = {"hippocampal": template.hippocampal_roi, "ventricle": template.ventricle_roi}
@@ -67,7 +70,7 @@ def validate_progression(bundle: dict[str, Any], out_dir: Path, num_subjects: in
             bundle["network"], bundle["scheduler"], path, str(out_dir / "runs" / f"subject_{i}"),
             pixdim=bundle["pixdim"], image_size=bundle["image_size"], target_stage_value=target_stage, age=age, sex=sex,
             num_rounds=num_rounds, strength=strength, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, seed=i, device=device, progress=False)
+            guidance_scale=guidance_scale, blend_in=blend_in, anchor=anchor, seed=i, device=device, progress=False)
         frames = [nib.load(p).get_fdata().astype(np.float32) for p in summary["frames"]]
         brain = ndimage.binary_dilation(template.mask > 0.5, iterations=2)
         x0 = frames[0] / max(float(np.percentile(frames[0], 99.5)), 1e-6)
@@ -89,6 +92,8 @@ def validate_progression(bundle: dict[str, Any], out_dir: Path, num_subjects: in
             "direction_corr": _corr(edit[brain], truth[brain]),
         })
         strips.append((frames, summary["strip"]))
+    if not figures:
+        return {"subjects": subjects, "voxel_ml": voxel_ml}
     frames, _ = strips[0]
     save_png(frame_strip([frames[0], frames[len(frames) // 2], frames[-1]],
                          ["held-out CN", f"round {len(frames) // 2}", f"round {len(frames) - 1}"], height=140),
@@ -98,6 +103,43 @@ def validate_progression(bundle: dict[str, Any], out_dir: Path, num_subjects: in
     save_png(frame_strip([cn0["image"], ad0["image"]], ["truth: stage 0.05", f"truth: stage {target_stage}"], height=140),
              out_dir / "figures" / "brain_true_atrophy_strip.png")
     return {"subjects": subjects, "voxel_ml": voxel_ml}
+
+
+def sweep_progression_settings(bundle: dict[str, Any], out_dir: Path, num_subjects: int, num_rounds: int,
+                               num_inference_steps: int, guidance_scale: float, device: str,
+                               target_stage: float = 0.9) -> list[dict[str, Any]]:
+    """Median marker rho, mean marker change and direction correlation for each of :data:`SWEEP_SETTINGS`."""
+    rows = []
+    for strength, blend_in, anchor in SWEEP_SETTINGS:
+        subs = validate_progression(bundle, out_dir / f"sweep_{strength}_{blend_in}_{anchor}", num_subjects, num_rounds,
+                                    num_inference_steps, guidance_scale, strength, device, target_stage, blend_in,
+                                    anchor, figures=False)["subjects"]
+        keys = list(subs[0]["rho"])
+        rows.append({
+            "strength": strength, "blend_in": blend_in, "anchor": anchor,
+            "rho_median": {k: float(np.nanmedian([s["rho"][k] for s in subs])) for k in keys},
+            "change_round_1": {k: float(np.mean([s["markers"][1][k] - s["markers"][0][k] for s in subs])) for k in keys},
+            "change_last": {k: float(np.mean([s["markers"][-1][k] - s["markers"][0][k] for s in subs])) for k in keys},
+            "true_change": {k: float(np.mean([s["true_ad"][k] - s["true_cn"][k] for s in subs])) for k in keys},
+            "direction_corr": float(np.nanmedian([s["direction_corr"] for s in subs])),
+        })
+    return rows
+
+
+def _mean_markers(readings: list[dict[str, float]]) -> dict[str, float]:
+    return {k: float(np.mean([m[k] for m in readings])) for k in readings[0]} if readings else {}
+
+
+def _model_grid_markers(cohort_dir: Path, ref_image: str, pixdim: Any, image_size: Any, datalist: list[dict],
+                        train: torch.Tensor) -> BrainMarkers:
+    """``BrainMarkers`` on the model grid: the cohort's ROIs resampled like the images, class means from the first
+    real CN training image (``train`` is ``(N, 1, *image_size)`` on the model grid, in datalist order)."""
+    rois = {name: load_to_model_grid(ref_image, pixdim, image_size, cohort_dir / "rois" / f"{name}_roi.nii.gz")
+            .roi[0, 0].numpy() for name in ("hippocampal", "ventricle")}
+    cn = next((i for i, d in enumerate(datalist[:len(train)]) if float(d["stage"]) < DIAGNOSIS_THRESHOLDS[0]), 0)
+    reference = train[cn, 0].numpy()
+    brain = default_brain_roi(train[cn:cn + 1])[0, 0].numpy()
+    return BrainMarkers(brain, rois, float(np.prod(pixdim)) / 1000.0, reference=reference)
 
 
 def validate_generation(bundle: dict[str, Any], cohort_dir: Path, out_dir: Path, num_samples: int,
@@ -112,7 +154,10 @@ def validate_generation(bundle: dict[str, Any], cohort_dir: Path, out_dir: Path,
     train = torch.stack([pre({"image": d["image"]})["image"] for d in datalist[:max_train]])
     ref_image = datalist[0]["image"]
     out = {}
-    template = load_brain_template()
+    with torch.no_grad():  # what a perfect generator behind this autoencoder could reach: its reconstruction error
+        net = bundle["network"]
+        x = train[:num_samples].to(next(net.parameters()).device)
+        ae_floor = float((net.decode(net.encode(x)).clamp(0, 1) - x).abs().mean())
     for name, cov in (("CN", {"age": 70.0, "sex": 0, "stage": 0.05}), ("AD", {"age": 70.0, "sex": 0, "stage": 0.9})):
         summary = generate_brain_volumes(bundle["network"], bundle["scheduler"], str(out_dir / "generated" / name),
                                          ref_image, cov, num_samples, bundle["pixdim"], bundle["image_size"],
@@ -124,15 +169,24 @@ def validate_generation(bundle: dict[str, Any], cohort_dir: Path, out_dir: Path,
             "ms_ssim": ms_ssim_diversity(samples), "ms_ssim_train": ms_ssim_diversity(train[:num_samples]),
             "nn_gen_mean": float(nn_gen.mean()), "nn_gen_min": float(nn_gen.min()),
             "nn_train_mean": float(nn_train.mean()), "nn_train_min": float(nn_train.min()),
-            "seconds_per_volume": summary["seconds_per_volume"], "samples": samples,
+            "seconds_per_volume": summary["seconds_per_volume"], "samples": samples, "ae_reconstruction_mae": ae_floor,
         }
-    # conditioning check: ventricle CSF of generated AD vs CN, read in the model grid with fixed central ROI
-    for name in out:
+    # conditioning check: the same marker reader on generated CN / AD samples and on real training CN / AD images
+    markers = _model_grid_markers(cohort_dir, ref_image, bundle["pixdim"], bundle["image_size"], datalist, train)
+    stages = np.array([float(d["stage"]) for d in datalist[:len(train)]])
+    for name, pick in (("CN", stages < DIAGNOSIS_THRESHOLDS[0]), ("AD", stages >= DIAGNOSIS_THRESHOLDS[1])):
         s = out[name].pop("samples")
-        out[name]["mean_intensity_central"] = float(s[..., 30:50, 36:60, 30:50].mean())
+        gen_m = [markers(v[0].numpy()) for v in s]
+        real = train[torch.from_numpy(pick)]
+        with torch.no_grad():  # real images through the autoencoder: what the reader sees of them at the samples' blur
+            recon = torch.cat([net.decode(net.encode(real[i:i + 4].to(x.device))).clamp(0, 1).cpu()
+                               for i in range(0, len(real), 4)]) if len(real) else real
+        real_m, recon_m = [markers(v[0].numpy()) for v in real], [markers(v[0].numpy()) for v in recon]
+        out[name].update(markers=_mean_markers(gen_m), real_markers=_mean_markers(real_m),
+                         real_reconstructed_markers=_mean_markers(recon_m))
+        out[name]["num_real"] = len(real_m)
         save_png(frame_strip([v[0].numpy() for v in s[:3]], [f"{name} sample {k}" for k in range(min(3, len(s)))],
                              diff=False, height=120), out_dir / "figures" / f"brain_generated_{name}.png")
-    del template
     return out
 
 
@@ -148,7 +202,8 @@ def write_report(prog: dict[str, Any], gen: dict[str, Any] | None, params: dict[
         f"Command: `{params['command']}`  ",
         f"Model: `{params['model_path']}`; {len(subs)} held-out CN subjects (stage 0.05, seeds {HELD_OUT_SEED}+), "
         f"edited toward stage {params['target_stage']} (AD) for {params['num_rounds']} rounds, strength "
-        f"{params['strength']}, {params['num_inference_steps']} steps, guidance {params['guidance_scale']}, ROI = "
+        f"{params['strength']}, blend_in {params.get('blend_in', 0.75)}, anchor {params.get('anchor', 'original')}, "
+        f"{params['num_inference_steps']} steps, guidance {params['guidance_scale']}, ROI = "
         f"whole brain (automatic); device {params['device']}; {params['seconds']:.0f} s in all.", "",
         "Markers are read with `monai_pie.metrics.BrainMarkers`: partial-volume unmixing between CSF/GM/WM k-means "
         "class means fixed from frame 0, inside a brain mask thresholded from frame 0; hippocampal GM inside the "
@@ -165,7 +220,7 @@ def write_report(prog: dict[str, Any], gen: dict[str, Any] | None, params: dict[
         lines.append(f"| {r} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
     true_cn = [np.mean([s["true_cn"][k] for s in subs]) for k in keys]
     true_ad = [np.mean([s["true_ad"][k] for s in subs]) for k in keys]
-    lines += [f"| truth, stage 0.05 | " + " | ".join(f"{v:.2f}" for v in true_cn) + " |",
+    lines += ["| truth, stage 0.05 | " + " | ".join(f"{v:.2f}" for v in true_cn) + " |",
               f"| truth, stage {params['target_stage']} | " + " | ".join(f"{v:.2f}" for v in true_ad) + " |", ""]
     lines += ["## Per subject", "",
               "| subject | " + " | ".join(f"rho {k}" for k in keys) + " | PIE change of " + ", ".join(keys) +
@@ -183,6 +238,18 @@ def write_report(prog: dict[str, Any], gen: dict[str, Any] | None, params: dict[
               f"{np.nanmedian([s['direction_corr'] for s in subs]):.2f}.", "",
               "![PIE frames](../figures/brain_progression_strip.png)", "",
               "![True atrophy of the same subject](../figures/brain_true_atrophy_strip.png)", ""]
+    if prog.get("sweep"):
+        lines += ["## PIE settings (same subjects; mean change after round 1 and after the last round)", "",
+                  "| strength | blend_in | anchor | " + " | ".join(f"median rho {k}" for k in keys) +
+                  " | ventricle change, round 1 / last (truth) | hippocampal GM change, round 1 / last (truth) | "
+                  "direction corr |", "|---" * (len(keys) + 6) + "|"]
+        for row in prog["sweep"]:
+            ch = {k: f"{row['change_round_1'][k]:+.2f} / {row['change_last'][k]:+.2f} ({row['true_change'][k]:+.2f})"
+                  for k in ("ventricle_ml", "hippocampal_gm_ml")}
+            lines.append(f"| {row['strength']} | {row['blend_in']} | {row['anchor']} | " +
+                         " | ".join(_fmt(row["rho_median"][k], 2) for k in keys) +
+                         f" | {ch['ventricle_ml']} | {ch['hippocampal_gm_ml']} | {_fmt(row['direction_corr'], 2)} |")
+        lines += [""]
     if gen:
         lines += ["## Generation", "",
                   "| covariates | MS-SSIM between samples (lower = more diverse) | MS-SSIM between training images | "
@@ -193,7 +260,23 @@ def write_report(prog: dict[str, Any], gen: dict[str, Any] | None, params: dict[
                          f"{g['nn_gen_min']:.4f} | {g['nn_train_mean']:.4f} / {g['nn_train_min']:.4f} | "
                          f"{g['seconds_per_volume']:.1f} |")
         lines += ["", "A sample closer to a training image than training images are to each other would suggest "
-                  "memorisation.", "", "![CN samples](../figures/brain_generated_CN.png)", "",
+                  "memorisation. The autoencoder alone reconstructs training images with MAE "
+                  f"{next(iter(gen.values())).get('ae_reconstruction_mae', float('nan')):.4f}: no sample can come "
+                  "closer to a training image than that floor.", "",
+                  "### Does the stage condition reach the samples? (same reader, model grid)", "",
+                  "| covariates | " + " | ".join(f"generated {k}" for k in next(iter(gen.values()))["markers"]) +
+                  " | real training images of that diagnosis: " + ", ".join(next(iter(gen.values()))["markers"]) +
+                  " | the same real images through the autoencoder |",
+                  "|---" * (len(next(iter(gen.values()))["markers"]) + 3) + "|"]
+        for name, g in gen.items():
+            real = ", ".join(f"{v:.1f}" for v in g["real_markers"].values()) or "none"
+            recon = ", ".join(f"{v:.1f}" for v in g["real_reconstructed_markers"].values()) or "none"
+            lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in g["markers"].values()) +
+                         f" | {real} (n = {g['num_real']}) | {recon} |")
+        lines += ["", "Generated at age 70, sex 0, stage 0.05 (CN) and 0.9 (AD) from the same seeds; real images "
+                  "span all ages. Compare the generated columns with the last one: the reader's tissue classes come "
+                  "from a sharp real image, so the autoencoder's blur alone moves its absolute readings; the CN -> AD "
+                  "difference is the conditioning check.", "", "![CN samples](../figures/brain_generated_CN.png)", "",
                   "![AD samples](../figures/brain_generated_AD.png)", ""]
     text = "\n".join(lines) + "\n"
     atomic_write_text(path, text)
@@ -201,16 +284,24 @@ def write_report(prog: dict[str, Any], gen: dict[str, Any] | None, params: dict[
 
 
 def validate_brain(cohort_dir: str, model_path: str | None = None, bundle_dir: str = "bundles/brain_mri_ldm",
-                   output_dir: str = "docs", num_subjects: int = 4, num_rounds: int = 8, strength: float = 0.5,
+                   output_dir: str = "docs", num_subjects: int = 4, num_rounds: int = 8, strength: float = 0.3,
                    num_inference_steps: int = 50, guidance_scale: float = 3.0, target_stage: float = 0.9,
-                   num_samples: int = 4, device: str = "cpu", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the progression and generation validation; writes ``<output_dir>/validation/brain_progression.md``."""
+                   num_samples: int = 4, device: str = "cpu", overrides: dict[str, Any] | None = None,
+                   blend_in: float = 0.3, anchor: str = "previous", sweep: bool = True) -> dict[str, Any]:
+    """Run the progression and generation validation; writes ``<output_dir>/validation/brain_progression.md``.
+
+    ``strength``, ``blend_in`` and ``anchor`` default to the ``brain_mri_progression`` bundle's settings; ``sweep``
+    also compares :data:`~monai_pie.inferers.progression.SWEEP_SETTINGS` on the same subjects.
+    """
     t0 = time.perf_counter()
     out = Path(output_dir)
     bundle = load_brain_bundle(bundle_dir, model_path, device, overrides)
     work = out / "validation" / "brain_work"
     prog = validate_progression(bundle, work, num_subjects, num_rounds, num_inference_steps, guidance_scale, strength,
-                                device, target_stage)
+                                device, target_stage, blend_in, anchor)
+    if sweep:
+        prog["sweep"] = sweep_progression_settings(bundle, work, num_subjects, num_rounds, num_inference_steps,
+                                                   guidance_scale, device, target_stage)
     for png in (work / "figures").glob("*.png"):
         (out / "figures").mkdir(parents=True, exist_ok=True)
         png.replace(out / "figures" / png.name)
@@ -218,7 +309,7 @@ def validate_brain(cohort_dir: str, model_path: str | None = None, bundle_dir: s
     for png in (work / "figures").glob("*.png"):
         png.replace(out / "figures" / png.name)
     params = {"model_path": str(model_path or Path(bundle_dir) / "models" / "model.pt"), "num_rounds": num_rounds,
-              "strength": strength, "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
+              "strength": strength, "blend_in": blend_in, "anchor": anchor, "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
               "target_stage": target_stage, "device": device, "seconds": time.perf_counter() - t0,
               "command": f"monai-pie validate brain --cohort_dir {cohort_dir} --num_subjects {num_subjects}"}
     write_report(prog, gen, params, out / "validation" / "brain_progression.md")

@@ -43,6 +43,7 @@ from ..metrics.cxr_readers import (
     prompt_adherence,
 )
 from ..utils import atomic_save, atomic_write_text
+from ..inferers.progression import SWEEP_SETTINGS
 from .cxr import default_cxr_roi, sample_cxr_images, simulate_cxr_progression
 from .visualize import frame_strip, save_png, to_uint8
 
@@ -225,11 +226,6 @@ def validate_progression(bundle: dict[str, Any], clf: FindingClassifier, masknet
         save_png(frame_strip([frames[n, 0, 0].numpy() for n in range(frames.shape[0])], labels, height=96),
                  figures / f"cxr_progression_{finding.replace(' ', '_')}.png")
     return results
-
-
-#: (strength, blend_in, anchor) compared in the settings sweep; the first is PIE's published setting
-SWEEP_SETTINGS = ((0.5, 0.75, "original"), (0.3, 0.75, "original"), (0.3, 0.3, "original"), (0.4, 0.5, "previous"),
-                  (0.3, 0.3, "previous"))
 
 
 def sweep_progression_settings(bundle: dict[str, Any], masknet: CXRMaskNet, num_subjects: int, num_rounds: int,

@@ -32,6 +32,9 @@ from .sampler import DiffusionSampler, make_generator
 __all__ = ["ProgressionInferer", "ProgressionResult", "resize_mask"]
 
 ANCHORS = ("original", "previous")
+#: (strength, blend_in, anchor) settings the validation reports compare; the first is PIE's published setting
+SWEEP_SETTINGS = ((0.5, 0.75, "original"), (0.3, 0.75, "original"), (0.3, 0.3, "original"), (0.4, 0.5, "previous"),
+                  (0.3, 0.3, "previous"))
 NOISE_MODES = ("stochastic", "ddim_inversion")
 DECODE_MODES = ("residual", "direct")
 
