@@ -190,6 +190,9 @@ def test_validation_report_runs_end_to_end(cohort, trained, tmp_path):
     assert [(r["strength"], r["blend_in"], r["anchor"]) for r in sweep] == [tuple(s) for s in SWEEP_SETTINGS]
     assert all(set(r["rho_median"]) == set(data["progression"]["subjects"][0]["rho"]) for r in sweep)
     assert "PIE settings" in report and report.count("| previous |") >= 2
+    work = tmp_path / "validation" / "brain_work"
+    assert (work / "sweep_0.5_0.75_original").is_dir() and not (work / "sweep_0.3_0.3_previous").exists()  # reused
+    assert "--num_rounds 2 --num_inference_steps 3 --num_samples 2" in report  # the command reproduces the run
     assert (tmp_path / "figures" / "brain_progression_strip.png").is_file()
 
 

@@ -10,6 +10,7 @@ subject, same noise, re-rendered at the target stage). Generation: MS-SSIM diver
 
 from __future__ import annotations
 
+import inspect
 import json
 import tempfile
 import time
@@ -54,8 +55,7 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 def validate_progression(bundle: dict[str, Any], out_dir: Path, num_subjects: int, num_rounds: int,
                          num_inference_steps: int, guidance_scale: float, strength: float, device: str,
-                         target_stage: float = 0.9, blend_in: float = 0.75, anchor: str = "original",
-                         figures: bool = True) -> dict[str, Any]:
+                         target_stage: float, blend_in: float, anchor: str, figures: bool = True) -> dict[str, Any]:
     template = load_brain_template()
     voxel_ml = float(abs(np.linalg.det(template.affine[:3, :3]))) / 1000.0
     rois = {"hippocampal": template.hippocampal_roi, "ventricle": template.ventricle_roi}
@@ -106,14 +106,18 @@ def validate_progression(bundle: dict[str, Any], out_dir: Path, num_subjects: in
 
 
 def sweep_progression_settings(bundle: dict[str, Any], out_dir: Path, num_subjects: int, num_rounds: int,
-                               num_inference_steps: int, guidance_scale: float, device: str,
-                               target_stage: float = 0.9) -> list[dict[str, Any]]:
-    """Median marker rho, mean marker change and direction correlation for each of :data:`SWEEP_SETTINGS`."""
+                               num_inference_steps: int, guidance_scale: float, device: str, target_stage: float,
+                               done: dict[tuple, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """Median marker rho, mean marker change and direction correlation for each of :data:`SWEEP_SETTINGS`.
+
+    ``done`` maps ``(strength, blend_in, anchor)`` to subjects already run with that setting (the main run), which
+    are reused instead of run again.
+    """
     rows = []
     for strength, blend_in, anchor in SWEEP_SETTINGS:
-        subs = validate_progression(bundle, out_dir / f"sweep_{strength}_{blend_in}_{anchor}", num_subjects, num_rounds,
-                                    num_inference_steps, guidance_scale, strength, device, target_stage, blend_in,
-                                    anchor, figures=False)["subjects"]
+        subs = (done or {}).get((strength, blend_in, anchor)) or validate_progression(
+            bundle, out_dir / f"sweep_{strength}_{blend_in}_{anchor}", num_subjects, num_rounds, num_inference_steps,
+            guidance_scale, strength, device, target_stage, blend_in, anchor, figures=False)["subjects"]
         keys = list(subs[0]["rho"])
         rows.append({
             "strength": strength, "blend_in": blend_in, "anchor": anchor,
@@ -154,10 +158,11 @@ def validate_generation(bundle: dict[str, Any], cohort_dir: Path, out_dir: Path,
     train = torch.stack([pre({"image": d["image"]})["image"] for d in datalist[:max_train]])
     ref_image = datalist[0]["image"]
     out = {}
-    with torch.no_grad():  # what a perfect generator behind this autoencoder could reach: its reconstruction error
-        net = bundle["network"]
-        x = train[:num_samples].to(next(net.parameters()).device)
-        ae_floor = float((net.decode(net.encode(x)).clamp(0, 1) - x).abs().mean())
+    net = bundle["network"]
+    with torch.no_grad():  # training images through the autoencoder: the floor of any sample-to-training distance
+        recon = torch.cat([net.decode(net.encode(train[i:i + 4].to(device))).clamp(0, 1).cpu()
+                           for i in range(0, len(train), 4)])
+    ae_floor = float((recon - train).abs().mean())
     for name, cov in (("CN", {"age": 70.0, "sex": 0, "stage": 0.05}), ("AD", {"age": 70.0, "sex": 0, "stage": 0.9})):
         summary = generate_brain_volumes(bundle["network"], bundle["scheduler"], str(out_dir / "generated" / name),
                                          ref_image, cov, num_samples, bundle["pixdim"], bundle["image_size"],
@@ -177,11 +182,8 @@ def validate_generation(bundle: dict[str, Any], cohort_dir: Path, out_dir: Path,
     for name, pick in (("CN", stages < DIAGNOSIS_THRESHOLDS[0]), ("AD", stages >= DIAGNOSIS_THRESHOLDS[1])):
         s = out[name].pop("samples")
         gen_m = [markers(v[0].numpy()) for v in s]
-        real = train[torch.from_numpy(pick)]
-        with torch.no_grad():  # real images through the autoencoder: what the reader sees of them at the samples' blur
-            recon = torch.cat([net.decode(net.encode(real[i:i + 4].to(x.device))).clamp(0, 1).cpu()
-                               for i in range(0, len(real), 4)]) if len(real) else real
-        real_m, recon_m = [markers(v[0].numpy()) for v in real], [markers(v[0].numpy()) for v in recon]
+        pick = torch.from_numpy(pick)  # the reconstructions show what the reader sees of real images at the AE's blur
+        real_m, recon_m = [markers(v[0].numpy()) for v in train[pick]], [markers(v[0].numpy()) for v in recon[pick]]
         out[name].update(markers=_mean_markers(gen_m), real_markers=_mean_markers(real_m),
                          real_reconstructed_markers=_mean_markers(recon_m))
         out[name]["num_real"] = len(real_m)
@@ -202,7 +204,7 @@ def write_report(prog: dict[str, Any], gen: dict[str, Any] | None, params: dict[
         f"Command: `{params['command']}`  ",
         f"Model: `{params['model_path']}`; {len(subs)} held-out CN subjects (stage 0.05, seeds {HELD_OUT_SEED}+), "
         f"edited toward stage {params['target_stage']} (AD) for {params['num_rounds']} rounds, strength "
-        f"{params['strength']}, blend_in {params.get('blend_in', 0.75)}, anchor {params.get('anchor', 'original')}, "
+        f"{params['strength']}, blend_in {params['blend_in']}, anchor {params['anchor']}, "
         f"{params['num_inference_steps']} steps, guidance {params['guidance_scale']}, ROI = "
         f"whole brain (automatic); device {params['device']}; {params['seconds']:.0f} s in all.", "",
         "Markers are read with `monai_pie.metrics.BrainMarkers`: partial-volume unmixing between CSF/GM/WM k-means "
@@ -301,17 +303,23 @@ def validate_brain(cohort_dir: str, model_path: str | None = None, bundle_dir: s
                                 device, target_stage, blend_in, anchor)
     if sweep:
         prog["sweep"] = sweep_progression_settings(bundle, work, num_subjects, num_rounds, num_inference_steps,
-                                                   guidance_scale, device, target_stage)
+                                                   guidance_scale, device, target_stage,
+                                                   done={(strength, blend_in, anchor): prog["subjects"]})
     for png in (work / "figures").glob("*.png"):
         (out / "figures").mkdir(parents=True, exist_ok=True)
         png.replace(out / "figures" / png.name)
     gen = validate_generation(bundle, Path(cohort_dir), work, num_samples, num_inference_steps, guidance_scale, device)
     for png in (work / "figures").glob("*.png"):
         png.replace(out / "figures" / png.name)
-    params = {"model_path": str(model_path or Path(bundle_dir) / "models" / "model.pt"), "num_rounds": num_rounds,
-              "strength": strength, "blend_in": blend_in, "anchor": anchor, "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
-              "target_stage": target_stage, "device": device, "seconds": time.perf_counter() - t0,
-              "command": f"monai-pie validate brain --cohort_dir {cohort_dir} --num_subjects {num_subjects}"}
+    args = {"num_subjects": num_subjects, "num_rounds": num_rounds, "num_inference_steps": num_inference_steps,
+            "num_samples": num_samples, "strength": strength, "blend_in": blend_in, "anchor": anchor,
+            "guidance_scale": guidance_scale, "target_stage": target_stage}
+    defaults = inspect.signature(validate_brain).parameters
+    command = " ".join([f"monai-pie validate brain --cohort_dir {cohort_dir}"] +
+                       [f"--{k} {v}" for k, v in args.items() if v != defaults[k].default] +
+                       ([f"--model_path {model_path}"] if model_path else []) + ([] if sweep else ["--sweep False"]))
+    params = {"model_path": str(model_path or Path(bundle_dir) / "models" / "model.pt"), **args, "device": device,
+              "seconds": time.perf_counter() - t0, "command": command}
     write_report(prog, gen, params, out / "validation" / "brain_progression.md")
     atomic_write_text(out / "validation" / "brain_progression.json",
                       json.dumps({"progression": prog, "generation": gen, "params": params}, indent=2, default=float))
