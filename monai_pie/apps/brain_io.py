@@ -131,8 +131,11 @@ def from_model_grid(vol: ModelGridVolume, change: torch.Tensor) -> torch.Tensor:
     # inverses pop from the recorded operations: give each call its own copy
     delta = MetaTensor(change.detach().cpu().float() * vol.scale, meta=copy.deepcopy(dict(ref.meta)),
                        applied_operations=copy.deepcopy(list(ref.applied_operations)))
-    delta = vol.spatial_post.inverse({"image": delta})["image"]
-    delta = vol.spatial_pre.inverse({"image": delta})["image"]
+    from monai.transforms import allow_missing_keys_mode
+
+    with allow_missing_keys_mode(vol.spatial_post), allow_missing_keys_mode(vol.spatial_pre):  # the ROI key is absent
+        delta = vol.spatial_post.inverse({"image": delta})["image"]
+        delta = vol.spatial_pre.inverse({"image": delta})["image"]
     out = torch.as_tensor(delta).float()
     if tuple(out.shape) != tuple(vol.original.shape):
         raise RuntimeError(f"inverse mapping gave shape {tuple(out.shape)}, expected {tuple(vol.original.shape)}.")

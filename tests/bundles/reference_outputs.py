@@ -1,0 +1,177 @@
+"""Fingerprints of every bundle's outputs for fixed seeds, to check that a refactor changes no output.
+
+``python tests/bundles/reference_outputs.py write`` runs each scenario with the shipped weights and stores the
+fingerprints in ``tests/data/bundle_reference.npz``; ``tests/bundles/test_reference_outputs.py`` runs the same
+scenarios and compares. The stored file was produced by the code before the bundle-workflow refactor (the commit
+that adds this file); regenerate it only when a change of outputs is intended (new weights, a fixed bug), and say so.
+
+A fingerprint per output file: the decoded array's SHA-256, shape, sum, sum of absolute values, and a strided
+subsample (so a mismatch can be sized, not just detected). JSON files contribute their numeric statistics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+REFERENCE = ROOT / "tests" / "data" / "bundle_reference.npz"
+BUNDLES = ROOT / "bundles"
+#: JSON fields that legitimately differ between runs (timings, machine paths)
+VOLATILE_JSON = {"seconds", "seconds_per_round", "seconds_per_image", "seconds_per_volume", "device"}
+
+
+def _roi_file(folder: Path) -> str:
+    """A box ROI on the example T1's grid (written by the scenario so that nothing extra is committed)."""
+    import nibabel as nib
+
+    ref = nib.load(str(BUNDLES / "brain_mri_progression" / "docs" / "example_t1.nii.gz"))
+    roi = np.zeros(ref.shape, np.float32)
+    roi[30:70, 40:80, 30:65] = 1.0
+    path = folder / "roi.nii.gz"
+    nib.save(nib.Nifti1Image(roi, ref.affine), str(path))
+    return str(path)
+
+
+def _cxr_datalist(folder: Path) -> str:
+    """Two items with the same file name in two folders (output names from the relative paths), one with its own
+    prompt."""
+    import shutil
+
+    for sub in ("a", "b"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        shutil.copy(BUNDLES / "cxr_progression" / "docs" / "example_cxr.png", folder / sub / "cxr.png")
+    items = [{"image": "a/cxr.png"}, {"image": "b/cxr.png", "prompt": "A chest X-ray image, pleural effusion"}]
+    path = folder / "datalist.json"
+    path.write_text(json.dumps({"test": items}))
+    return str(path)
+
+
+def scenarios(work: Path) -> dict[str, tuple[str, dict[str, Any]]]:
+    """``name -> (bundle, overrides)``; the overrides use the bundle keys of the current configs."""
+    work.mkdir(parents=True, exist_ok=True)
+    return {
+        "brain_progression": ("brain_mri_progression", {"num_rounds": 2, "num_inference_steps": 10, "seed": 3}),
+        "brain_progression_roi": ("brain_mri_progression", {
+            "datalist": [{"image": str(BUNDLES / "brain_mri_progression" / "docs" / "example_t1.nii.gz"),
+                          "roi": _roi_file(work), "age": 80.0, "sex": 1}],
+            "datalist_file": "__list__", "num_rounds": 1, "num_inference_steps": 10, "target_diagnosis": "MCI"}),
+        "brain_generation": ("brain_mri_ldm", {"num_samples": 3, "num_inference_steps": 3, "seed": 1}),
+        "cxr_progression": ("cxr_progression", {"num_rounds": 2, "num_inference_steps": 10}),
+        "cxr_progression_datalist": ("cxr_progression", {"datalist_file": _cxr_datalist(work), "dataset_dir": str(work),
+                                                         "num_rounds": 1, "num_inference_steps": 10}),
+        "cxr_generation": ("cxr_text_ldm", {"prompts": ["A chest X-ray image, no finding",
+                                                        "A chest X-ray image, cardiomegaly"],
+                                            "num_samples_per_prompt": 2, "num_inference_steps": 3, "batch_size": 3}),
+    }
+
+
+def _legacy(overrides: dict[str, Any], work: Path) -> dict[str, Any]:
+    """The same scenario in the keys of the configs before the refactor (``datalist`` was a JSON file path)."""
+    out = dict(overrides)
+    if out.get("datalist_file") == "__list__":
+        path = work / "legacy_datalist.json"
+        path.write_text(json.dumps({"test": out.pop("datalist")}))
+        out["datalist_file"] = str(path)
+    if "datalist_file" in out:
+        out["datalist"] = out.pop("datalist_file")
+    return out
+
+
+def run_scenario(name: str, work: Path, legacy: bool = False) -> Path:
+    """Run one scenario through ``monai.bundle.run`` into ``work/name``; returns the output folder."""
+    from monai.bundle import run
+
+    bundle, overrides = scenarios(work / "inputs")[name]
+    if legacy:
+        overrides = _legacy(overrides, work / "inputs")
+    elif overrides.get("datalist_file") == "__list__":
+        overrides = {k: v for k, v in overrides.items() if k != "datalist_file"}
+    out = work / name
+    root = BUNDLES / bundle
+    run(config_file=str(root / "configs" / "inference.json"), bundle_root=str(root), output_dir=str(out), **overrides)
+    return out
+
+
+def _array(path: Path) -> np.ndarray | None:
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        img = nib.load(str(path))
+        return np.concatenate([np.asarray(img.dataobj, dtype=np.float64).ravel(), img.affine.ravel()])
+    if name.endswith((".png", ".gif")):
+        from PIL import Image, ImageSequence
+
+        with Image.open(path) as im:
+            return np.concatenate([np.asarray(f.convert("RGB") if f.mode == "P" else f, np.float64).ravel()
+                                   for f in ImageSequence.Iterator(im)])
+    if name.endswith(".json"):
+        nums: list[float] = []
+
+        def walk(x: Any) -> None:
+            if isinstance(x, dict):
+                for k in sorted(x):
+                    if k not in VOLATILE_JSON:
+                        walk(x[k])
+            elif isinstance(x, list):
+                for v in x:
+                    walk(v)
+            elif isinstance(x, bool):
+                nums.append(float(x))
+            elif isinstance(x, (int, float)):
+                nums.append(float(x))
+
+        walk(json.loads(path.read_text()))
+        return np.asarray(nums, np.float64)
+    return None
+
+
+def fingerprint(out: Path) -> dict[str, dict[str, Any]]:
+    """``{relative path: {sha, size, sum, abs_sum, sub}}`` for every readable output file under ``out``."""
+    prints = {}
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        arr = _array(path)
+        if arr is None:
+            continue
+        a32 = arr.astype(np.float32)
+        prints[str(path.relative_to(out))] = {
+            "sha": hashlib.sha256(a32.tobytes()).hexdigest(), "size": int(arr.size), "sum": float(arr.sum()),
+            "abs_sum": float(np.abs(arr).sum()), "sub": a32[:: max(1, arr.size // 4000)],
+        }
+    return prints
+
+
+def write(work: Path) -> None:
+    store: dict[str, np.ndarray] = {}
+    meta: dict[str, Any] = {}
+    for name in scenarios(work / "inputs"):
+        prints = fingerprint(run_scenario(name, work, legacy=True))
+        meta[name] = {}
+        for rel, fp in prints.items():
+            key = f"{name}/{rel}"
+            store[key] = fp.pop("sub")
+            meta[name][rel] = fp
+    REFERENCE.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(REFERENCE, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **store)
+    print(f"wrote {REFERENCE} ({sum(len(v) for v in meta.values())} files)")
+
+
+def load_reference() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    data = np.load(REFERENCE)
+    meta = json.loads(bytes(data["__meta__"]).decode())
+    return meta, {k: data[k] for k in data.files if k != "__meta__"}
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    if sys.argv[1:] != ["write"]:
+        sys.exit("usage: python tests/bundles/reference_outputs.py write")
+    with tempfile.TemporaryDirectory() as tmp:
+        write(Path(tmp))
