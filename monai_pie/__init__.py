@@ -11,13 +11,17 @@ __version__ = "0.1.0"
 
 from . import conditioning, data, engines, inferers, metrics, networks, utils  # noqa: F401  (registration)
 from .conditioning import DiffusionCondition
-from .inferers import DiffusionSampler, ProgressionInferer, ProgressionResult
+from .inferers import DiffusionSampler, GenerationInferer, ProgressionInferer, ProgressionResult
 from .networks import LatentDiffusionModel
+from .utils.errors import install_bundle_excepthook
+
+install_bundle_excepthook()  # under `python -m monai.bundle`: the real error is the last line, not MONAI's wrapper
 
 __all__ = [
     "__version__",
     "DiffusionCondition",
     "DiffusionSampler",
+    "GenerationInferer",
     "LatentDiffusionModel",
     "ProgressionInferer",
     "ProgressionResult",

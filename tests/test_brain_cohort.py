@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("nilearn")
 nib = pytest.importorskip("nibabel")
 
-from monai_pie.data.brain_cohort import (  # noqa: E402
+from monai_pie.data.synthetic.brain import (  # noqa: E402
     GROUND_TRUTH_COLUMNS,
     _split_counts,
     diagnosis_from_stage,

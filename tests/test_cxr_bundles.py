@@ -18,7 +18,7 @@ from PIL import Image
 
 from monai_pie.apps import cxr
 from monai_pie.data import load_2d_image
-from monai_pie.data.generalist import synthesize_generalist_cohort
+from monai_pie.data.synthetic.generalist import synthesize_generalist_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
 LDM = ROOT / "bundles" / "cxr_text_ldm"

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from monai_pie.data.cxr_phantoms import (
+from monai_pie.data.synthetic.cxr import (
     CXR_FINDINGS,
     CXR_MASK_STRUCTURES,
     CXR_PRESENCE_THRESHOLD,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_pie.data.cxr_phantoms import synthesize_cxr_cohort
+from monai_pie.data.synthetic.cxr import synthesize_cxr_cohort
 from monai_pie.data.cxr_readers import (
     load_2d_image,
     read_chexpert_csv,

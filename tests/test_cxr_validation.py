@@ -13,7 +13,7 @@ from monai.bundle import ConfigParser
 
 from monai_pie.apps.cxr_validation import load_cxr_split, validate_cxr
 from monai_pie.data import render_cxr_phantom, synthesize_cxr_cohort
-from monai_pie.data.generalist import brain_slice_cohort, merge_datalists
+from monai_pie.data.synthetic.generalist import brain_slice_cohort, merge_datalists
 from monai_pie.metrics.cxr_readers import (
     MASK_CHANNELS,
     CXRMaskNet,

@@ -10,7 +10,8 @@ from monai.networks.schedulers import DDIMScheduler
 from toy_models import GaussianToyDenoiser, tiny_autoencoder, tiny_unet
 
 from monai_pie import DiffusionSampler, LatentDiffusionModel, ProgressionInferer
-from monai_pie.inferers import NoiseSchedule, make_generator
+from monai_pie.inferers import make_generator
+from monai_pie.schedules import NoiseSchedule
 
 SCH = DDIMScheduler(1000, clip_sample=False)
 

@@ -8,7 +8,8 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowSchedul
 from toy_models import GaussianToyDenoiser, tiny_autoencoder, tiny_unet
 
 from monai_pie import DiffusionCondition, DiffusionSampler, LatentDiffusionModel
-from monai_pie.inferers import NoiseSchedule, make_generator
+from monai_pie.inferers import make_generator
+from monai_pie.schedules import NoiseSchedule
 
 
 def ddim(n=50, **kw):

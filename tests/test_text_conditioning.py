@@ -11,7 +11,7 @@ import torch
 
 from monai_pie.conditioning import DiffusionCondition, FindingsTextEncoder, PretrainedTextEncoder
 from monai_pie.conditioning import text as text_module
-from monai_pie.data import cxr_phantoms
+from monai_pie import vocabulary
 from monai_pie.networks import LatentDiffusionModel
 
 CXR = "A chest X-ray image"
@@ -45,34 +45,20 @@ def tiny_unet(cross_attention_dim: int) -> torch.nn.Module:
 # ------------------------------------------------------------------------------------------- vocabulary
 
 
-def test_defaults_equal_the_data_module_vocabulary():
-    assert text_module.CXR_FINDINGS == cxr_phantoms.CXR_FINDINGS
-    assert text_module.CXR_REPORT_PREFIX == cxr_phantoms.CXR_REPORT_PREFIX
-    assert text_module.CXR_NO_FINDING == cxr_phantoms.CXR_NO_FINDING
-    assert text_module.DEFAULT_FINDINGS[: len(cxr_phantoms.CXR_FINDINGS)] == cxr_phantoms.CXR_FINDINGS
-    assert text_module.DEFAULT_NO_FINDING == cxr_phantoms.CXR_NO_FINDING
-    assert cxr_phantoms.CXR_REPORT_PREFIX in text_module.DEFAULT_MODALITIES
-    # the conditioning package must not import the data package
-    tree = ast.parse(inspect.getsource(text_module))
-    imported = [(n.level, n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
-    imported += [(0, a.name) for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-    assert imported and not any(m.split(".")[0] == "data" or "monai_pie.data" in m for _, m in imported)
-
-
 def test_phantom_reports_parse_and_round_trip(enc):
-    report = cxr_phantoms.cxr_report(["edema", "Pleural_Effusion"])
+    report = vocabulary.cxr_report(["edema", "Pleural_Effusion"])
     assert enc.parse(report) == ("chest x-ray", ("pleural effusion", "edema"))
     assert enc.prompt_for("chest x-ray", ["edema", "pleural effusion"]) == report
-    assert enc.prompt_for(CXR, []) == cxr_phantoms.cxr_report([]) == "A chest X-ray image, no finding"
-    for f in cxr_phantoms.CXR_FINDINGS:
-        assert enc.canonical(cxr_phantoms.canonical_finding(f.upper())) == f
+    assert enc.prompt_for(CXR, []) == vocabulary.cxr_report([]) == "A chest X-ray image, no finding"
+    for f in vocabulary.CXR_FINDINGS:
+        assert enc.canonical(vocabulary.canonical_finding(f.upper())) == f
 
 
 # ------------------------------------------------------------------------------------ findings encoder
 
 
 def test_findings_shapes_and_layout(enc):
-    v = len(text_module.DEFAULT_FINDINGS)
+    v = len(vocabulary.FINDINGS)
     cond = enc([f"{CXR}, cardiomegaly", f"{BRAIN}, AD", CXR])
     assert isinstance(cond, DiffusionCondition)
     assert cond.context.shape == (3, 1 + v, D) == (3, enc.context_length, enc.embed_dim)

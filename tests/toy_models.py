@@ -6,7 +6,7 @@ import torch
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 from torch import nn
 
-from monai_pie.inferers import NoiseSchedule
+from monai_pie.schedules import NoiseSchedule
 
 
 class GaussianToyDenoiser(nn.Module):

@@ -4,8 +4,8 @@
     monai-pie synth brain OUTPUT_DIR [--num_subjects 40] [--seed 0] ...
     monai-pie synth cxr OUTPUT_DIR [--num_images 200] [--size 128] [--seed 0] ...
     monai-pie synth generalist OUTPUT_DIR [--num_cxr 800] [--num_brain_subjects 60] [--size 64]
-    monai-pie validate brain COHORT_DIR [--model_path ...] [--num_subjects 4]
-    monai-pie validate cxr COHORT_DIR [--brain_slices_dir DIR] [--model_path ...]
+    monai-pie validate brain COHORT_DIR [--output_dir outputs] [--model_path ...] [--num_subjects 4]
+    monai-pie validate cxr COHORT_DIR [--output_dir outputs] [--brain_slices_dir DIR] [--model_path ...]
     monai-pie schema            # path of the offline bundle-metadata schema
 """
 
@@ -23,36 +23,36 @@ class Synth:
 
     def brain(self, output_dir: str, **kwargs: Any) -> str:
         """Brain T1 cohort with atrophy (MNI152 2 mm); keyword options as in ``synthesize_brain_cohort``."""
-        from monai_pie.data.brain_cohort import synthesize_brain_cohort
+        from monai_pie.data.synthetic.brain import synthesize_brain_cohort
 
         return json.dumps(synthesize_brain_cohort(output_dir, **kwargs), indent=2, default=str)
 
     def cxr(self, output_dir: str, **kwargs: Any) -> str:
         """Chest X-ray phantom cohort with findings; keyword options as in ``synthesize_cxr_cohort``."""
-        from monai_pie.data.cxr_phantoms import synthesize_cxr_cohort
+        from monai_pie.data.synthetic.cxr import synthesize_cxr_cohort
 
         return json.dumps(synthesize_cxr_cohort(output_dir, **kwargs), indent=2, default=str)
 
     def generalist(self, output_dir: str, **kwargs: Any) -> str:
         """CXR phantoms + brain MRI slices with one merged datalist (MediSyn generalist training); options as in
         ``synthesize_generalist_cohort``."""
-        from monai_pie.data.generalist import synthesize_generalist_cohort
+        from monai_pie.data.synthetic.generalist import synthesize_generalist_cohort
 
         return json.dumps(synthesize_generalist_cohort(output_dir, **kwargs), indent=2, default=str)
 
 
 class Validate:
-    """Validation reports on cohorts with known ground truth (written under docs/validation/)."""
+    """Validation reports on cohorts with known ground truth (written under <output_dir>/validation/)."""
 
     def brain(self, cohort_dir: str, **kwargs: Any) -> str:
         """PIE progression and generation of the brain bundles; options as in ``validate_brain``."""
-        from monai_pie.apps.brain_validation import validate_brain
+        from monai_pie.validation.brain import validate_brain
 
         return json.dumps(validate_brain(cohort_dir, **kwargs), indent=2)
 
     def cxr(self, cohort_dir: str, **kwargs: Any) -> str:
         """Text-guided generation and PIE of the CXR bundles; options as in ``validate_cxr``."""
-        from monai_pie.apps.cxr_validation import validate_cxr
+        from monai_pie.validation.cxr import validate_cxr
 
         return json.dumps(validate_cxr(cohort_dir, **kwargs), indent=2)
 

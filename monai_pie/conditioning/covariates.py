@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -76,7 +77,18 @@ class CovariateConditioner(nn.Module):
                 raise ValueError(f"covariates must have shape (B, {len(self.names)}) for {list(self.names)}, got {tuple(x.shape)}.")
         if not torch.isfinite(x).all():
             raise ValueError("covariates contain NaN or infinite values.")
+        self._warn_outside_range(x)
         return x
+
+    def _warn_outside_range(self, x: torch.Tensor) -> None:
+        """Warn (not fail) when a covariate lies outside the range the model was trained on: it still runs, but the
+        result is extrapolation."""
+        outside = (x < self.low) | (x > self.high)
+        for k in torch.nonzero(outside.any(0)).flatten().tolist():
+            bad = x[outside[:, k], k]
+            warnings.warn(f"covariate {self.names[k]!r} = {float(bad[0]):g} lies outside the range the model was "
+                          f"trained on [{float(self.low[k]):g}, {float(self.high[k]):g}]; results there are "
+                          "extrapolation.", stacklevel=3)
 
     def embed(self, covariates: Any) -> torch.Tensor:
         """Covariates -> context ``(B, 1, embed_dim)``."""

@@ -20,52 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..vocabulary import FINDINGS, MODALITY_PREFIXES, NO_FINDING, SYNONYMS, normalize_term
 from .condition import DiffusionCondition
 
 __all__ = [
-    "CXR_FINDINGS",
-    "CXR_NO_FINDING",
-    "CXR_REPORT_PREFIX",
-    "DEFAULT_FINDINGS",
-    "DEFAULT_MODALITIES",
-    "DEFAULT_NO_FINDING",
-    "DEFAULT_SYNONYMS",
     "FindingsTextEncoder",
     "PretrainedTextEncoder",
-    "normalize_term",
 ]
-
-# Literal copies of ``monai_pie.data.cxr_phantoms``' vocabulary (conditioning must not import data); a test checks
-# that they stay equal.
-CXR_FINDINGS: tuple[str, ...] = ("cardiomegaly", "pleural effusion", "consolidation", "edema")
-CXR_REPORT_PREFIX = "A chest X-ray image"
-CXR_NO_FINDING = "no finding"
-
-BRAIN_FINDINGS: tuple[str, ...] = ("mild cognitive impairment", "alzheimer's disease")
-BRAIN_REPORT_PREFIX = "A brain MRI image"
-
-DEFAULT_FINDINGS: tuple[str, ...] = CXR_FINDINGS + BRAIN_FINDINGS
-DEFAULT_MODALITIES: dict[str, str] = {CXR_REPORT_PREFIX: "chest x-ray", BRAIN_REPORT_PREFIX: "brain mri"}
-DEFAULT_NO_FINDING = CXR_NO_FINDING
-# Spelling variants -> vocabulary term (after :func:`normalize_term`); entries whose target is not in the encoder's
-# vocabulary are ignored.
-DEFAULT_SYNONYMS: dict[str, str] = {
-    "effusion": "pleural effusion",
-    "pleural effusions": "pleural effusion",
-    "pulmonary edema": "edema",
-    "enlarged heart": "cardiomegaly",
-    "cardiac enlargement": "cardiomegaly",
-    "ad": "alzheimer's disease",
-    "alzheimer disease": "alzheimer's disease",
-    "alzheimers disease": "alzheimer's disease",
-    "mci": "mild cognitive impairment",
-}
-
-
-def normalize_term(text: str) -> str:
-    """Lower case, ``_`` as space, surrounding whitespace stripped, inner whitespace collapsed to single spaces."""
-    return " ".join(str(text).replace("_", " ").lower().split())
-
 
 class FindingsTextEncoder(nn.Module):
     """Parse PIE prompts into a fixed-length ``(B, 1 + V, embed_dim)`` context of learned slot embeddings.
@@ -99,11 +60,11 @@ class FindingsTextEncoder(nn.Module):
 
     def __init__(
         self,
-        findings: Sequence[str] = DEFAULT_FINDINGS,
-        modalities: Mapping[str, str] = DEFAULT_MODALITIES,
+        findings: Sequence[str] = FINDINGS,
+        modalities: Mapping[str, str] = MODALITY_PREFIXES,
         embed_dim: int = 64,
-        no_finding: str = DEFAULT_NO_FINDING,
-        synonyms: Mapping[str, str] | None = DEFAULT_SYNONYMS,
+        no_finding: str = NO_FINDING,
+        synonyms: Mapping[str, str] | None = SYNONYMS,
     ) -> None:
         super().__init__()
         if isinstance(findings, str) or not findings:

@@ -2,7 +2,7 @@
 style) and a 2D image loader (PNG/JPEG, DICOM, NIfTI).
 
 Every reader returns MONAI datalist items (``{"image": absolute path, "report": ..., <finding_key>: 0/1}``)
-whose prompts follow the PIE grammar of :func:`monai_pie.data.cxr_phantoms.cxr_report`.
+whose prompts follow the PIE grammar of :func:`monai_pie.data.synthetic.cxr.cxr_report`.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from monai_pie.data.cxr_phantoms import CXR_FINDINGS, cxr_report, finding_key
+from monai_pie.data.io import IMAGE_EXTENSIONS, image_extension
+from monai_pie.vocabulary import CXR_FINDINGS, cxr_report, finding_key
 
 __all__ = [
     "FINDING_KEYWORDS",
-    "IMAGE_EXTENSIONS",
     "NEGATION_CUES",
-    "load_2d_image",
     "read_chexpert_csv",
     "read_image_report_pairs",
     "report_to_labels",
@@ -31,14 +30,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii", ".nii.gz")
-_PIL_EXTENSIONS = (".png", ".jpg", ".jpeg")
-_DICOM_EXTENSIONS = (".dcm", ".dicom")
-_NIFTI_EXTENSIONS = (".nii", ".nii.gz")
-# ITU-R BT.601 luma weights, the ones PIL's convert("L") uses.
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-_MAX_LISTED = 5  # how many offending files an error message names
 
 # Phrases that name each finding in free text (matched case-insensitively on word boundaries, plural "s" allowed).
 FINDING_KEYWORDS: dict[str, tuple[str, ...]] = {
@@ -61,156 +52,6 @@ NEGATION_CUES: tuple[str, ...] = ("no", "without", "negative for", "free of", "a
 _EXCLUDED_PHRASES = ("pericardial effusion",)
 _CLAUSE_BREAK = re.compile(r"\b(?:but|however|although|though|whereas)\b", re.IGNORECASE)
 _SENTENCE_BREAK = re.compile(r"[.;!?\n]+")
-
-
-# ------------------------------------------------------------------------------------------------ images
-
-
-def _extension(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
-def _is_dicom_file(path: Path) -> bool:
-    """DICOM Part 10 files carry "DICM" after a 128-byte preamble (MIMIC-CXR style files may lack a suffix)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
-
-
-def _minmax(arr: np.ndarray) -> np.ndarray:
-    lo, hi = float(arr.min()), float(arr.max())
-    if hi <= lo:
-        return np.zeros(arr.shape, np.float32)
-    return ((arr - lo) / (hi - lo)).astype(np.float32)
-
-
-def _luminance(rgb: np.ndarray) -> np.ndarray:
-    return (rgb[..., :3].astype(np.float32) @ _LUMA).astype(np.float32)
-
-
-def _pil_to_gray(im: Any) -> np.ndarray:
-    """PIL image -> ``(H, W)`` float32 in [0, 1], scaled by the bit depth (no contrast stretch) where known."""
-    mode = im.mode
-    if mode == "1":
-        return np.asarray(im, dtype=np.float32)
-    if mode in ("L", "LA"):
-        return np.asarray(im.getchannel(0), dtype=np.float32) / 255.0
-    if mode.startswith("I;16"):
-        return np.asarray(im, dtype=np.float32) / 65535.0
-    if mode in ("I", "F"):
-        arr = np.asarray(im, dtype=np.float32)
-        if mode == "I" and arr.min() >= 0 and arr.max() <= 65535:
-            return arr / 65535.0  # 16-bit grayscale stored as 32-bit integers
-        return _minmax(arr)
-    if mode in ("P", "PA"):
-        im = im.convert("RGBA")  # via RGBA: palette transparency converts without a warning
-    elif mode not in ("RGB", "RGBA"):
-        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV
-    return _luminance(np.asarray(im)) / 255.0
-
-
-def _load_pil(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return _pil_to_gray(im)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"cannot read image file {str(path)!r} ({type(e).__name__}: {e}).") from e
-
-
-def _load_dicom(path: Path) -> np.ndarray:
-    try:
-        import pydicom
-    except ImportError as e:
-        raise ImportError(f"reading DICOM file {str(path)!r} needs pydicom: `pip install pydicom`.") from e
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as e:  # pydicom raises InvalidDicomError, EOFError, struct/value errors on bad files
-        raise ValueError(f"cannot read DICOM file {str(path)!r} ({type(e).__name__}: {e}).") from e
-    if "PixelData" not in ds:
-        raise ValueError(f"DICOM file {str(path)!r} has no pixel data.")
-    try:
-        arr = np.asarray(ds.pixel_array, dtype=np.float32)
-    except Exception as e:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise ValueError(
-            f"cannot decode the pixel data of DICOM file {str(path)!r} (transfer syntax {syntax}; compressed "
-            f"data may need pylibjpeg or gdcm) ({type(e).__name__}: {e})."
-        ) from e
-    if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
-        arr = _luminance(arr)  # pydicom returns colour data as RGB
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 2:
-        raise ValueError(f"DICOM file {str(path)!r} holds pixel data of shape {arr.shape}, not a single 2D image.")
-    arr = arr * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
-    out = _minmax(arr)
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        out = 1.0 - out  # MONOCHROME1: the lowest value is displayed white
-    return out
-
-
-def _load_nifti(path: Path) -> np.ndarray:
-    import nibabel as nib
-
-    try:
-        img = nib.load(str(path))
-        arr = np.asarray(img.dataobj)
-    except Exception as e:  # nibabel raises ImageFileError, EOFError, zlib errors on bad files
-        raise ValueError(f"cannot read NIfTI file {str(path)!r} ({type(e).__name__}: {e}).") from e
-    if arr.dtype.fields is not None or np.iscomplexobj(arr):
-        raise ValueError(f"NIfTI file {str(path)!r} has dtype {arr.dtype}; expected real scalar intensities.")
-    shape = arr.shape
-    arr = arr.reshape([n for n in shape if n != 1])
-    if arr.ndim != 2:
-        raise ValueError(
-            f"NIfTI file {str(path)!r} holds an array of shape {shape}; load_2d_image needs a 2D image "
-            "(a 3D array is accepted only with one singleton dimension)."
-        )
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"NIfTI file {str(path)!r} contains NaN or infinite values.")
-    # NIfTI indexes (i, j) = (x, y); rows are y.
-    return _minmax(arr.T)
-
-
-def load_2d_image(path: str | os.PathLike) -> np.ndarray:
-    """Load a 2D radiograph as an ``(H, W)`` float32 array in [0, 1] (rows top to bottom).
-
-    * PNG / JPEG (PIL): divided by the bit depth (255 or 65535; no contrast stretch). RGB(A) and palette images
-      become grayscale by ITU-R BT.601 luminance ``0.299 R + 0.587 G + 0.114 B``; alpha is ignored.
-    * DICOM (``.dcm``/``.dicom``, or any file with the DICM preamble; needs pydicom): ``RescaleSlope`` and
-      ``RescaleIntercept`` applied, then min-max scaled to [0, 1] (window/level tags are ignored);
-      ``MONOCHROME1`` is inverted so that dense is bright. A single-frame multi-frame file is accepted.
-    * NIfTI (``.nii``/``.nii.gz``): a 2D array, or 3D/4D with only two non-singleton dimensions; min-max scaled;
-      the voxel array (x, y) is transposed to rows x columns; the affine is not applied.
-
-    Raises
-    ------
-    FileNotFoundError
-        ``path`` does not exist.
-    ValueError
-        Unsupported extension, unreadable/corrupt file (the message names the file), or not a 2D image.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"image file {str(p)!r} does not exist.")
-    ext = _extension(p)
-    if ext in _PIL_EXTENSIONS:
-        return _load_pil(p)
-    if ext in _DICOM_EXTENSIONS or (ext not in IMAGE_EXTENSIONS and _is_dicom_file(p)):
-        return _load_dicom(p)
-    if ext in _NIFTI_EXTENSIONS:
-        return _load_nifti(p)
-    raise ValueError(
-        f"unsupported image file {str(p)!r} (extension {ext!r}); expected one of {list(IMAGE_EXTENSIONS)}."
-    )
 
 
 # ----------------------------------------------------------------------------------------- free-text reports
@@ -251,7 +92,7 @@ def report_to_labels(text: str, keywords: Mapping[str, Sequence[str]] | None = N
         Report text.
     keywords
         ``{finding: phrases}``; default :data:`FINDING_KEYWORDS`. Keys give the label names (via
-        :func:`~monai_pie.data.cxr_phantoms.finding_key`) and their order.
+        :func:`~monai_pie.data.synthetic.cxr.finding_key`) and their order.
 
     Returns
     -------
@@ -363,7 +204,7 @@ def read_chexpert_csv(
         CSVs (paths starting ``CheXpert-v1.0-small/...``) pass the folder that contains the dataset folder.
     findings
         Finding columns to read, matched case-insensitively with ``_`` as space (``"pleural_effusion"`` finds
-        ``"Pleural Effusion"``); default :data:`~monai_pie.data.cxr_phantoms.CXR_FINDINGS`. Any CheXpert column
+        ``"Pleural Effusion"``); default :data:`~monai_pie.data.synthetic.cxr.CXR_FINDINGS`. Any CheXpert column
         works (``"Lung Opacity"``, ``"Atelectasis"``); in prompts it is spelled in lower case, in this order.
     uncertain
         Policy for ``-1``: ``"zero"`` (U-Zeros), ``"one"`` (U-Ones) or ``"ignore"`` (drop the row).
@@ -511,7 +352,7 @@ def read_image_report_pairs(
 
 def _folder_pairs(folder: Path, recursive: bool, missing_report: str) -> list[tuple[Path, str]]:
     files = folder.rglob("*") if recursive else folder.glob("*")
-    images = sorted(p.resolve() for p in files if p.is_file() and _extension(p) in IMAGE_EXTENSIONS)
+    images = sorted(p.resolve() for p in files if p.is_file() and image_extension(p) in IMAGE_EXTENSIONS)
     pairs, missing = [], []
     for image in images:
         report = _report_for(image)

@@ -1,15 +1,52 @@
-"""Dictionary transforms that reject bad images early, with errors that name the file and the problem."""
+"""Dictionary transforms of the inference and training pipelines: loading with clear errors, checks that reject bad
+images and masks early (naming the file and the problem), intensity scaling that remembers its range, and default
+regions of interest.
+
+Shapes: channel-first, ``(C, H, W[, D])``, as MONAI's dictionary transforms expect.
+"""
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-__all__ = ["CheckImaged", "LoadImage2Dd", "image_2d_transforms"]
+__all__ = [
+    "CXR_ROI_REGIONS",
+    "CheckImaged",
+    "CheckMaskd",
+    "ForegroundRoid",
+    "ItemDefaultsd",
+    "LoadImage2Dd",
+    "LoadVolumed",
+    "MaskOnModelGridd",
+    "RegionRoid",
+    "ScaleIntensityPercentilesd",
+    "foreground_roi",
+    "image_2d_transforms",
+    "model_grid_affine",
+    "region_roi",
+    "volume_transforms",
+]
+
+#: meta keys under which :class:`ScaleIntensityPercentilesd` records the intensity range it mapped to [0, 1]
+SCALE_LOW, SCALE_HIGH = "scale_low", "scale_high"
+
+#: default ROIs of a PA chest film as super-ellipses ``(centre row, centre col, radius rows, radius cols, exponent)`` in
+#: fractions of the image (exponent 2: an ellipse; 4: a rounded rectangle that keeps the costophrenic angles), placed
+#: from the phantom masks of held-out subjects: ``thorax`` the lung fields, ``heart`` the heart up to severe
+#: cardiomegaly, ``lower_lungs`` where pleural fluid collects.
+CXR_ROI_REGIONS: dict[str, tuple[float, float, float, float, float]] = {
+    "thorax": (0.43, 0.50, 0.37, 0.42, 4.0),
+    "heart": (0.56, 0.60, 0.22, 0.30, 2.0),
+    "lower_lungs": (0.56, 0.50, 0.23, 0.42, 4.0),
+}
 
 
 def _source(data: Mapping[Hashable, Any], key: Hashable) -> str:
@@ -69,7 +106,7 @@ class LoadImage2Dd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         from monai.data import MetaTensor
 
-        from .cxr_readers import load_2d_image
+        from .io import load_2d_image
 
         d = dict(data)
         for key in self.key_iterator(d):
@@ -96,3 +133,287 @@ def image_2d_transforms(image_size: Sequence[int], keys: KeysCollection = "image
         CheckImaged(keys, spatial_dims=2, channels=1),
         EnsureTyped(keys, dtype=torch.float32, track_meta=False),
     ]
+
+
+def volume_transforms(pixdim: Sequence[float], image_size: Sequence[int], keys: KeysCollection = "image",
+                      track_meta: bool = False) -> list:
+    """Volumes to the model grid for training: load, check (3D, one channel, finite, not constant), RAS,
+    ``pixdim`` spacing, intensities scaled by their 0-99.5 percentiles to [0, 1], padded / cropped to ``image_size``.
+
+    The inference configs spell the same steps out (plus ROI handling), so that a reader sees them in the JSON.
+    """
+    from monai.transforms import EnsureTyped, Orientationd, ResizeWithPadOrCropd, Spacingd
+
+    return [
+        LoadVolumed(keys),
+        CheckImaged(keys, spatial_dims=3, channels=1),
+        Orientationd(keys, axcodes="RAS"),
+        Spacingd(keys, pixdim=pixdim, mode="bilinear"),
+        ScaleIntensityPercentilesd(keys),
+        ResizeWithPadOrCropd(keys, spatial_size=image_size),
+        EnsureTyped(keys, dtype=torch.float32, track_meta=track_meta),
+    ]
+
+
+class LoadVolumed(MapTransform):
+    """Load images (NIfTI, NRRD, MHA, DICOM folders) as channel-first ``MetaTensor`` with
+    :func:`monai_pie.data.read_volume`: a missing, empty, truncated or non-image file, or a degenerate affine, gets
+    one message naming the file and the cause.
+
+    Args:
+        keys: keys holding file paths.
+        what: how messages name each key's file (default: ``"image"``, ``"ROI mask"`` for ``roi``).
+    """
+
+    def __init__(self, keys: KeysCollection, what: Mapping[str, str] | None = None,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.what = {"roi": "ROI mask", **dict(what or {})}
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from .io import read_volume
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = read_volume(d[key], self.what.get(str(key), "image"))
+        return d
+
+
+class ScaleIntensityPercentilesd(MapTransform):
+    """Map intensities ``[p_lower, p_upper]`` (percentiles of the image) to [0, 1], clipped, and record the range in
+    the image's meta data (``scale_low``, ``scale_high``) so results can be mapped back to the input's units.
+
+    Args:
+        keys: keys of ``MetaTensor`` images ``(C, *spatial)``.
+        lower, upper: the percentiles that map to 0 and 1.
+    """
+
+    def __init__(self, keys: KeysCollection, lower: float = 0.0, upper: float = 99.5,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if not 0.0 <= lower < upper <= 100.0:
+            raise ValueError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {lower}, {upper}.")
+        self.lower, self.upper = float(lower), float(upper)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            values = np.asarray(img.detach().cpu() if torch.is_tensor(img) else img)
+            lo, hi = float(np.percentile(values, self.lower)), float(np.percentile(values, self.upper))
+            if hi <= lo:
+                raise ValueError(f"{_source(d, key)}: no intensity range after resampling (constant image?).")
+            out = ((img - lo) / (hi - lo)).clamp(0, 1)
+            if hasattr(out, "meta"):
+                out.meta[SCALE_LOW], out.meta[SCALE_HIGH] = lo, hi
+            d[key] = out
+        return d
+
+
+class ItemDefaultsd(MapTransform):
+    """Fill datalist fields an item does not set (``None`` counts as unset) from ``defaults``, so every item of a
+    batch carries the same keys (per-item ``age``, ``prompt``, ``seed`` override the bundle's settings), and check
+    them, naming the field and the image.
+
+    Args:
+        defaults: ``{field: value}``.
+        numeric: fields that must be finite numbers (converted to float).
+        ranges: ``{field: (low, high)}``: numbers that must lie in the range (converted to float).
+        choices: ``{field: allowed values}`` (e.g. ``{"sex": [0, 1]}``).
+    """
+
+    def __init__(self, defaults: Mapping[str, Any], numeric: Sequence[str] = (),
+                 ranges: Mapping[str, Sequence[float]] | None = None,
+                 choices: Mapping[str, Sequence[Any]] | None = None) -> None:
+        fields = list(dict.fromkeys([*defaults, *numeric, *(ranges or {}), *(choices or {})]))
+        super().__init__(fields, allow_missing_keys=True)
+        self.defaults, self.numeric = dict(defaults), tuple(numeric)
+        self.ranges, self.choices = dict(ranges or {}), {k: list(v) for k, v in (choices or {}).items()}
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key, value in self.defaults.items():
+            if d.get(key) is None:
+                d[key] = value
+        where = f" (item {d['image']})" if "image" in d else ""
+        for key in (*self.numeric, *self.ranges):
+            try:
+                value = float(d[key]) if not isinstance(d.get(key), bool) else math.nan
+            except (TypeError, ValueError, KeyError):
+                value = math.nan
+            if not math.isfinite(value):
+                raise ValueError(f"`{key}` must be a finite number, got {d.get(key)!r}{where}.")
+            if key in self.ranges and not self.ranges[key][0] <= value <= self.ranges[key][1]:
+                raise ValueError(f"`{key}` must be in [{self.ranges[key][0]}, {self.ranges[key][1]}], got "
+                                 f"{d[key]!r}{where}.")
+            d[key] = value
+        for key, allowed in self.choices.items():
+            if isinstance(d.get(key), bool) or d.get(key) not in allowed:
+                raise ValueError(f"`{key}` must be one of {allowed}, got {d.get(key)!r}{where}.")
+        return d
+
+
+class CheckMaskd(MapTransform):
+    """Check a mask file against its image before any resampling: same voxel grid (shape and affine), values in
+    [0, 1] (or, with ``binarize``, any label image, thresholded at half its maximum), not empty.
+
+    Args:
+        keys: mask keys (channel-first).
+        image_key: the image the mask must share a grid with.
+        binarize: accept 0/255 or 0/65535 label images and threshold them at half their maximum.
+    """
+
+    def __init__(self, keys: KeysCollection, image_key: str = "image", binarize: bool = False,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.image_key, self.binarize = image_key, binarize
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image = d[self.image_key]
+        for key in self.key_iterator(d):
+            mask, src, img_src = d[key], _source(d, key), _source(d, self.image_key)
+            if tuple(mask.shape[1:]) != tuple(image.shape[1:]):
+                raise ValueError(f"ROI mask {src} has shape {tuple(mask.shape[1:])}, but the image {img_src} has "
+                                 f"{tuple(image.shape[1:])}; they must share the voxel grid (draw the mask on the image).")
+            if hasattr(mask, "affine") and hasattr(image, "affine") and not np.allclose(
+                    np.asarray(mask.affine), np.asarray(image.affine), atol=1e-3):
+                raise ValueError(f"ROI mask {src} and image {img_src} have different affines (not the same grid).")
+            m = mask.float()  # a MetaTensor stays one (keeps its meta data)
+            if not torch.isfinite(m).all():
+                raise ValueError(f"ROI mask {src} contains NaN or infinite values.")
+            lo, hi = float(m.min()), float(m.max())
+            if hi <= 0:
+                raise ValueError(f"ROI mask {src} is empty (all zeros).")
+            if self.binarize:
+                m = (m > 0.5 * hi).float()  # 0/1, 0/255 and 0/65535 label files alike
+            elif lo < 0 or hi > 1:
+                raise ValueError(f"ROI mask {src} must hold values in [0, 1] (got [{lo}, {hi}]).")
+            d[key] = m
+        return d
+
+
+class MaskOnModelGridd(MapTransform):
+    """A resampled mask on the model grid: clamped to [0, 1], or thresholded at ``coverage`` (a cell belongs to the
+    ROI when that fraction of it is covered, so thin ROIs survive downsampling); it must not be empty.
+
+    Args:
+        keys: mask keys ``(1, *spatial)``.
+        coverage: threshold for a binary mask; ``None`` keeps the soft mask.
+    """
+
+    def __init__(self, keys: KeysCollection, coverage: float | None = None, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.coverage = coverage
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            src = _source(d, key)
+            m = torch.as_tensor(d[key]).float()
+            m = (m >= self.coverage).float() if self.coverage is not None else m.clamp(0, 1)
+            if not bool((m > 0).any()):
+                raise ValueError(f"ROI mask {src} covers no voxel of the model grid {tuple(m.shape[1:])} (outside the "
+                                 "field of view after resampling, or too thin): draw a larger region.")
+            d[key] = m
+        return d
+
+
+def foreground_roi(image: torch.Tensor, threshold: float = 0.08, dilate: int = 1) -> torch.Tensor:
+    """Whole-object ROI ``(1, *spatial)`` of a scaled image ``(1, *spatial)`` in [0, 1]: foreground above
+    ``threshold``, opened, its largest component with holes filled, dilated by ``dilate`` voxels."""
+    from scipy import ndimage
+
+    fg = np.asarray(torch.as_tensor(image)[0].detach().cpu()) > threshold
+    fg = ndimage.binary_opening(fg, iterations=1)
+    lab, n = ndimage.label(fg)
+    if n == 0:
+        raise ValueError("could not find the foreground (no voxel above the threshold); give an ROI mask file.")
+    sizes = ndimage.sum(np.ones_like(lab), lab, index=range(1, n + 1))
+    region = ndimage.binary_fill_holes(lab == (int(np.argmax(sizes)) + 1))
+    if dilate:
+        region = ndimage.binary_dilation(region, iterations=dilate)
+    return torch.from_numpy(region.astype(np.float32))[None]
+
+
+def region_roi(image_size: Sequence[int], region: str = "thorax") -> torch.Tensor:
+    """ROI ``(1, H, W)`` for a named region of a PA film (:data:`CXR_ROI_REGIONS`)."""
+    if region not in CXR_ROI_REGIONS:
+        raise ValueError(f"`roi_region` must be one of {sorted(CXR_ROI_REGIONS)}, got {region!r}.")
+    h, w = (int(s) for s in image_size)
+    cr, cc, rr, rc, power = CXR_ROI_REGIONS[region]
+    rows = (torch.arange(h, dtype=torch.float32) + 0.5) / h
+    cols = (torch.arange(w, dtype=torch.float32) + 0.5) / w
+    inside = ((rows[:, None] - cr) / rr).abs() ** power + ((cols[None, :] - cc) / rc).abs() ** power <= 1.0
+    return inside.float()[None]
+
+
+class _DefaultRoid(MapTransform):
+    """Base of the default-ROI transforms: fills ``keys`` when the item has no mask, and records where each ROI came
+    from in ``source_key`` (the mask's file, or a description of the default)."""
+
+    description = "default"
+
+    def __init__(self, keys: KeysCollection = "roi", image_key: str = "image", source_key: str = "roi_source") -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.image_key, self.source_key = image_key, source_key
+
+    def default(self, image: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.keys:
+            if key in d:
+                d.setdefault(self.source_key, _source(d, key))
+            else:
+                d[key] = self.default(d[self.image_key])
+                d[self.source_key] = self.description
+        return d
+
+
+class ForegroundRoid(_DefaultRoid):
+    """Default ROI of a volume without a mask file: its foreground (:func:`foreground_roi`), e.g. the whole brain.
+
+    Args:
+        keys: the ROI key.
+        image_key: the scaled image ``(1, *spatial)`` in [0, 1].
+        threshold, dilate: see :func:`foreground_roi`.
+        description: how reports name this ROI.
+    """
+
+    def __init__(self, keys: KeysCollection = "roi", image_key: str = "image", threshold: float = 0.08,
+                 dilate: int = 1, description: str = "whole brain (automatic)") -> None:
+        super().__init__(keys, image_key)
+        self.threshold, self.dilate, self.description = threshold, dilate, description
+
+    def default(self, image: torch.Tensor) -> torch.Tensor:
+        return foreground_roi(image, self.threshold, self.dilate)
+
+
+class RegionRoid(_DefaultRoid):
+    """Default ROI of a radiograph without a mask file: a named region (:data:`CXR_ROI_REGIONS`) of the model grid.
+
+    Args:
+        keys: the ROI key.
+        image_key: the model-grid image ``(1, H, W)``.
+        region: ``"thorax"``, ``"heart"`` or ``"lower_lungs"``.
+    """
+
+    def __init__(self, keys: KeysCollection = "roi", image_key: str = "image", region: str = "thorax") -> None:
+        super().__init__(keys, image_key)
+        region_roi((4, 4), region)  # fails now, naming the valid regions, rather than at the first item
+        self.region, self.description = region, f"default {region} region"
+
+    def default(self, image: torch.Tensor) -> torch.Tensor:
+        return region_roi(image.shape[1:], self.region)
+
+
+def model_grid_affine(reference: str, pixdim: Sequence[float], image_size: Sequence[int]) -> np.ndarray:
+    """The voxel-to-world matrix ``(4, 4)`` of the model grid: ``reference`` (any volume on the training template)
+    through the :func:`volume_transforms` spatial steps. Generated volumes are written with it."""
+    from monai.transforms import Compose
+
+    out = Compose(volume_transforms(pixdim, image_size, track_meta=True))({"image": reference})["image"]
+    return np.asarray(out.affine, dtype=np.float64)
+

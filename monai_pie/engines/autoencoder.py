@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from monai.engines import Trainer
 from monai.engines.utils import IterationEvents, default_metric_cmp_fn
-from monai.inferers import Inferer
+from monai.inferers import Inferer, SimpleInferer
 from monai.losses import JukeboxLoss, PatchAdversarialLoss
 from monai.utils import CommonKeys as Keys
 from torch import nn
@@ -87,6 +87,8 @@ class AutoencoderKLTrainer(Trainer):
         adv_start_epoch: epochs of pure reconstruction before the adversarial terms switch on.
         perceptual_network_path: local TorchScript feature network for the perceptual term (off when ``None``).
         image_key: key of the image in the batch dict.
+        inferer: runs the forward, ``inferer(images, autoencoder) -> (recon, z_mu, z_sigma)``; default
+            ``SimpleInferer`` (the bundles' ``train#inferer``).
         other args: as ``monai.engines.Trainer``.
     """
 
@@ -106,6 +108,7 @@ class AutoencoderKLTrainer(Trainer):
         adv_start_epoch: int = 1,
         perceptual_network_path: str | None = None,
         image_key: str = "image",
+        inferer: Inferer | None = None,
         epoch_length: int | None = None,
         non_blocking: bool = False,
         iteration_update: Callable | None = None,
@@ -135,6 +138,7 @@ class AutoencoderKLTrainer(Trainer):
         self.adv_weight, self.perceptual_weight = float(adv_weight), float(perceptual_weight)
         self.adv_start_epoch = int(adv_start_epoch)
         self.image_key = image_key
+        self.inferer = inferer if inferer is not None else SimpleInferer()
         self.adv_loss = PatchAdversarialLoss(criterion="least_squares")
         self.spectral_loss: JukeboxLoss | None = None
         self.perceptual_loss = ScriptedPerceptualLoss(perceptual_network_path).to(device) if perceptual_network_path else None
@@ -154,7 +158,7 @@ class AutoencoderKLTrainer(Trainer):
         engine.autoencoder.train()
         engine.g_optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=images.device.type, enabled=engine.amp):
-            recon, z_mu, z_sigma = engine.autoencoder(images)
+            recon, z_mu, z_sigma = engine.inferer(images, engine.autoencoder)
             l1 = torch.mean(torch.abs(recon.float() - images.float()))
             kl = kl_divergence(z_mu.float(), z_sigma.float())
             spectral = engine.spectral_loss(recon.float(), images.float()) if engine.spectral_weight > 0 else l1 * 0

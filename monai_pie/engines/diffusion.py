@@ -17,6 +17,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..networks import LatentDiffusionModel
+from ..schedules import NoiseSchedule, sample_training_timesteps, training_target
 
 __all__ = ["LatentDiffusionPrepareBatch", "LatentScaleFactor", "collect_condition"]
 
@@ -62,8 +63,6 @@ class LatentDiffusionPrepareBatch:
 
     def __init__(self, model: LatentDiffusionModel, scheduler: Any, condition_keys: Sequence[str] = (),
                  condition_dropout: float = 0.1, image_key: str = "image", latent_cache_size: int = 0) -> None:
-        from ..inferers import NoiseSchedule
-
         if not 0.0 <= condition_dropout < 1.0:
             raise ValueError(f"`condition_dropout` must be in [0, 1), got {condition_dropout}.")
         self.model = _unwrap(model)
@@ -78,14 +77,8 @@ class LatentDiffusionPrepareBatch:
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        ptype = self.schedule.prediction_type
-        if ptype == "epsilon":
-            return noise
-        if ptype == "sample":
-            return x0
-        if self.schedule.kind == "flow":
-            return x0 - noise
-        return self.scheduler.get_velocity(x0, noise, timesteps)
+        """The training target for ``x0`` ``(B, C_lat, *spatial)`` noised with ``noise`` at ``timesteps`` ``(B,)``."""
+        return training_target(self.scheduler, x0, noise, timesteps, self.schedule.prediction_type)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -114,10 +107,7 @@ class LatentDiffusionPrepareBatch:
         images = images.to(device, non_blocking=non_blocking)
         z = self.encode(images)
         noise = torch.randn_like(z)
-        if self.schedule.kind == "flow":
-            timesteps = self.scheduler.sample_timesteps(z).to(z.device)
-        else:
-            timesteps = torch.randint(0, self.schedule.num_train_timesteps, (z.shape[0],), device=z.device).long()
+        timesteps = sample_training_timesteps(self.scheduler, z)
         x_t = self.scheduler.add_noise(original_samples=z, noise=noise, timesteps=timesteps)
         target = self.target(z, noise, timesteps)
         cond = collect_condition(batchdata, self.condition_keys, z.device)

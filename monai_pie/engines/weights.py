@@ -1,12 +1,16 @@
-"""Loading shipped or trained weights with errors that say what to do."""
+"""Loading shipped or trained weights with errors that say which file, what is wrong, and what to do."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
+from ignite.engine import Engine, Events
 
-__all__ = ["load_weights"]
+__all__ = ["LoadWeights", "load_network_weights", "load_weights"]
+
+_MAX_LISTED = 3  # keys named per kind of mismatch
 
 
 def load_weights(path: str | Path, what: str = "model", hint: str = "") -> dict[str, torch.Tensor]:
@@ -27,3 +31,66 @@ def load_weights(path: str | Path, what: str = "model", hint: str = "") -> dict[
     if not isinstance(state, dict):
         raise RuntimeError(f"{what} weights at {path} are not a state_dict (got {type(state).__name__}).")
     return state
+
+
+def _unwrap(module: Any) -> Any:
+    return module.module if isinstance(module, torch.nn.Module) and hasattr(module, "module") else module
+
+
+def load_network_weights(network: torch.nn.Module, path: str | Path, what: str = "model", hint: str = "") -> None:
+    """Load the weights at ``path`` into ``network`` (DDP wrappers unwrapped), or explain why they do not fit.
+
+    Weights of another architecture (other channel counts, image size, context width, a different bundle) give one
+    message naming the file and the first missing, unexpected and mis-shaped entries, instead of PyTorch's key list.
+    """
+    state = load_weights(path, what, hint)
+    target = _unwrap(network)
+    own = target.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs network {tuple(own[k].shape)}" for k in own
+              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, keys in (("missing from the file", missing), ("not in the network", unexpected),
+                            ("of another shape", shapes)):
+            if keys:
+                more = f" and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else ""
+                parts.append(f"{len(keys)} {label} ({'; '.join(keys[:_MAX_LISTED])}{more})")
+        raise ValueError(f"{what} weights at {path} do not fit this network: {', '.join(parts)}. They were trained "
+                         "with other settings (channels, image size, context width) or for another bundle; use the "
+                         "weights trained with this config, or the config they were trained with.")
+    target.load_state_dict(state)
+
+
+class LoadWeights:
+    """Ignite handler: load a network's weights when the engine starts (before the first item is read).
+
+    Attach it to an inference evaluator (the bundles' ``handlers``), so that any tool that only runs ``evaluator``
+    (3D Slicer's bundle runner) gets the weights too.
+
+    Args:
+        network: the network (``@network``).
+        path: the weights file.
+        what: what the weights are, for messages.
+        hint: how to obtain them, for the "not found" message.
+        bundle_root: the bundle folder the config was given; when the file is missing and this is not a bundle
+            folder, the message says to pass ``--bundle_root``.
+    """
+
+    def __init__(self, network: torch.nn.Module, path: str | Path, what: str = "model", hint: str = "",
+                 bundle_root: str | Path | None = None) -> None:
+        self.network, self.path, self.what, self.hint = network, Path(path), what, hint
+        self.bundle_root = None if bundle_root is None else Path(bundle_root)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        if not self.path.is_file() and self.bundle_root is not None and \
+                not (self.bundle_root / "configs" / "metadata.json").is_file():
+            raise FileNotFoundError(
+                f"{self.what} weights not found at {self.path}: `bundle_root` is {str(self.bundle_root)!r}, which is "
+                "not a bundle folder (it has no configs/metadata.json). Pass the bundle's folder with --bundle_root, "
+                "e.g. --bundle_root bundles/<bundle name>.")
+        load_network_weights(self.network, self.path, self.what, self.hint)

@@ -1,17 +1,19 @@
-"""Samplers and task inferers; every task inferer is a thin layer over ``DiffusionSampler``."""
+"""The sampler core and the task inferers; every task inferer is a thin layer over ``DiffusionSampler``."""
 
 from __future__ import annotations
 
-from .progression import ProgressionInferer, ProgressionResult, resize_mask
+from .generation import GenerationInferer, condition_batch_size
+from .progression import MAX_ROUNDS, ProgressionInferer, ProgressionResult, resize_mask
 from .sampler import DiffusionSampler, make_generator, randn_like
-from .schedule import NoiseSchedule
 from .updates import ddim_update, ddpm_update, euler_update, posterior_variance
 
 __all__ = [
+    "MAX_ROUNDS",
     "DiffusionSampler",
-    "NoiseSchedule",
+    "GenerationInferer",
     "ProgressionInferer",
     "ProgressionResult",
+    "condition_batch_size",
     "ddim_update",
     "ddpm_update",
     "euler_update",

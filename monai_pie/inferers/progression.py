@@ -14,6 +14,7 @@ average stabilisation) and their per-voxel standard deviation is returned as an 
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,16 +26,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..conditioning import DiffusionCondition
-from ..networks import as_diffusion_model
-from ..utils import check_finite, check_in_range, check_mask, check_positive_int
+from ..networks import DiffusionModel, as_diffusion_model
+from ..utils import check_finite, check_in_range, check_mask, check_positive_int, round_rows
 from .sampler import DiffusionSampler, make_generator
 
-__all__ = ["ProgressionInferer", "ProgressionResult", "resize_mask"]
+__all__ = ["MAX_ROUNDS", "ProgressionInferer", "ProgressionResult", "resize_mask"]
 
 ANCHORS = ("original", "previous")
-#: (strength, blend_in, anchor) settings the validation reports compare; the first is PIE's published setting
-SWEEP_SETTINGS = ((0.5, 0.75, "original"), (0.3, 0.75, "original"), (0.3, 0.3, "original"), (0.4, 0.5, "previous"),
-                  (0.3, 0.3, "previous"))
+#: an upper bound on rounds, far above PIE's 10-20: a mistyped 10000 fails at once instead of running for days
+MAX_ROUNDS = 200
+#: per-round statistics of a result, ``(N, B)`` each
+ROUND_STATISTICS = ("change_norm", "change_inside", "change_outside", "drift_inside", "drift_outside")
 NOISE_MODES = ("stochastic", "ddim_inversion")
 DECODE_MODES = ("residual", "direct")
 
@@ -68,6 +70,7 @@ class ProgressionResult:
         uncertainty: ``(N, B, 1, *spatial)`` restart spread on the image grid (``None`` when ``n_restarts == 1``).
         latent_uncertainty: ``(N, B, C_lat, *latent_spatial)`` per-voxel std of the restarts, or ``None``.
         params: the inferer's parameters, for reports.
+        seconds: wall time of the call.
     """
 
     frames: torch.Tensor
@@ -81,31 +84,35 @@ class ProgressionResult:
     uncertainty: torch.Tensor | None = None
     latent_uncertainty: torch.Tensor | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
 
     @property
     def num_rounds(self) -> int:
         return int(self.change_norm.shape[0])
 
+    def _stats(self) -> dict[str, torch.Tensor]:
+        stats = {k: getattr(self, k) for k in ROUND_STATISTICS}
+        if self.latent_uncertainty is not None:
+            stats["mean_restart_std"] = self.latent_uncertainty.flatten(2).mean(2)
+        return stats
+
     def statistics(self) -> list[dict[str, Any]]:
         """Per-round statistics as JSON-serialisable dicts (one per round, lists over the batch)."""
+        return round_rows(self._stats())
 
-        def clean(v: torch.Tensor) -> list[float | None]:
-            return [None if math.isnan(float(x)) else float(x) for x in v]
-
-        rows = []
-        for n in range(self.num_rounds):
-            row: dict[str, Any] = {
-                "round": n + 1,
-                "change_norm": clean(self.change_norm[n]),
-                "change_inside": clean(self.change_inside[n]),
-                "change_outside": clean(self.change_outside[n]),
-                "drift_inside": clean(self.drift_inside[n]),
-                "drift_outside": clean(self.drift_outside[n]),
-            }
-            if self.latent_uncertainty is not None:
-                row["mean_restart_std"] = clean(self.latent_uncertainty[n].flatten(1).mean(1))
-            rows.append(row)
-        return rows
+    def batch_first(self) -> dict[str, torch.Tensor]:
+        """The result as batch-first tensors, so MONAI's ``decollate_batch`` splits it into one dict per image:
+        ``frames`` ``(B, N+1, C, *spatial)``, ``latents`` ``(B, N+1, C_lat, *lat)``, each round statistic ``(B, N)``,
+        ``roi_mask`` ``(B, 1, *spatial)``, ``uncertainty`` ``(B, N, 1, *spatial)`` when there are restarts, and
+        ``seconds_per_round`` ``(B,)`` (the call's wall time per round)."""
+        batch = self.frames.shape[1]
+        out = {"frames": self.frames.transpose(0, 1), "latents": self.latents.transpose(0, 1),
+               "roi_mask": self.roi_mask.expand(batch, *self.roi_mask.shape[1:]),
+               "seconds_per_round": torch.full((batch,), self.seconds / max(self.num_rounds, 1), dtype=torch.float64)}
+        out.update({k: v.transpose(0, 1) for k, v in self._stats().items()})
+        if self.uncertainty is not None:
+            out["uncertainty"] = self.uncertainty.transpose(0, 1)
+        return out
 
 
 class ProgressionInferer(Inferer):
@@ -127,6 +134,8 @@ class ProgressionInferer(Inferer):
         decode: ``"residual"`` returns ``x0 + D(z_n) - D(z*)`` so autoencoder reconstruction error never shows up as a
             change (strength 0 returns the input exactly); ``"direct"`` returns ``D(z_n)``. Same for pixel models.
         composite_background: paste the input's pixels outside the ROI into every frame (soft mask on the image grid).
+        device: where the result's tensors are put (e.g. ``"cpu"`` to keep GPU memory free for the model); default
+            the inputs' device. 3D Slicer's bundle runner sets it.
         progress: progress bars over rounds and steps.
 
     Call ``inferer(inputs, network, condition=..., roi_mask=..., seed=...)`` -> ``ProgressionResult``; see ``__call__``.
@@ -152,15 +161,18 @@ class ProgressionInferer(Inferer):
         clip_sample: tuple[float, float] | None = None,
         decode: str = "residual",
         composite_background: bool = False,
+        device: torch.device | str | None = None,
         progress: bool = True,
     ) -> None:
         super().__init__()
         check_positive_int(num_rounds, "num_rounds")
+        if num_rounds > MAX_ROUNDS:
+            raise ValueError(f"`num_rounds` must be at most {MAX_ROUNDS} (PIE uses 10-20), got {num_rounds}.")
         check_in_range(strength, "strength")
         check_in_range(blend_in, "blend_in")
         check_in_range(blend_out, "blend_out")
         check_positive_int(n_restarts, "n_restarts")
-        if guidance_scale < 0 or not math.isfinite(guidance_scale):
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
             raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {guidance_scale}.")
         for name, value, allowed in (("anchor", anchor, ANCHORS), ("noise_mode", noise_mode, NOISE_MODES),
                                      ("decode", decode, DECODE_MODES)):
@@ -182,6 +194,7 @@ class ProgressionInferer(Inferer):
         self.n_restarts = int(n_restarts)
         self.decode = decode
         self.composite_background = composite_background
+        self.device = None if device is None else torch.device(device)
         self.progress = progress
 
     def params(self) -> dict[str, Any]:
@@ -218,6 +231,7 @@ class ProgressionInferer(Inferer):
             null_condition: the unconditional counterpart for guidance (default: the model's).
             source_condition: condition for DDIM inversion (``noise_mode="ddim_inversion"``); default unconditional.
         """
+        started = time.perf_counter()
         model = as_diffusion_model(network)
         x0 = self._check_inputs(inputs, model)
         gen = generator if generator is not None else make_generator(seed, x0.device)
@@ -225,6 +239,11 @@ class ProgressionInferer(Inferer):
 
         z_star = model.encode(x0)
         batch, lat_shape = z_star.shape[0], tuple(z_star.shape[2:])
+        base = model.decode(z_star)  # the input's reconstruction: residual decoding, and the round-trip check
+        if tuple(base.shape[2:]) != tuple(x0.shape[2:]):
+            raise ValueError(f"`inputs` of spatial size {list(x0.shape[2:])} do not round-trip through the "
+                             f"autoencoder (they decode to {list(base.shape[2:])}); use sides divisible by its "
+                             "downsampling factor, e.g. the bundle's image_size.")
         mask_img = torch.ones((1, 1, *x0.shape[2:]), device=x0.device, dtype=x0.dtype)
         mask_lat = None
         if roi_mask is not None:
@@ -234,13 +253,11 @@ class ProgressionInferer(Inferer):
             mask_lat = resize_mask(mask_img, lat_shape)
         weight_lat = mask_lat if mask_lat is not None else torch.ones_like(z_star[:, :1])
 
-        cond = sampler._prepare_condition(model, condition, batch, z_star)
-        if hasattr(model, "check_denoiser_input"):
-            model.check_denoiser_input(z_star, cond, name="inputs")
-        null = sampler._null_for(model, cond, null_condition, self.guidance_scale, batch, z_star)
+        cond, null = sampler.prepare_conditions(model, condition, z_star, null_condition, self.guidance_scale)
+        model.check_denoiser_input(z_star, cond, name="inputs")
         cond_r = cond.repeat_interleave(R) if not cond.is_empty else cond
         null_r = null.repeat_interleave(R) if null is not None and not null.is_empty else null
-        source_r = self._source_condition(model, cond, source_condition, batch, z_star, R)
+        source_r = self._source_condition(model, cond, source_condition, z_star, R)
 
         levels = self.levels
         known, mask_r = None, None
@@ -270,7 +287,9 @@ class ProgressionInferer(Inferer):
             anchor = z_star if self.anchor == "original" else z_prev
             latents.append(anchor + blend * (z_mean - anchor))
 
-        return self._result(model, x0, latents, stds, mask_img, weight_lat)
+        result = self._result(model, x0, latents, stds, mask_img, weight_lat, base)
+        result.seconds = time.perf_counter() - started
+        return result
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -281,20 +300,16 @@ class ProgressionInferer(Inferer):
         if x0.ndim not in (4, 5):
             raise ValueError(f"`inputs` must have shape (B, C, H, W) or (B, C, H, W, D), got {tuple(x0.shape)}.")
         check_finite(x0, "inputs")
-        if hasattr(model, "check_image"):
-            model.check_image(x0, "inputs")
+        model.check_image(x0, "inputs")
         return x0 if x0.is_floating_point() else x0.float()
 
-    def _source_condition(self, model: Any, cond: DiffusionCondition, source: Any, batch: int,
-                          z: torch.Tensor, repeats: int) -> DiffusionCondition:
+    def _source_condition(self, model: DiffusionModel, cond: DiffusionCondition, source: Any, z: torch.Tensor,
+                          repeats: int) -> DiffusionCondition:
+        """The condition DDIM inversion runs under: ``source``, else the null condition (unconditional)."""
         if source is not None:
-            src = self.sampler._prepare_condition(model, source, batch, z)
-        elif cond.is_empty:
-            src = cond
-        elif hasattr(model, "null_condition"):
-            src = model.null_condition(cond)
+            src, _ = self.sampler.prepare_conditions(model, source, z)
         else:
-            src = cond
+            src = cond if cond.is_empty else model.null_condition(cond)
         return src.repeat_interleave(repeats) if not src.is_empty else src
 
     def _known_region(self, model: Any, z_star: torch.Tensor, source_r: DiffusionCondition, repeats: int,
@@ -308,13 +323,13 @@ class ProgressionInferer(Inferer):
         return lambda level: traj[level]
 
     def _result(self, model: Any, x0: torch.Tensor, latents: list[torch.Tensor], stds: list[torch.Tensor],
-                mask_img: torch.Tensor, weight_lat: torch.Tensor) -> ProgressionResult:
+                mask_img: torch.Tensor, weight_lat: torch.Tensor, base: torch.Tensor) -> ProgressionResult:
         z = torch.stack(latents)  # (N+1, B, C_lat, *lat)
         delta = z[1:] - z[:-1]
         drift = z[1:] - z[:1]
         outside = 1.0 - weight_lat
         stat = lambda d, w: torch.stack([_weighted_mean_abs(di, w) for di in d])  # noqa: E731
-        base = model.decode(z[0]) if self.decode == "residual" else None
+        base = base if self.decode == "residual" else None
         frames = [x0]
         for zn in tqdm(z[1:], desc="decoding", disable=not self.progress, leave=False):
             xn = model.decode(zn)
@@ -329,7 +344,7 @@ class ProgressionInferer(Inferer):
             spread = lat_unc.mean(2, keepdim=True)  # (N, B, 1, *lat)
             mode = "trilinear" if spread.ndim == 6 else "bilinear"
             unc = torch.stack([F.interpolate(s, size=x0.shape[2:], mode=mode, align_corners=False) for s in spread])
-        return ProgressionResult(
+        result = ProgressionResult(
             frames=torch.stack(frames),
             latents=z,
             change_norm=delta.flatten(2).norm(dim=2),
@@ -342,3 +357,8 @@ class ProgressionInferer(Inferer):
             latent_uncertainty=lat_unc,
             params=self.params(),
         )
+        if self.device is not None:
+            for name, value in vars(result).items():
+                if torch.is_tensor(value):
+                    setattr(result, name, value.to(self.device))
+        return result

@@ -16,8 +16,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..conditioning import DiffusionCondition
-from ..networks import as_diffusion_model
-from .schedule import NoiseSchedule
+from ..networks import DiffusionModel, as_diffusion_model
+from ..schedules import NoiseSchedule
 from .updates import ddim_update, ddpm_update, euler_update, posterior_variance
 
 __all__ = ["DiffusionSampler", "KnownRegion", "make_generator", "randn_like"]
@@ -97,17 +97,43 @@ class DiffusionSampler:
             noise = randn_like(x0, generator)
         return self.schedule.add_noise(x0, noise, level)
 
-    # ------------------------------------------------------------------ one model call, guided
+    # ------------------------------------------------------------------ conditions, and one model call, guided
     @staticmethod
-    def _prepare_condition(model: Any, condition: Any, batch: int, x: torch.Tensor) -> DiffusionCondition:
-        cond = model.make_condition(condition) if hasattr(model, "make_condition") else DiffusionCondition.from_any(condition)
-        if cond.is_empty:
-            return cond
-        return cond.expand_to(batch).to(device=x.device, dtype=x.dtype)
+    def prepare_conditions(
+        model: DiffusionModel,
+        condition: Any,
+        like: torch.Tensor,
+        null_condition: Any = None,
+        guidance_scale: float = 1.0,
+    ) -> tuple[DiffusionCondition, DiffusionCondition | None]:
+        """The conditional and null conditions of a run, batched like ``like`` and on its device and dtype.
+
+        Every run (``sample``, ``invert``, ``edit``) and every task inferer prepares its conditions here.
+
+        Args:
+            model: the diffusion model; its conditioner turns raw conditions into a ``DiffusionCondition``.
+            condition: raw or ``DiffusionCondition``; ``None`` for an unconditional model.
+            like: a working-space tensor ``(B, ...)`` whose batch size, device and dtype the conditions take.
+            null_condition: the unconditional counterpart; default the model's ``null_condition``.
+            guidance_scale: classifier-free guidance weight; at 1 (or without a condition) no null is needed.
+
+        Returns:
+            ``(condition, null)``; ``null`` is ``None`` when guidance is off.
+        """
+        batch = like.shape[0]
+
+        def prepare(raw: Any) -> DiffusionCondition:
+            cond = model.make_condition(raw)
+            return cond if cond.is_empty else cond.expand_to(batch).to(device=like.device, dtype=like.dtype)
+
+        cond = prepare(condition)
+        if guidance_scale == 1.0 or cond.is_empty:
+            return cond, None
+        return cond, (prepare(null_condition) if null_condition is not None else model.null_condition(cond))
 
     def model_output(
         self,
-        model: Any,
+        model: DiffusionModel,
         x: torch.Tensor,
         level: int,
         condition: DiffusionCondition,
@@ -123,14 +149,6 @@ class DiffusionSampler:
         out = model.denoise(torch.cat([x, x]), torch.cat([timesteps, timesteps]), both)
         out_c, out_u = out.chunk(2)
         return out_u + guidance_scale * (out_c - out_u)
-
-    def _null_for(self, model: Any, cond: DiffusionCondition, null_condition: Any, guidance_scale: float,
-                  batch: int, x: torch.Tensor) -> DiffusionCondition | None:
-        if guidance_scale == 1.0 or cond.is_empty:
-            return None
-        if null_condition is not None:
-            return self._prepare_condition(model, null_condition, batch, x)
-        return model.null_condition(cond) if hasattr(model, "null_condition") else None
 
     # ------------------------------------------------------------------ one update
     def step(
@@ -200,11 +218,8 @@ class DiffusionSampler:
         lv = list(levels) if levels is not None else self.levels(strength=strength, t_start=t_start)
         if (known is None) != (mask is None):
             raise ValueError("`known` and `mask` go together: give both (known-region rule) or neither.")
-        batch = x.shape[0]
-        cond = self._prepare_condition(model, condition, batch, x)
-        if hasattr(model, "check_denoiser_input"):
-            model.check_denoiser_input(x, cond)
-        null = self._null_for(model, cond, null_condition, guidance_scale, batch, x)
+        cond, null = self.prepare_conditions(model, condition, x, null_condition, guidance_scale)
+        model.check_denoiser_input(x, cond)
         known_at = self._known_fn(known, generator) if known is not None else None
         show = self.progress if progress is None else progress
         pairs = list(zip(lv[:-1], lv[1:]))
@@ -283,9 +298,8 @@ class DiffusionSampler:
         if int(refine_steps) != refine_steps or refine_steps < 0:
             raise ValueError(f"`refine_steps` must be an integer >= 0, got {refine_steps!r}.")
         lv = list(levels) if levels is not None else self.levels(strength=strength, t_start=t_start)
-        batch = x0.shape[0]
-        cond = self._prepare_condition(model, condition, batch, x0)
-        null = self._null_for(model, cond, null_condition, guidance_scale, batch, x0)
+        cond, null = self.prepare_conditions(model, condition, x0, null_condition, guidance_scale)
+        model.check_denoiser_input(x0, cond)
         sch = self.schedule
         x = x0
         traj = {lv[-1]: x0}
@@ -296,12 +310,12 @@ class DiffusionSampler:
             out = self.model_output(model, x, t_eval, cond, null, guidance_scale)
             x0_hat, eps = sch.split(out, x, t_eval)
             a_n, s_n = sch.alpha_sigma(t_next)
-            x_next = a_n * x0_hat + s_n * eps
+            x_next = ddim_update(x0_hat, eps, a_n, s_n)  # the deterministic DDIM rule, toward the noisier level
             a_c, s_c = sch.alpha_sigma(t)
             for _ in range(refine_steps):
                 out = self.model_output(model, x_next, t_next, cond, null, guidance_scale)
                 _, eps = sch.split(out, x_next, t_next)
-                x_next = a_n * (x - s_c * eps) / a_c + s_n * eps  # the x_next whose DDIM step lands on x
+                x_next = ddim_update((x - s_c * eps) / a_c, eps, a_n, s_n)  # the x_next whose DDIM step lands on x
             x = x_next
             traj[t_next] = x
         return (x, traj) if return_trajectory else x

@@ -5,7 +5,7 @@
   weights can be downloaded here and a radiograph-trained feature space is closer to what matters anyway.
 * :class:`CXRMaskNet` - a small MONAI UNet that segments lungs, heart, thorax and effusion, so the cardiothoracic
   ratio and the effusion height can be *measured* on a generated image with the same definitions as the phantom
-  truth (:func:`monai_pie.data.measure_ctr`, :func:`monai_pie.data.measure_effusion_fraction`).
+  truth (:mod:`monai_pie.metrics.cxr_measures`).
 
 Both train in minutes on CPU on the phantom cohort (:func:`fit`, in-memory tensors).
 """
@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .cxr_measures import measure_ctr, measure_effusion_fraction
 
 __all__ = [
     "MASK_CHANNELS",
@@ -91,7 +93,6 @@ class CXRMaskNet(nn.Module):
 def measure_from_masks(masks: np.ndarray) -> dict[str, float]:
     """CTR and effusion height (max of the two sides, split at the thorax's middle column) from one
     ``(4, H, W)`` boolean mask stack ordered as :data:`MASK_CHANNELS`."""
-    from ..data.cxr_phantoms import measure_ctr, measure_effusion_fraction
 
     lungs, heart, thorax, effusion = (np.asarray(m, dtype=bool) for m in masks)
     ctr = measure_ctr(heart, thorax)[0]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .introspection import ConvSpec, first_conv_spec
-from .latent_diffusion import LatentDiffusionModel, as_diffusion_model
+from .latent_diffusion import DiffusionModel, LatentDiffusionModel, as_diffusion_model
 from .sparse_backprop import (
     SparseBackpropConv1d,
     SparseBackpropConv2d,
@@ -19,6 +19,7 @@ from .sparse_backprop import (
 
 __all__ = [
     "ConvSpec",
+    "DiffusionModel",
     "LatentDiffusionModel",
     "SparseBackpropConv1d",
     "SparseBackpropConv2d",

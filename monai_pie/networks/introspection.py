@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["ConvSpec", "first_conv_spec"]
+__all__ = ["ConvSpec", "cross_attention_width", "first_conv_spec"]
 
 
 @dataclass(frozen=True)
@@ -28,3 +28,15 @@ def first_conv_spec(module: nn.Module | None) -> ConvSpec | None:
         if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.modules.conv._ConvTransposeNd):
             return ConvSpec(spatial_dims=len(m.kernel_size), in_channels=int(m.in_channels))
     return None
+
+
+def cross_attention_width(module: nn.Module | None) -> int | None:
+    """Width of the context a cross-attention U-Net takes (the ``in_features`` of its first cross-attention key
+    projection, MONAI's ``attn2.to_k``), or ``None`` when it has no cross-attention."""
+    if module is None:
+        return None
+    for name, m in module.named_modules():
+        if name.endswith("attn2.to_k") and isinstance(m, nn.Linear):
+            return int(m.in_features)
+    return None
+

@@ -2,15 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from ..conditioning import DiffusionCondition
-from .introspection import first_conv_spec
+from .introspection import cross_attention_width, first_conv_spec
 
-__all__ = ["LatentDiffusionModel", "as_diffusion_model"]
+__all__ = ["DiffusionModel", "LatentDiffusionModel", "as_diffusion_model"]
+
+
+@runtime_checkable
+class DiffusionModel(Protocol):
+    """What the sampler core and every task inferer call on a model; ``LatentDiffusionModel`` implements it.
+
+    Shapes: images ``(B, C, *spatial)``, working-space samples (latents for LDMs) ``(B, C_lat, *latent_spatial)``.
+    """
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Image -> working-space sample (identity in pixel space)."""
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Working-space sample -> image."""
+
+    def denoise(self, x_t: torch.Tensor, timesteps: torch.Tensor,
+                condition: DiffusionCondition | None = None) -> torch.Tensor:
+        """Model output (noise, sample or velocity) for ``x_t`` at ``timesteps`` ``(B,)``."""
+
+    def make_condition(self, condition: Any) -> DiffusionCondition:
+        """Raw condition (covariates, prompts, tensors) -> ``DiffusionCondition``."""
+
+    def null_condition(self, condition: DiffusionCondition) -> DiffusionCondition:
+        """The "no condition" counterpart of ``condition`` for classifier-free guidance."""
+
+    def check_image(self, x: torch.Tensor, name: str = "inputs") -> None:
+        """Raise ``ValueError`` if the image ``x`` cannot be taken by the model."""
+
+    def check_denoiser_input(self, x_t: torch.Tensor, condition: DiffusionCondition | None,
+                             name: str = "inputs") -> None:
+        """Raise ``ValueError`` if ``x_t`` with ``condition`` does not fit the denoiser."""
 
 
 class LatentDiffusionModel(nn.Module):
@@ -90,6 +121,12 @@ class LatentDiffusionModel(nn.Module):
             what = f"{x_t.shape[1]} channels" + (f" + {extra} concatenated condition channels" if extra else "")
             raise ValueError(
                 f"`{name}` gives the denoiser {what} = {x_t.shape[1] + extra}, but it takes {c_in} input channels."
+            )
+        width = cross_attention_width(self.unet) if condition is not None and condition.context is not None else None
+        if width is not None and condition.context.shape[-1] != width:
+            raise ValueError(
+                f"the condition's context has width {condition.context.shape[-1]}, but the U-Net's cross-attention "
+                f"takes {width}: the conditioner's embed_dim and the U-Net's cross_attention_dim must agree."
             )
         if condition is not None and condition.concat is not None and condition.concat.shape[2:] != x_t.shape[2:]:
             raise ValueError(
@@ -206,16 +243,15 @@ class LatentDiffusionModel(nn.Module):
         return out
 
 
-def as_diffusion_model(network: nn.Module) -> LatentDiffusionModel:
-    """Return ``network`` if it already is a ``LatentDiffusionModel``, else wrap a bare denoiser (pixel space).
+def as_diffusion_model(network: Any) -> DiffusionModel:
+    """Return ``network`` if it implements :class:`DiffusionModel` (e.g. a ``LatentDiffusionModel``), else wrap a
+    bare denoiser in pixel space.
 
     A bare denoiser is any module with MONAI ``DiffusionModelUNet``'s forward signature. Wrapping shares its
     parameters (no copy).
     """
-    if isinstance(network, LatentDiffusionModel):
+    if isinstance(network, DiffusionModel):
         return network
-    if hasattr(network, "denoise") and hasattr(network, "encode") and hasattr(network, "decode"):
-        return network  # duck-typed model with the full interface
     if not isinstance(network, nn.Module):
         raise TypeError(f"`network` must be an nn.Module, got {type(network).__name__}.")
     return LatentDiffusionModel(unet=network)

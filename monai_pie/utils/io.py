@@ -1,4 +1,8 @@
-"""Atomic writes: a killed process never leaves a half-written checkpoint or output behind."""
+"""Atomic writes: a killed process never leaves a half-written checkpoint or output behind.
+
+The data goes to a temporary file in the target's folder, is flushed to disk (fsync), and is renamed onto the target;
+the folder is fsynced too, so after a crash either the old file or the complete new one is there.
+"""
 
 from __future__ import annotations
 
@@ -31,23 +35,37 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
     os.close(fd)
     try:
         write(tmp)
+        _fsync(tmp)
         os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync(path.parent)
     return path
 
 
+def _fsync(path: str | os.PathLike) -> None:
+    """Flush a file's (or a folder's) data to disk; folders cannot be opened on some systems, which is fine."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (fsync'd temporary file + rename)."""
+    """Write ``data`` to ``path`` atomically."""
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
 
     return atomic_write(path, write)
 

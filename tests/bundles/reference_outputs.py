@@ -1,7 +1,7 @@
 """Fingerprints of every bundle's outputs for fixed seeds, to check that a refactor changes no output.
 
 ``python tests/bundles/reference_outputs.py write`` runs each scenario with the shipped weights and stores the
-fingerprints in ``tests/data/bundle_reference.npz``; ``tests/bundles/test_reference_outputs.py`` runs the same
+fingerprints in ``tests/bundles/reference/bundle_outputs.npz``; ``tests/bundles/test_reference_outputs.py`` runs the same
 scenarios and compares. The stored file was produced by the code before the bundle-workflow refactor (the commit
 that adds this file); regenerate it only when a change of outputs is intended (new weights, a fixed bug), and say so.
 
@@ -20,21 +20,26 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-REFERENCE = ROOT / "tests" / "data" / "bundle_reference.npz"
+REFERENCE = ROOT / "tests" / "bundles" / "reference" / "bundle_outputs.npz"
 BUNDLES = ROOT / "bundles"
-#: JSON fields that legitimately differ between runs (timings, machine paths)
-VOLATILE_JSON = {"seconds", "seconds_per_round", "seconds_per_image", "seconds_per_volume", "device"}
+#: JSON fields compared (their numbers): the results and settings; timings, paths and fields added later are not
+JSON_FIELDS = ("rounds", "params", "target", "covariates", "num_samples", "num_samples_per_prompt", "guidance_scale",
+               "num_inference_steps")
 
 
-def _roi_file(folder: Path) -> str:
-    """A box ROI on the example T1's grid (written by the scenario so that nothing extra is committed)."""
+def _brain_datalist(folder: Path) -> str:
+    """One item with a box ROI on the example T1's grid and its own age and sex (written by the scenario, so that
+    nothing extra is committed)."""
     import nibabel as nib
 
-    ref = nib.load(str(BUNDLES / "brain_mri_progression" / "docs" / "example_t1.nii.gz"))
+    example = BUNDLES / "brain_mri_progression" / "docs" / "example_t1.nii.gz"
+    ref = nib.load(str(example))
     roi = np.zeros(ref.shape, np.float32)
     roi[30:70, 40:80, 30:65] = 1.0
-    path = folder / "roi.nii.gz"
-    nib.save(nib.Nifti1Image(roi, ref.affine), str(path))
+    nib.save(nib.Nifti1Image(roi, ref.affine), str(folder / "roi.nii.gz"))
+    path = folder / "brain_datalist.json"
+    path.write_text(json.dumps({"test": [{"image": str(example), "roi": str(folder / "roi.nii.gz"), "age": 80.0,
+                                          "sex": 1}]}))
     return str(path)
 
 
@@ -57,10 +62,8 @@ def scenarios(work: Path) -> dict[str, tuple[str, dict[str, Any]]]:
     work.mkdir(parents=True, exist_ok=True)
     return {
         "brain_progression": ("brain_mri_progression", {"num_rounds": 2, "num_inference_steps": 10, "seed": 3}),
-        "brain_progression_roi": ("brain_mri_progression", {
-            "datalist": [{"image": str(BUNDLES / "brain_mri_progression" / "docs" / "example_t1.nii.gz"),
-                          "roi": _roi_file(work), "age": 80.0, "sex": 1}],
-            "datalist_file": "__list__", "num_rounds": 1, "num_inference_steps": 10, "target_diagnosis": "MCI"}),
+        "brain_progression_roi": ("brain_mri_progression", {"datalist_file": _brain_datalist(work), "num_rounds": 1,
+                                                            "num_inference_steps": 10, "target_diagnosis": "MCI"}),
         "brain_generation": ("brain_mri_ldm", {"num_samples": 3, "num_inference_steps": 3, "seed": 1}),
         "cxr_progression": ("cxr_progression", {"num_rounds": 2, "num_inference_steps": 10}),
         "cxr_progression_datalist": ("cxr_progression", {"datalist_file": _cxr_datalist(work), "dataset_dir": str(work),
@@ -71,13 +74,9 @@ def scenarios(work: Path) -> dict[str, tuple[str, dict[str, Any]]]:
     }
 
 
-def _legacy(overrides: dict[str, Any], work: Path) -> dict[str, Any]:
+def _legacy(overrides: dict[str, Any]) -> dict[str, Any]:
     """The same scenario in the keys of the configs before the refactor (``datalist`` was a JSON file path)."""
     out = dict(overrides)
-    if out.get("datalist_file") == "__list__":
-        path = work / "legacy_datalist.json"
-        path.write_text(json.dumps({"test": out.pop("datalist")}))
-        out["datalist_file"] = str(path)
     if "datalist_file" in out:
         out["datalist"] = out.pop("datalist_file")
     return out
@@ -89,9 +88,7 @@ def run_scenario(name: str, work: Path, legacy: bool = False) -> Path:
 
     bundle, overrides = scenarios(work / "inputs")[name]
     if legacy:
-        overrides = _legacy(overrides, work / "inputs")
-    elif overrides.get("datalist_file") == "__list__":
-        overrides = {k: v for k, v in overrides.items() if k != "datalist_file"}
+        overrides = _legacy(overrides)
     out = work / name
     root = BUNDLES / bundle
     run(config_file=str(root / "configs" / "inference.json"), bundle_root=str(root), output_dir=str(out), **overrides)
@@ -117,8 +114,7 @@ def _array(path: Path) -> np.ndarray | None:
         def walk(x: Any) -> None:
             if isinstance(x, dict):
                 for k in sorted(x):
-                    if k not in VOLATILE_JSON:
-                        walk(x[k])
+                    walk(x[k])
             elif isinstance(x, list):
                 for v in x:
                     walk(v)
@@ -127,7 +123,8 @@ def _array(path: Path) -> np.ndarray | None:
             elif isinstance(x, (int, float)):
                 nums.append(float(x))
 
-        walk(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        walk({k: v for k, v in data.items() if k in JSON_FIELDS})
         return np.asarray(nums, np.float64)
     return None
 

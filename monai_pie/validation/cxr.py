@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..bundle_tools import load_bundle_model
-from ..data.cxr_phantoms import CXR_FINDINGS, CXR_REPORT_PREFIX, cxr_report, finding_key, render_cxr_phantom
-from ..data.cxr_readers import load_2d_image
+from ..bundle_tools import bundle_dir, load_bundle_model
+from ..data import load_2d_image, load_datalist, region_roi
+from ..data.synthetic.cxr import render_cxr_phantom
+from ..inferers import GenerationInferer
 from ..metrics import ms_ssim_diversity, nearest_neighbour_distances, spearman_rho
 from ..metrics.cxr_readers import (
     MASK_CHANNELS,
@@ -42,10 +43,10 @@ from ..metrics.cxr_readers import (
     measure_from_masks,
     prompt_adherence,
 )
-from ..utils import atomic_save, atomic_write_text
-from ..inferers.progression import SWEEP_SETTINGS
-from .cxr import default_cxr_roi, sample_cxr_images, simulate_cxr_progression
-from .visualize import frame_strip, save_png, to_uint8
+from ..utils import atomic_save, atomic_write_text, json_safe
+from ..visualize import frame_strip, save_png, to_uint8
+from ..vocabulary import CXR_FINDINGS, CXR_REPORT_PREFIX, cxr_report, finding_key
+from .settings import SWEEP_SETTINGS, ProgressionSettings
 
 __all__ = ["load_cxr_split", "train_readers", "validate_cxr"]
 
@@ -60,6 +61,25 @@ GENERATION_PROMPTS = (
 )
 BRAIN_PROMPTS = ("A brain MRI image, no finding", "A brain MRI image, alzheimer's disease")
 PROGRESSION_TARGETS = {"cardiomegaly": "ctr", "pleural effusion": "effusion_fraction"}
+
+
+def _progress(bundle: dict[str, Any], source: torch.Tensor, finding: str, settings: ProgressionSettings,
+              seed: int, roi: torch.Tensor | None = None) -> Any:
+    """PIE of the model-grid images ``source`` ``(B, 1, H, W)`` toward ``finding``, in the default thorax ROI."""
+    roi = region_roi(source.shape[2:])[None].to(source.device) if roi is None else roi
+    inferer = settings.inferer(bundle["scheduler"])
+    return inferer(source, bundle["network"], condition=[f"{CXR_REPORT_PREFIX}, {finding}"] * source.shape[0],
+                   roi_mask=roi, seed=seed)
+
+
+def sample_images(bundle: dict[str, Any], prompts: Sequence[str], size: Sequence[int], num_inference_steps: int,
+                  guidance_scale: float, seed: int, batch_size: int = 16, progress: bool = False) -> torch.Tensor:
+    """One image per prompt, ``(N, 1, H, W)`` in [0, 1] on the CPU, in batches from one seeded noise stream (the
+    cxr_text_ldm bundle's inferer)."""
+    inferer = GenerationInferer(bundle["scheduler"], size, num_inference_steps, guidance_scale, seed=seed,
+                                progress=progress, device="cpu")
+    return torch.cat([inferer(list(prompts[i:i + batch_size]), bundle["network"])
+                      for i in range(0, len(prompts), batch_size)])
 
 
 def _image(path: Path, size: Sequence[int]) -> torch.Tensor:
@@ -173,22 +193,18 @@ def _measure(masknet: CXRMaskNet, images: torch.Tensor, key: str) -> np.ndarray:
 
 
 def validate_progression(bundle: dict[str, Any], clf: FindingClassifier, masknet: CXRMaskNet, figures: Path,
-                         num_subjects: int, num_rounds: int, strength: float, num_inference_steps: int,
-                         guidance_scale: float, size: Sequence[int], seed: int, blend_in: float = 0.3,
-                         anchor: str = "previous") -> dict[str, Any]:
+                         num_subjects: int, settings: ProgressionSettings, size: Sequence[int],
+                         seed: int) -> dict[str, Any]:
     """PIE toward each target finding on held-out normal phantoms; per-round readings with the truth for reference."""
     renders = [render_cxr_phantom({}, seed=HELD_OUT_SEED + i, size=int(size[0])) for i in range(num_subjects)]
     device = next(bundle["network"].parameters()).device
     source = torch.stack([torch.from_numpy(r["image"])[None] for r in renders]).to(device)
-    roi = default_cxr_roi(size).to(device)
+    roi = region_roi(size)[None].to(device)
     inside = roi[0, 0].bool().cpu().numpy()
     results: dict[str, Any] = {}
     for finding, key in PROGRESSION_TARGETS.items():
         t0 = time.perf_counter()
-        res = simulate_cxr_progression(bundle["network"], bundle["scheduler"], source, f"{CXR_REPORT_PREFIX}, {finding}",
-                                       roi=roi, num_rounds=num_rounds, strength=strength, num_inference_steps=num_inference_steps,
-                                       guidance_scale=guidance_scale, blend_in=blend_in, anchor=anchor, seed=seed,
-                                       progress=False)
+        res = _progress(bundle, source, finding, settings, seed, roi)
         seconds = time.perf_counter() - t0
         # residual decoding can leave [0, 1]; the readers were trained on [0, 1] images
         frames = res.frames[:, :, :1].float().clamp(0, 1).cpu()  # (N+1, B, 1, H, W)
@@ -219,7 +235,7 @@ def validate_progression(bundle: dict[str, Any], clf: FindingClassifier, masknet
             "change_outside": float(change[:, ~inside].mean()),
             "truth_start": float(np.mean([r[key] for r in renders])),
             "truth_severity_1": float(np.mean(truth_end)),
-            "seconds_per_round": seconds / num_rounds,
+            "seconds_per_round": seconds / settings.num_rounds,
             "batch": num_subjects,
         }
         labels = ["input"] + [f"round {n}" for n in range(1, frames.shape[0])]
@@ -228,19 +244,15 @@ def validate_progression(bundle: dict[str, Any], clf: FindingClassifier, masknet
     return results
 
 
-def sweep_progression_settings(bundle: dict[str, Any], masknet: CXRMaskNet, num_subjects: int, num_rounds: int,
-                               num_inference_steps: int, guidance_scale: float, size: Sequence[int],
-                               seed: int) -> list[dict[str, Any]]:
+def sweep_progression_settings(bundle: dict[str, Any], masknet: CXRMaskNet, num_subjects: int,
+                               settings: ProgressionSettings, size: Sequence[int], seed: int) -> list[dict[str, Any]]:
     """Measured CTR per round toward "cardiomegaly" for each of :data:`SWEEP_SETTINGS` (held-out normal phantoms)."""
     device = next(bundle["network"].parameters()).device
     source = torch.stack([torch.from_numpy(render_cxr_phantom({}, seed=HELD_OUT_SEED + i, size=int(size[0]))["image"])[None]
                           for i in range(num_subjects)]).to(device)
     rows = []
     for strength, blend_in, anchor in SWEEP_SETTINGS:
-        res = simulate_cxr_progression(bundle["network"], bundle["scheduler"], source, f"{CXR_REPORT_PREFIX}, cardiomegaly",
-                                       num_rounds=num_rounds, strength=strength, num_inference_steps=num_inference_steps,
-                                       guidance_scale=guidance_scale, blend_in=blend_in, anchor=anchor, seed=seed,
-                                       progress=False)
+        res = _progress(bundle, source, "cardiomegaly", settings.with_edit(strength, blend_in, anchor), seed)
         frames = res.frames[:, :, :1].float().clamp(0, 1).cpu()
         ctr = np.stack([_measure(masknet, frames[n], "ctr") for n in range(frames.shape[0])])  # (N+1, B)
         rho = [spearman_rho(np.arange(frames.shape[0]), ctr[:, b]) for b in range(ctr.shape[1])]
@@ -267,15 +279,13 @@ def validate_generation(bundle: dict[str, Any], clf: FindingClassifier, train: d
     device = next(bundle["network"].parameters()).device
     prompts = [p for p in GENERATION_PROMPTS for _ in range(num_samples)]
     t0 = time.perf_counter()
-    samples = sample_cxr_images(bundle["network"], bundle["scheduler"], prompts, size, num_inference_steps,
-                                guidance_scale, seed, batch_size=16, device=device, progress=True)
+    samples = sample_images(bundle, prompts, size, num_inference_steps, guidance_scale, seed, progress=True)
     seconds_per_image = (time.perf_counter() - t0) / len(prompts)
     probs, _ = clf.predict(samples)
     want = np.stack([_label_vector(p) for p in prompts])
     # FID: one sample per test report, against the test images; the floor is as many real training images
     fid_prompts = [i["report"] for i in test["items"]]
-    fid_x = sample_cxr_images(bundle["network"], bundle["scheduler"], fid_prompts, size, num_inference_steps,
-                              guidance_scale, seed + 3, batch_size=16, device=device, progress=True)
+    fid_x = sample_images(bundle, fid_prompts, size, num_inference_steps, guidance_scale, seed + 3, progress=True)
     _, fid_feats = clf.predict(fid_x)
     _, test_feats = clf.predict(test["images"])
     _, train_feats = clf.predict(train["images"])
@@ -310,8 +320,7 @@ def validate_generation(bundle: dict[str, Any], clf: FindingClassifier, train: d
     save_png(np.concatenate(rows, axis=0), figures / "cxr_generated.png")
     if brain is not None and len(brain):
         bprompts = [p for p in BRAIN_PROMPTS for _ in range(max(2, num_samples // 2))]
-        bx = sample_cxr_images(bundle["network"], bundle["scheduler"], bprompts, size, num_inference_steps,
-                               guidance_scale, seed + 1, batch_size=16, device=device, progress=False)
+        bx = sample_images(bundle, bprompts, size, num_inference_steps, guidance_scale, seed + 1)
         cx = samples[np.random.default_rng(seed).choice(len(samples), min(len(bx), len(samples)), replace=False)]
         reference = torch.cat([train["images"], brain])
         is_brain = np.r_[np.zeros(len(train["images"]), bool), np.ones(len(brain), bool)]
@@ -338,9 +347,7 @@ def validate_utility(bundle: dict[str, Any], train: dict[str, Any], test: dict[s
     real_x, real_y = train["images"][idx], train["labels"][idx]
     reports = [cxr_report([f for f in CXR_FINDINGS if i[finding_key(f)]]) for i in train["items"]]
     prompts = [reports[k] for k in rng.choice(len(reports), num_synthetic)]
-    syn_x = sample_cxr_images(bundle["network"], bundle["scheduler"], prompts, size, num_inference_steps,
-                              guidance_scale, seed + 2, batch_size=16, device=next(bundle["network"].parameters()).device,
-                              progress=True)
+    syn_x = sample_images(bundle, prompts, size, num_inference_steps, guidance_scale, seed + 2, progress=True)
     syn_y = torch.from_numpy(np.stack([_label_vector(p) for p in prompts])).float()
     out = {"num_real": len(idx), "num_synthetic": num_synthetic, "steps": steps}
     for name, (x, y) in {"real_only": (real_x, real_y),
@@ -455,25 +462,12 @@ def _command(args: dict[str, Any]) -> str:
     return f"monai-pie validate cxr {args['cohort_dir']}{opts}"
 
 
-def _json_safe(x: Any) -> Any:
-    """NaN/inf -> None and numpy scalars -> Python, so the file is strict JSON."""
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if np.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
 def validate_cxr(
     cohort_dir: str,
     brain_slices_dir: str | None = None,
     model_path: str | None = None,
-    bundle_dir: str = "bundles/cxr_text_ldm",
-    output_dir: str = "docs",
+    bundle: str = "cxr_text_ldm",
+    output_dir: str = "outputs",
     work_dir: str | None = None,
     num_subjects: int = 8,
     num_rounds: int = 8,
@@ -495,16 +489,21 @@ def validate_cxr(
 ) -> dict[str, Any]:
     """Run the whole CXR validation; writes ``<output_dir>/validation/cxr.md`` (+ ``cxr.json``) and figures under
     ``<output_dir>/figures``. Readers are cached in ``work_dir`` (default ``<output_dir>/validation/cxr_work``).
-    ``utility_synthetic=0`` skips the utility test."""
+    ``utility_synthetic=0`` skips the utility test. The PIE settings form one
+    :class:`~monai_pie.validation.ProgressionSettings`; the cohort is checked before anything long runs."""
     args = dict(locals())
     t0 = time.perf_counter()
+    for split in ("training", "test"):  # fail now, not after the readers trained
+        load_datalist(Path(cohort_dir) / "datalist.json", split, cohort_dir)
+    settings = ProgressionSettings(strength=strength, blend_in=blend_in, anchor=anchor, num_rounds=num_rounds,
+                                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
     out = Path(output_dir)
     work = Path(work_dir) if work_dir else out / "validation" / "cxr_work"
     figures = out / "figures"
     for d in (work, figures, out / "validation"):
         d.mkdir(parents=True, exist_ok=True)
-    bundle = load_bundle_model(bundle_dir, model_path, device, overrides)
-    size = tuple(bundle["parser"]["image_size"])
+    loaded = load_bundle_model(bundle_dir(bundle), model_path, device, overrides)
+    size = tuple(loaded["parser"]["image_size"])
     train = load_cxr_split(cohort_dir, "training", size)
     test = load_cxr_split(cohort_dir, "test", size)
     brain = None
@@ -513,22 +512,20 @@ def validate_cxr(
         brain = torch.stack([_image(Path(brain_slices_dir) / i["image"], size) for i in items])
     clf, masknet = train_readers(train, work, classifier_steps, mask_steps, seed, cohort=cohort_dir)
     report: dict[str, Any] = {"readers": _reader_accuracy(clf, masknet, test)}
-    report["progression"] = validate_progression(bundle, clf, masknet, figures, num_subjects, num_rounds, strength,
-                                                 num_inference_steps, guidance_scale, size, seed, blend_in, anchor)
+    report["progression"] = validate_progression(loaded, clf, masknet, figures, num_subjects, settings, size, seed)
     if sweep:
-        report["sweep"] = sweep_progression_settings(bundle, masknet, num_subjects, num_rounds, num_inference_steps,
-                                                     guidance_scale, size, seed)
-    report["generation"] = validate_generation(bundle, clf, train, test, brain, figures, num_samples,
+        report["sweep"] = sweep_progression_settings(loaded, masknet, num_subjects, settings, size, seed)
+    report["generation"] = validate_generation(loaded, clf, train, test, brain, figures, num_samples,
                                                num_inference_steps, guidance_scale, size, seed)
     if utility_synthetic > 0:
-        report["utility"] = validate_utility(bundle, train, test, utility_real, utility_synthetic, utility_steps,
+        report["utility"] = validate_utility(loaded, train, test, utility_real, utility_synthetic, utility_steps,
                                              num_inference_steps, guidance_scale, size, seed)
     command = _command(args)
-    report["params"] = {"command": command, "model_path": bundle["model_path"], "cohort_dir": str(cohort_dir),
+    report["params"] = {"command": command, "model_path": loaded["model_path"], "cohort_dir": str(cohort_dir),
                         "image_size": list(size), "num_subjects": num_subjects, "num_rounds": num_rounds,
                         "strength": strength, "blend_in": blend_in, "anchor": anchor, "num_inference_steps": num_inference_steps,
                         "guidance_scale": guidance_scale, "classifier_steps": classifier_steps,
                         "mask_steps": mask_steps, "device": device, "seconds": time.perf_counter() - t0}
     write_report(report, out / "validation" / "cxr.md")
-    atomic_write_text(out / "validation" / "cxr.json", json.dumps(_json_safe(report), indent=2))
+    atomic_write_text(out / "validation" / "cxr.json", json.dumps(json_safe(report), indent=2))
     return {"report": str(out / "validation" / "cxr.md"), "seconds": report["params"]["seconds"]}

@@ -1,6 +1,6 @@
 """Figure and volume tables of ``docs/data_brain_cohort.md`` (PIL only, no matplotlib).
 
-Run ``python -m monai_pie.data._brain_figure docs/figures`` to regenerate ``brain_cohort_cn_vs_ad.png`` and print
+Run ``python -m monai_pie.data.synthetic._brain_figure docs/figures`` to regenerate ``brain_cohort_cn_vs_ad.png`` and print
 the markdown tables.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monai_pie.data.brain_cohort import (
+from monai_pie.data.synthetic.brain import (
     BrainRecipe,
     BrainTemplate,
     _child,
@@ -135,7 +135,7 @@ def volume_tables(num_subjects: int = 6, age: float = 70.0) -> str:
                 for j, (m, s, r) in enumerate(zip(vals.mean(0), vals.std(0), rel))
             ]
             label = stage if first == "stage" else a
-            from monai_pie.data.brain_cohort import diagnosis_from_stage
+            from monai_pie.vocabulary import diagnosis_from_stage
 
             lines.append(f"| {label:g} | {diagnosis_from_stage(stage)} | " + " | ".join(cells) + " |")
         return lines

@@ -1,4 +1,6 @@
-"""Noise schedules as ``x_t = alpha(t) * x_0 + sigma(t) * eps``, and explicit timestep levels.
+"""Noise schedules as ``x_t = alpha(t) * x_0 + sigma(t) * eps``, explicit timestep levels, and training targets.
+
+Shared by the sampler core (``inferers``) and the training engines (``engines``), so neither reaches into the other.
 
 MONAI's schedulers are used for their tables; the sampler core never calls their ``step``: MONAI 1.6's
 ``DDIMScheduler.step`` recomputes the previous timestep as ``t - T // n``, which disagrees with the ``linspace``
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["NoiseSchedule", "PREDICTION_TYPES"]
+__all__ = ["NoiseSchedule", "PREDICTION_TYPES", "sample_training_timesteps", "training_target"]
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
@@ -147,3 +149,38 @@ class NoiseSchedule:
             x0 = x_t + s * model_output
             eps = x_t - a * model_output
         return x0, eps
+
+
+def sample_training_timesteps(scheduler: object, x0: torch.Tensor) -> torch.Tensor:
+    """Training timesteps ``(B,)`` for a batch ``x0`` ``(B, ...)``: uniform over ``[0, T)`` for DDPM/DDIM tables,
+    the scheduler's own sampler for rectified flow (MONAI's ``RFlowScheduler.sample_timesteps``)."""
+    schedule = NoiseSchedule.from_scheduler(scheduler)
+    if schedule.kind == "flow":
+        return scheduler.sample_timesteps(x0).to(x0.device)  # type: ignore[attr-defined]
+    return torch.randint(0, schedule.num_train_timesteps, (x0.shape[0],), device=x0.device).long()
+
+
+def training_target(scheduler: object, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                    prediction_type: str | None = None) -> torch.Tensor:
+    """What the denoiser learns to output for ``x_t = add_noise(x0, noise, timesteps)``.
+
+    Args:
+        scheduler: the MONAI scheduler whose tables noise the batch.
+        x0: clean samples ``(B, C, *spatial)``.
+        noise: the noise ``(B, C, *spatial)``.
+        timesteps: ``(B,)`` training timesteps.
+        prediction_type: override of the scheduler's.
+
+    Returns:
+        ``noise`` (epsilon), ``x0`` (sample), the velocity ``alpha * eps - sigma * x0`` from the scheduler's own
+        tables (v-prediction), or ``x0 - noise`` (rectified flow).
+    """
+    schedule = NoiseSchedule.from_scheduler(scheduler, prediction_type)
+    if schedule.prediction_type == "epsilon":
+        return noise
+    if schedule.prediction_type == "sample":
+        return x0
+    if schedule.kind == "flow":
+        return x0 - noise
+    return scheduler.get_velocity(x0, noise, timesteps)  # type: ignore[attr-defined]
+

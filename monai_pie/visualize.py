@@ -1,4 +1,4 @@
-"""Pictures people look at: mid-slice strips and GIFs of frame sequences (PIL only)."""
+"""Pictures people look at: mid-slice strips and GIFs of frame sequences, labelled sample grids (PIL only)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..utils import atomic_write
+from .utils import atomic_write
 
-__all__ = ["frame_strip", "mid_slices", "save_gif", "save_png", "to_uint8"]
+__all__ = ["frame_strip", "labelled_grid", "mid_slices", "save_gif", "save_png", "to_uint8"]
 
 
 def to_uint8(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -92,3 +92,30 @@ def save_gif(frames: Sequence[np.ndarray], path: str | Path, duration_ms: int = 
         pics.append(img)
     return atomic_write(path, lambda tmp: pics[0].save(tmp, format="GIF", save_all=True, append_images=pics[1:],
                                                        duration=duration_ms, loop=0), suffix=".tmp.gif")
+
+
+def labelled_grid(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str] | None = None, height: int = 96,
+                  lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
+    """One RGB picture of 2D images, one row per group, each tile ``height`` pixels square, the first tile of each
+    row captioned with the group's label.
+
+    Args:
+        rows: per row, the ``(H, W)`` images (rows may differ in length; short rows are padded with black).
+        labels: a caption per row.
+        height: tile side in pixels.
+        lo, hi: intensity window of the images.
+    """
+    tiles = []
+    for r, images in enumerate(rows):
+        row = []
+        for i, img in enumerate(images):
+            pic = Image.fromarray(to_uint8(np.asarray(img, dtype=np.float32), lo, hi)).resize((height, height),
+                                                                                           Image.BILINEAR).convert("RGB")
+            if labels is not None and i == 0:
+                ImageDraw.Draw(pic).text((3, 2), str(labels[r]), fill=(255, 255, 0))
+            row.append(np.asarray(pic))
+        tiles.append(row)
+    width = max(len(row) for row in tiles)
+    blank = np.zeros((height, height, 3), np.uint8)
+    return np.concatenate([np.concatenate(row + [blank] * (width - len(row)), axis=1) for row in tiles], axis=0)
+

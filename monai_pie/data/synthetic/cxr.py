@@ -27,35 +27,23 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from monai_pie.metrics.cxr_measures import measure_ctr, measure_effusion_fraction
+from monai_pie.vocabulary import CHEXPERT_COLUMNS, CXR_FINDINGS, canonical_finding, cxr_report, finding_key
+
 __all__ = [
-    "CHEXPERT_COLUMNS",
-    "CXR_FINDINGS",
     "CXR_MASK_STRUCTURES",
-    "CXR_NO_FINDING",
     "CXR_PRESENCE_THRESHOLD",
-    "CXR_REPORT_PREFIX",
     "CXRSubject",
     "DEFAULT_PREVALENCE",
     "EFFUSION_SIDES",
-    "canonical_finding",
-    "cxr_report",
-    "finding_key",
-    "measure_ctr",
-    "measure_effusion_fraction",
     "render_cxr_phantom",
     "render_cxr_progression",
     "sample_cxr_subject",
     "synthesize_cxr_cohort",
 ]
 
-# Vocabulary: lower-case radiology terms, in the canonical order used in every report.
-CXR_FINDINGS: tuple[str, ...] = ("cardiomegaly", "pleural effusion", "consolidation", "edema")
-CXR_REPORT_PREFIX = "A chest X-ray image"
-CXR_NO_FINDING = "no finding"
 # A finding is named in the report iff its severity is strictly greater than this.
 CXR_PRESENCE_THRESHOLD = 0.2
-# CheXpert column spelling of each vocabulary term (title case, as in the CheXpert CSVs).
-CHEXPERT_COLUMNS: dict[str, str] = {f: f.title() for f in CXR_FINDINGS}
 CXR_MASK_STRUCTURES: tuple[str, ...] = ("lungs", "heart", "thorax", "effusion", "opacity")
 EFFUSION_SIDES = ("right", "left", "bilateral")
 DEFAULT_PREVALENCE: dict[str, float] = {
@@ -70,48 +58,6 @@ _MAX_CTR = 0.68  # cardiomegaly severity 1
 _MAX_EFFUSION = 0.5  # fluid level (fraction of lung height) at effusion severity 1
 _MAX_OPACITY_RADIUS = 0.42  # consolidation radius at severity 1, in thoracic half-widths
 _HILA_UT = ((-0.25, 0.44), (0.27, 0.40))  # hila (u, t), right then left; the left hilum sits higher
-
-
-# ----------------------------------------------------------------------------------------------- vocabulary
-
-
-def canonical_finding(name: str) -> str:
-    """Return the vocabulary spelling of ``name`` (case, ``_`` and ``-`` insensitive), e.g. ``"Pleural_Effusion"``.
-
-    Raises
-    ------
-    ValueError
-        If ``name`` is not one of :data:`CXR_FINDINGS`.
-    """
-    norm = " ".join(str(name).replace("_", " ").replace("-", " ").lower().split())
-    if norm not in CXR_FINDINGS:
-        raise ValueError(f"unknown finding {name!r}; expected one of {list(CXR_FINDINGS)}.")
-    return norm
-
-
-def _spelling(name: str) -> str:
-    """Lower case, ``_`` as space, single spaces: the prompt spelling of a finding or column name."""
-    return " ".join(str(name).replace("_", " ").lower().split())
-
-
-def finding_key(name: str) -> str:
-    """Datalist / CSV key of a finding: its lower-case spelling with spaces as ``_`` (``"pleural_effusion"``)."""
-    return _spelling(name).replace(" ", "_")
-
-
-def cxr_report(findings: Iterable[str], order: Sequence[str] = CXR_FINDINGS) -> str:
-    """PIE prompt for a set of findings: ``"A chest X-ray image, cardiomegaly, pleural effusion"``.
-
-    Findings are comma-joined after :data:`CXR_REPORT_PREFIX` in the order of ``order`` (canonical order by
-    default, whatever order they are given in); an empty set gives ``"A chest X-ray image, no finding"``.
-    """
-    wanted = {_spelling(f) for f in findings}
-    known = [_spelling(o) for o in order]
-    unknown = sorted(wanted - set(known))
-    if unknown:
-        raise ValueError(f"unknown finding(s) {unknown} in `findings`; expected names from {list(order)}.")
-    present = [o for o in known if o in wanted]
-    return ", ".join([CXR_REPORT_PREFIX, *(present or [CXR_NO_FINDING])])
 
 
 def _check_severities(severities: Mapping[str, float] | None) -> dict[str, float]:
@@ -587,43 +533,6 @@ def _perihilar(f: _Frame, lungs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # -------------------------------------------------------------------------------------------------- measures
-
-
-def measure_ctr(heart: np.ndarray, thorax: np.ndarray) -> tuple[float, int, int]:
-    """Cardiothoracic ratio from masks.
-
-    Parameters
-    ----------
-    heart, thorax
-        Boolean ``(H, W)`` masks; ``thorax`` is the inner thoracic cavity (inside the ribs, above the diaphragm).
-
-    Returns
-    -------
-    (ctr, heart_width_px, thoracic_width_px)
-        ``heart_width_px``: horizontal extent (first to last column) of the heart, i.e. the sum of the largest
-        right and left excursions from the midline; ``thoracic_width_px``: largest first-to-last extent of the
-        thorax on any row; ``ctr`` is their ratio (0 if either is empty).
-    """
-    cols = np.nonzero(heart.any(axis=0))[0]
-    heart_w = int(cols[-1] - cols[0] + 1) if cols.size else 0
-    thorax_w = 0
-    rows = np.nonzero(thorax.any(axis=1))[0]
-    if rows.size:
-        sub = thorax[rows]
-        first = sub.argmax(axis=1)
-        last = sub.shape[1] - 1 - sub[:, ::-1].argmax(axis=1)
-        thorax_w = int((last - first + 1).max())
-    return (heart_w / thorax_w if thorax_w else 0.0), heart_w, thorax_w
-
-
-def measure_effusion_fraction(lung: np.ndarray, effusion: np.ndarray) -> float:
-    """Effusion height as a fraction of lung height: rows from the lung's lowest row up to the effusion's
-    highest row, over the lung's row extent. Both masks ``(H, W)`` boolean, for one side; 0 without fluid."""
-    lung_rows = np.nonzero(lung.any(axis=1))[0]
-    eff_rows = np.nonzero((effusion & lung).any(axis=1))[0]
-    if not lung_rows.size or not eff_rows.size:
-        return 0.0
-    return float((lung_rows[-1] - eff_rows[0] + 1) / (lung_rows[-1] - lung_rows[0] + 1))
 
 
 def _target_ctr(s: CXRSubject, severity: float) -> float:

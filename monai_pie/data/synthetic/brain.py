@@ -36,24 +36,20 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from monai_pie.data._deform import jacobian_determinant, random_dct_field, random_displacement, warp
+from monai_pie.data.synthetic._deform import jacobian_determinant, random_dct_field, random_displacement, warp
 from monai_pie.utils.checks import check_in_range, check_positive_int
+from monai_pie.vocabulary import DIAGNOSES, DIAGNOSIS_THRESHOLDS, diagnosis_from_stage
 from monai_pie.utils.io import atomic_write
 
 __all__ = [
     "BrainRecipe",
     "BrainTemplate",
-    "DIAGNOSES",
     "GROUND_TRUTH_COLUMNS",
-    "diagnosis_from_stage",
     "load_brain_template",
     "synthesize_brain_cohort",
     "synthesize_brain_subject",
 ]
 
-DIAGNOSES = ("CN", "MCI", "AD")
-# Stage thresholds between CN/MCI and MCI/AD.
-DIAGNOSIS_THRESHOLDS = (0.33, 0.66)
 
 # Fixed geometry in MNI mm (part of the template, not of the recipe: the ROIs must not change between cohorts).
 HIPPOCAMPAL_CENTRES_MM = ((24.0, -12.0, -24.0), (-24.0, -12.0, -24.0))
@@ -278,14 +274,6 @@ def load_brain_template() -> BrainTemplate:
     vroi = (vdist <= VENTRICLE_ROI_MARGIN_MM) & brain
     _read_only(t1, gm, wm, csf, mask, affine, ventricles, vdist, hip, vroi)
     return BrainTemplate(t1, gm, wm, csf, mask, affine, ventricles, vdist, hip, vroi)
-
-
-def diagnosis_from_stage(stage: float) -> str:
-    """``"CN"`` for ``stage < 0.33``, ``"MCI"`` for ``stage < 0.66``, else ``"AD"``."""
-    _check_stage(stage)
-    if stage < DIAGNOSIS_THRESHOLDS[0]:
-        return "CN"
-    return "MCI" if stage < DIAGNOSIS_THRESHOLDS[1] else "AD"
 
 
 # ----------------------------------------------------------------------------------------------------- checks
@@ -636,7 +624,7 @@ def _cohort_record(
     from monai_pie import __version__
 
     return {
-        "generator": "monai_pie.data.brain_cohort.synthesize_brain_cohort",
+        "generator": "monai_pie.data.synthetic.brain.synthesize_brain_cohort",
         "monai_pie_version": __version__,
         "seed": int(root.entropy),
         "parameters": {

@@ -16,14 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from .cxr_phantoms import _png_bytes
+from ...vocabulary import BRAIN_DIAGNOSIS_FINDING, BRAIN_REPORT_PREFIX
+from .cxr import _png_bytes
 
-__all__ = ["BRAIN_DIAGNOSIS_FINDING", "BRAIN_REPORT_PREFIX", "brain_slice_cohort", "merge_datalists",
+__all__ = ["brain_slice_cohort", "merge_datalists",
            "synthesize_generalist_cohort"]
 
-BRAIN_REPORT_PREFIX = "A brain MRI image"
-#: prompt finding per brain-cohort diagnosis
-BRAIN_DIAGNOSIS_FINDING = {"CN": "no finding", "MCI": "mild cognitive impairment", "AD": "alzheimer's disease"}
 _SPLITS = ("training", "validation", "test")
 
 
@@ -171,8 +169,8 @@ def synthesize_generalist_cohort(
     ``datalist.json`` (:func:`merge_datalists`, modalities ``chest x-ray`` and ``brain mri``): train the
     ``cxr_text_ldm`` bundle with ``--dataset_dir <output_dir>``.
     """
-    from .brain_cohort import synthesize_brain_cohort
-    from .cxr_phantoms import synthesize_cxr_cohort
+    from .brain import synthesize_brain_cohort
+    from .cxr import synthesize_cxr_cohort
 
     out = Path(output_dir)
     if out.is_dir() and any(out.iterdir()) and not overwrite:

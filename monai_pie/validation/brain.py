@@ -1,6 +1,9 @@
 """Validation of the brain bundles on synthetic subjects with known truth; writes a markdown report with figures.
 
-    monai-pie validate brain --cohort_dir COHORT --model_path bundles/brain_mri_ldm/models/model.pt
+    monai-pie validate brain COHORT --output_dir docs [--model_path bundles/brain_mri_ldm/models/model.pt]
+
+Every run goes through the bundles themselves (``brain_mri_progression`` and ``brain_mri_ldm``, their workflows
+with overrides), so what is measured is what users run.
 
 Progression: held-out CN subjects (new seeds, never in the cohort) are edited toward AD; per round we read GM,
 hippocampal-region GM and ventricle volume with ``BrainMarkers`` and report Spearman rho against the round, the change
@@ -22,25 +25,38 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..data.brain_cohort import DIAGNOSIS_THRESHOLDS, load_brain_template, synthesize_brain_subject
-from ..bundle_tools import load_bundle_model
+from ..bundle_tools import bundle_dir, find_handler, load_bundle_model, parse_bundle, run_bundle
+from ..engines import ProgressionSummary
+from ..data import foreground_roi, load_datalist, volume_transforms
+from ..data.synthetic.brain import load_brain_template, synthesize_brain_subject
 from ..metrics import BrainMarkers, ms_ssim_diversity, nearest_neighbour_distances, spearman_rho
 from ..utils import atomic_write_text
-from ..inferers.progression import SWEEP_SETTINGS
-from .brain import default_brain_roi, generate_brain_volumes, run_brain_progression
-from .brain_io import load_to_model_grid
-from .visualize import frame_strip, save_png
+from ..visualize import frame_strip, save_png
+from ..vocabulary import DIAGNOSIS_THRESHOLDS
+from .settings import SWEEP_SETTINGS, ProgressionSettings
 
 __all__ = ["load_brain_bundle", "validate_brain"]
 
 HELD_OUT_SEED = 900_000  # subject seeds far from any cohort's spawn keys
 
 
-def load_brain_bundle(bundle_dir: str | Path, model_path: str | Path | None = None, device: str = "cpu",
+def load_brain_bundle(bundle: str | Path, model_path: str | Path | None = None, device: str = "cpu",
                       overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Parse a brain bundle's ``inference.json`` (with optional config ``overrides``): network, scheduler, grid."""
-    bundle = load_bundle_model(bundle_dir, model_path, device, overrides)
-    return {**bundle, "pixdim": bundle["parser"]["pixdim"], "image_size": bundle["parser"]["image_size"]}
+    """Parse a brain bundle's ``inference.json`` (with optional config ``overrides``): network, scheduler, grid, and
+    what the validation passes on to the bundle runs (model path, device, network overrides)."""
+    loaded = load_bundle_model(bundle, model_path, device, overrides)
+    return {**loaded, "pixdim": loaded["parser"]["pixdim"], "image_size": loaded["parser"]["image_size"],
+            "device": device, "overrides": dict(overrides or {})}
+
+
+def _run_progressions(bundle: dict[str, Any], progression_bundle: str | Path, items: list[dict[str, Any]],
+                      out_dir: Path, settings: ProgressionSettings, target_stage: float) -> list[dict[str, Any]]:
+    """Every item through the progression bundle's workflow (one run, per-item age, sex and seed); the summaries."""
+    overrides = {**bundle["overrides"], **settings.as_dict(), "datalist": items, "output_dir": str(out_dir),
+                 "output_subfolders": True, "model_path": bundle["model_path"], "target_stage": target_stage,
+                 "device": torch.device(bundle["device"]), "progress": False}
+    parser = run_bundle(progression_bundle, overrides)
+    return find_handler(parser, ProgressionSummary).summaries
 
 
 def _save(arr: np.ndarray, affine: np.ndarray, path: Path) -> str:
@@ -53,28 +69,27 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-12))
 
 
-def validate_progression(bundle: dict[str, Any], out_dir: Path, num_subjects: int, num_rounds: int,
-                         num_inference_steps: int, guidance_scale: float, strength: float, device: str,
-                         target_stage: float, blend_in: float, anchor: str, figures: bool = True) -> dict[str, Any]:
+def validate_progression(bundle: dict[str, Any], progression_bundle: str | Path, out_dir: Path, num_subjects: int,
+                         settings: ProgressionSettings, target_stage: float, figures: bool = True) -> dict[str, Any]:
     template = load_brain_template()
     voxel_ml = float(abs(np.linalg.det(template.affine[:3, :3]))) / 1000.0
     rois = {"hippocampal": template.hippocampal_roi, "ventricle": template.ventricle_roi}
     subjects, strips = [], []
-    tmp = Path(tempfile.mkdtemp(prefix="brain_val_"))
-    for i in range(num_subjects):
-        seed, age, sex = HELD_OUT_SEED + i, 65.0 + 3 * i, i % 2
-        cn = synthesize_brain_subject(seed, stage=0.05, age=age, sex=sex, template=template)
-        ad = synthesize_brain_subject(seed, stage=target_stage, age=age, sex=sex, template=template)
-        path = _save(cn["image"], cn["affine"], tmp / f"held_out_{i}.nii.gz")
-        summary = run_brain_progression(
-            bundle["network"], bundle["scheduler"], path, str(out_dir / "runs" / f"subject_{i}"),
-            pixdim=bundle["pixdim"], image_size=bundle["image_size"], target_stage_value=target_stage, age=age, sex=sex,
-            num_rounds=num_rounds, strength=strength, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, blend_in=blend_in, anchor=anchor, seed=i, device=device, progress=False)
+    with tempfile.TemporaryDirectory(prefix="brain_val_") as tmp:
+        truths, items = [], []
+        for i in range(num_subjects):
+            seed, age, sex = HELD_OUT_SEED + i, 65.0 + 3 * i, i % 2
+            cn = synthesize_brain_subject(seed, stage=0.05, age=age, sex=sex, template=template)
+            ad = synthesize_brain_subject(seed, stage=target_stage, age=age, sex=sex, template=template)
+            truths.append((seed, age, sex, cn, ad))
+            items.append({"image": _save(cn["image"], cn["affine"], Path(tmp) / f"subject_{i}.nii.gz"), "age": age,
+                          "sex": sex, "seed": i})
+        summaries = _run_progressions(bundle, progression_bundle, items, out_dir / "runs", settings, target_stage)
+    for (seed, age, sex, cn, ad), summary in zip(truths, summaries):
         frames = [nib.load(p).get_fdata().astype(np.float32) for p in summary["frames"]]
         brain = ndimage.binary_dilation(template.mask > 0.5, iterations=2)
         x0 = frames[0] / max(float(np.percentile(frames[0], 99.5)), 1e-6)
-        own_brain = default_brain_roi(torch.from_numpy(x0)[None, None])[0, 0].numpy()  # from the image, not the truth
+        own_brain = foreground_roi(torch.from_numpy(x0)[None])[0].numpy()  # from the image, not the truth
         markers = BrainMarkers(own_brain, rois, voxel_ml, reference=frames[0])
         series = [markers(f) for f in frames]
         true_cn, true_ad = markers(cn["image"]), markers(ad["image"])
@@ -105,8 +120,8 @@ def validate_progression(bundle: dict[str, Any], out_dir: Path, num_subjects: in
     return {"subjects": subjects, "voxel_ml": voxel_ml}
 
 
-def sweep_progression_settings(bundle: dict[str, Any], out_dir: Path, num_subjects: int, num_rounds: int,
-                               num_inference_steps: int, guidance_scale: float, device: str, target_stage: float,
+def sweep_progression_settings(bundle: dict[str, Any], progression_bundle: str | Path, out_dir: Path,
+                               num_subjects: int, settings: ProgressionSettings, target_stage: float,
                                done: dict[tuple, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
     """Median marker rho, mean marker change and direction correlation for each of :data:`SWEEP_SETTINGS`.
 
@@ -116,8 +131,8 @@ def sweep_progression_settings(bundle: dict[str, Any], out_dir: Path, num_subjec
     rows = []
     for strength, blend_in, anchor in SWEEP_SETTINGS:
         subs = (done or {}).get((strength, blend_in, anchor)) or validate_progression(
-            bundle, out_dir / f"sweep_{strength}_{blend_in}_{anchor}", num_subjects, num_rounds, num_inference_steps,
-            guidance_scale, strength, device, target_stage, blend_in, anchor, figures=False)["subjects"]
+            bundle, progression_bundle, out_dir / f"sweep_{strength}_{blend_in}_{anchor}", num_subjects,
+            settings.with_edit(strength, blend_in, anchor), target_stage, figures=False)["subjects"]
         keys = list(subs[0]["rho"])
         rows.append({
             "strength": strength, "blend_in": blend_in, "anchor": anchor,
@@ -134,27 +149,37 @@ def _mean_markers(readings: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([m[k] for m in readings])) for k in readings[0]} if readings else {}
 
 
-def _model_grid_markers(cohort_dir: Path, ref_image: str, pixdim: Any, image_size: Any, datalist: list[dict],
+def _model_grid_markers(preprocessing: Any, cohort_dir: Path, ref_image: str, pixdim: Any, datalist: list[dict],
                         train: torch.Tensor) -> BrainMarkers:
-    """``BrainMarkers`` on the model grid: the cohort's ROIs resampled like the images, class means from the first
-    real CN training image (``train`` is ``(N, 1, *image_size)`` on the model grid, in datalist order)."""
-    rois = {name: load_to_model_grid(ref_image, pixdim, image_size, cohort_dir / "rois" / f"{name}_roi.nii.gz")
-            .roi[0, 0].numpy() for name in ("hippocampal", "ventricle")}
+    """``BrainMarkers`` on the model grid: the cohort's ROIs resampled by the progression bundle's own pipeline,
+    class means from the first real CN training image (``train`` is ``(N, 1, *image_size)`` on the model grid, in
+    datalist order)."""
+    rois = {name: preprocessing({"image": ref_image, "roi": str(cohort_dir / "rois" / f"{name}_roi.nii.gz")})["roi"][0]
+            .numpy() for name in ("hippocampal", "ventricle")}
     cn = next((i for i, d in enumerate(datalist[:len(train)]) if float(d["stage"]) < DIAGNOSIS_THRESHOLDS[0]), 0)
     reference = train[cn, 0].numpy()
-    brain = default_brain_roi(train[cn:cn + 1])[0, 0].numpy()
+    brain = foreground_roi(train[cn])[0].numpy()
     return BrainMarkers(brain, rois, float(np.prod(pixdim)) / 1000.0, reference=reference)
 
 
-def validate_generation(bundle: dict[str, Any], cohort_dir: Path, out_dir: Path, num_samples: int,
-                        num_inference_steps: int, guidance_scale: float, device: str, max_train: int = 40) -> dict[str, Any]:
-    from monai.data import load_decathlon_datalist
+def _generate(bundle: dict[str, Any], ldm_bundle: str | Path, covariates: dict[str, float], num_samples: int,
+              out_dir: Path, settings: ProgressionSettings) -> dict[str, Any]:
+    """Samples of the LDM bundle's own workflow for ``covariates`` (seed 1); its ``generation.json`` summary."""
+    run_bundle(ldm_bundle, {**bundle["overrides"], "covariates": covariates, "num_samples": num_samples, "seed": 1,
+                            "output_dir": str(out_dir), "num_inference_steps": settings.num_inference_steps,
+                            "guidance_scale": settings.guidance_scale, "model_path": bundle["model_path"],
+                            "device": torch.device(bundle["device"]), "progress": False})
+    return json.loads((out_dir / "generation.json").read_text())
 
-    from .brain_io import brain_transforms
+
+def validate_generation(bundle: dict[str, Any], ldm_bundle: str | Path, progression_bundle: str | Path,
+                        cohort_dir: Path, out_dir: Path, num_samples: int, settings: ProgressionSettings,
+                        max_train: int = 40) -> dict[str, Any]:
     from monai.transforms import Compose
 
-    datalist = load_decathlon_datalist(str(cohort_dir / "datalist.json"), True, "training", base_dir=str(cohort_dir))
-    pre = Compose(brain_transforms(bundle["pixdim"], bundle["image_size"]))
+    device = bundle["device"]
+    datalist = load_datalist(cohort_dir / "datalist.json", "training", cohort_dir)
+    pre = Compose(volume_transforms(bundle["pixdim"], bundle["image_size"]))
     train = torch.stack([pre({"image": d["image"]})["image"] for d in datalist[:max_train]])
     ref_image = datalist[0]["image"]
     out = {}
@@ -164,9 +189,7 @@ def validate_generation(bundle: dict[str, Any], cohort_dir: Path, out_dir: Path,
                            for i in range(0, len(train), 4)])
     ae_floor = float((recon - train).abs().mean())
     for name, cov in (("CN", {"age": 70.0, "sex": 0, "stage": 0.05}), ("AD", {"age": 70.0, "sex": 0, "stage": 0.9})):
-        summary = generate_brain_volumes(bundle["network"], bundle["scheduler"], str(out_dir / "generated" / name),
-                                         ref_image, cov, num_samples, bundle["pixdim"], bundle["image_size"],
-                                         num_inference_steps, guidance_scale, seed=1, device=device, progress=False)
+        summary = _generate(bundle, ldm_bundle, cov, num_samples, out_dir / "generated" / name, settings)
         samples = torch.stack([torch.from_numpy(nib.load(p).get_fdata().astype(np.float32))[None] for p in summary["samples"]])
         nn_gen = nearest_neighbour_distances(samples, train)
         nn_train = nearest_neighbour_distances(train, train, exclude_self=True)
@@ -177,7 +200,8 @@ def validate_generation(bundle: dict[str, Any], cohort_dir: Path, out_dir: Path,
             "seconds_per_volume": summary["seconds_per_volume"], "samples": samples, "ae_reconstruction_mae": ae_floor,
         }
     # conditioning check: the same marker reader on generated CN / AD samples and on real training CN / AD images
-    markers = _model_grid_markers(cohort_dir, ref_image, bundle["pixdim"], bundle["image_size"], datalist, train)
+    preprocessing = parse_bundle(progression_bundle, bundle["overrides"]).get_parsed_content("preprocessing")
+    markers = _model_grid_markers(preprocessing, cohort_dir, ref_image, bundle["pixdim"], datalist, train)
     stages = np.array([float(d["stage"]) for d in datalist[:len(train)]])
     for name, pick in (("CN", stages < DIAGNOSIS_THRESHOLDS[0]), ("AD", stages >= DIAGNOSIS_THRESHOLDS[1])):
         s = out[name].pop("samples")
@@ -285,41 +309,53 @@ def write_report(prog: dict[str, Any], gen: dict[str, Any] | None, params: dict[
     return text
 
 
-def validate_brain(cohort_dir: str, model_path: str | None = None, bundle_dir: str = "bundles/brain_mri_ldm",
-                   output_dir: str = "docs", num_subjects: int = 4, num_rounds: int = 8, strength: float = 0.3,
-                   num_inference_steps: int = 50, guidance_scale: float = 3.0, target_stage: float = 0.9,
-                   num_samples: int = 4, device: str = "cpu", overrides: dict[str, Any] | None = None,
-                   blend_in: float = 0.3, anchor: str = "previous", sweep: bool = True) -> dict[str, Any]:
-    """Run the progression and generation validation; writes ``<output_dir>/validation/brain_progression.md``.
+def validate_brain(cohort_dir: str, model_path: str | None = None, bundle: str = "brain_mri_ldm",
+                   progression_bundle: str = "brain_mri_progression", output_dir: str = "outputs",
+                   num_subjects: int = 4, num_rounds: int = 8, strength: float = 0.3, num_inference_steps: int = 50,
+                   guidance_scale: float = 3.0, target_stage: float = 0.9, num_samples: int = 4, device: str = "cpu",
+                   overrides: dict[str, Any] | None = None, blend_in: float = 0.3, anchor: str = "previous",
+                   sweep: bool = True) -> dict[str, Any]:
+    """Run the progression and generation validation; writes ``<output_dir>/validation/brain_progression.md`` (and
+    ``.json``), figures under ``<output_dir>/figures`` and working files under ``<output_dir>/validation/brain_work``.
 
-    ``strength``, ``blend_in`` and ``anchor`` default to the ``brain_mri_progression`` bundle's settings; ``sweep``
-    also compares :data:`~monai_pie.inferers.progression.SWEEP_SETTINGS` on the same subjects.
+    The PIE settings (``strength``, ``blend_in``, ``anchor``, rounds, steps, guidance) form one
+    :class:`~monai_pie.validation.ProgressionSettings`; their defaults are the ``brain_mri_progression`` bundle's.
+    ``sweep`` also compares :data:`~monai_pie.validation.SWEEP_SETTINGS` on the same subjects. ``bundle`` and
+    ``progression_bundle`` are bundle folders (or names of the bundles beside the package); the model weights are
+    ``bundle``'s unless ``model_path`` is given. The cohort is checked before anything long runs.
     """
     t0 = time.perf_counter()
+    cohort = Path(cohort_dir)
+    load_datalist(cohort / "datalist.json", "training", cohort)  # fail now, not after the progression runs
+    for name in ("hippocampal", "ventricle"):
+        if not (cohort / "rois" / f"{name}_roi.nii.gz").is_file():
+            raise FileNotFoundError(f"{cohort} lacks rois/{name}_roi.nii.gz: make the cohort with "
+                                    "`monai-pie synth brain DIR`.")
+    settings = ProgressionSettings(strength=strength, blend_in=blend_in, anchor=anchor, num_rounds=num_rounds,
+                                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
     out = Path(output_dir)
-    bundle = load_brain_bundle(bundle_dir, model_path, device, overrides)
+    ldm, progression = bundle_dir(bundle), bundle_dir(progression_bundle)
+    loaded = load_brain_bundle(ldm, model_path, device, overrides)
     work = out / "validation" / "brain_work"
-    prog = validate_progression(bundle, work, num_subjects, num_rounds, num_inference_steps, guidance_scale, strength,
-                                device, target_stage, blend_in, anchor)
+    prog = validate_progression(loaded, progression, work, num_subjects, settings, target_stage)
     if sweep:
-        prog["sweep"] = sweep_progression_settings(bundle, work, num_subjects, num_rounds, num_inference_steps,
-                                                   guidance_scale, device, target_stage,
-                                                   done={(strength, blend_in, anchor): prog["subjects"]})
+        prog["sweep"] = sweep_progression_settings(loaded, progression, work, num_subjects, settings, target_stage,
+                                                   done={settings.edit: prog["subjects"]})
     for png in (work / "figures").glob("*.png"):
         (out / "figures").mkdir(parents=True, exist_ok=True)
         png.replace(out / "figures" / png.name)
-    gen = validate_generation(bundle, Path(cohort_dir), work, num_samples, num_inference_steps, guidance_scale, device)
+    gen = validate_generation(loaded, ldm, progression, cohort, work, num_samples, settings)
     for png in (work / "figures").glob("*.png"):
         png.replace(out / "figures" / png.name)
     args = {"num_subjects": num_subjects, "num_rounds": num_rounds, "num_inference_steps": num_inference_steps,
             "num_samples": num_samples, "strength": strength, "blend_in": blend_in, "anchor": anchor,
             "guidance_scale": guidance_scale, "target_stage": target_stage}
     defaults = inspect.signature(validate_brain).parameters
-    command = " ".join([f"monai-pie validate brain --cohort_dir {cohort_dir}"] +
+    command = " ".join([f"monai-pie validate brain {cohort_dir} --output_dir {output_dir}"] +
                        [f"--{k} {v}" for k, v in args.items() if v != defaults[k].default] +
                        ([f"--model_path {model_path}"] if model_path else []) + ([] if sweep else ["--sweep False"]))
-    params = {"model_path": str(model_path or Path(bundle_dir) / "models" / "model.pt"), **args, "device": device,
-              "seconds": time.perf_counter() - t0, "command": command}
+    params = {"model_path": loaded["model_path"], **args, "device": device, "seconds": time.perf_counter() - t0,
+              "command": command}
     write_report(prog, gen, params, out / "validation" / "brain_progression.md")
     atomic_write_text(out / "validation" / "brain_progression.json",
                       json.dumps({"progression": prog, "generation": gen, "params": params}, indent=2, default=float))

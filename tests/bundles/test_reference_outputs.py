@@ -1,0 +1,32 @@
+"""Every bundle's outputs for fixed seeds equal the reference produced before the bundle-workflow refactor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from reference_outputs import fingerprint, load_reference, run_scenario, scenarios
+
+META, SUBSAMPLES = load_reference()
+#: outputs added on purpose since the reference: 2D progressions also write their final frame as NIfTI (for 3D Slicer)
+ADDED = {"cxr_progression": {"frame_02.nii.gz"},
+         "cxr_progression_datalist": {"a__cxr/frame_01.nii.gz", "b__cxr/frame_01.nii.gz"}}
+
+
+@pytest.mark.parametrize("name", list(META))
+def test_outputs_match_the_reference(name, tmp_path):
+    prints = fingerprint(run_scenario(name, tmp_path))
+    ref = META[name]
+    assert set(prints) == set(ref) | ADDED.get(name, set()), "the set of output files changed"
+    for rel, want in ref.items():
+        got = prints[rel]
+        assert got["size"] == want["size"], rel
+        sub = SUBSAMPLES[f"{name}/{rel}"]
+        scale = max(float(np.abs(sub).max()), 1.0)
+        # exact on the machine that made the reference; the tolerance only absorbs another CPU's last-bit rounding
+        np.testing.assert_allclose(got["sub"], sub, rtol=0, atol=1e-5 * scale, err_msg=rel)
+        assert got["sum"] == pytest.approx(want["sum"], rel=1e-6, abs=1e-4), rel
+
+
+def test_scenarios_cover_every_inference_bundle(tmp_path):
+    bundles = {bundle for bundle, _ in scenarios(tmp_path).values()}
+    assert bundles == {"brain_mri_ldm", "brain_mri_progression", "cxr_text_ldm", "cxr_progression"}
