@@ -17,6 +17,7 @@ from .io import (
 )
 from .transforms import (
     CXR_ROI_REGIONS,
+    CheckFieldOfViewd,
     CheckImaged,
     CheckMaskd,
     ForegroundRoid,
@@ -36,6 +37,7 @@ from .transforms import (
 __all__ = [
     "CXR_ROI_REGIONS",
     "IMAGE_EXTENSIONS",
+    "CheckFieldOfViewd",
     "CheckImaged",
     "CheckMaskd",
     "ForegroundRoid",

@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from monai_pie.data.io import IMAGE_EXTENSIONS, image_extension
 from monai_pie.vocabulary import CXR_FINDINGS, cxr_report, finding_key
@@ -30,6 +29,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_MAX_LISTED = 5  # how many offending files an error message names
 
 # Phrases that name each finding in free text (matched case-insensitively on word boundaries, plural "s" allowed).
 FINDING_KEYWORDS: dict[str, tuple[str, ...]] = {
@@ -277,7 +278,7 @@ def _pick_column(header: list[str], given: str | None, candidates: Sequence[str]
 
 def _report_for(image: Path) -> Path | None:
     """Sibling ``X.txt`` for ``X.png``; else the MIMIC-CXR layout ``.../s123.txt`` next to the study folder."""
-    ext = _extension(image)
+    ext = image_extension(image)
     sibling = image.with_name(image.name[: len(image.name) - len(ext)] + ".txt")
     if sibling.is_file():
         return sibling
@@ -331,7 +332,7 @@ def read_image_report_pairs(
     src = Path(source)
     if src.is_dir():
         pairs = _folder_pairs(src, recursive, missing_report)
-    elif src.is_file() and _extension(src) == ".csv":
+    elif src.is_file() and image_extension(src) == ".csv":
         pairs = _csv_pairs(src, image_column, report_column, image_root, check_files)
     elif src.exists():
         raise ValueError(f"`source` {str(src)!r} must be a folder or a .csv file.")

@@ -61,22 +61,25 @@ def load_datalist(path: str | os.PathLike, split: str = "training", base_dir: st
 
 
 def output_names(images: Sequence[str], root: str | os.PathLike | None = None) -> list[str]:
-    """One distinct folder name per image: the file name without its extension, or, where names repeat (CheXpert's
-    ``patient1/study1/view1_frontal.jpg``), the path under ``root`` with ``/`` as ``__``; a numeric suffix as the
-    last resort."""
+    """One distinct folder name per image: the file name without its extension, or, where different files share a
+    name (CheXpert's ``patient1/study1/view1_frontal.jpg``), the path under ``root`` with ``/`` as ``__``; a numeric
+    suffix as the last resort (the same file listed twice)."""
     base = [strip_image_extension(Path(p).name) for p in images]
-    if len(set(base)) < len(base):
-        rel = []
-        for p in images:
-            try:
-                r = Path(p).resolve().relative_to(Path(root).resolve()) if root else Path(p)
-            except ValueError:
-                r = Path(p)
-            rel.append(strip_image_extension("__".join(part for part in r.parts if part not in ("/", ".."))))
-        base = rel
+
+    def relative(p: str) -> str:
+        try:
+            r = Path(p).resolve().relative_to(Path(root).resolve()) if root else Path(p)
+        except ValueError:
+            r = Path(p)
+        return strip_image_extension("__".join(part for part in r.parts if part not in ("/", "..")))
+
+    groups: dict[str, set[str]] = {}
+    for name, p in zip(base, images):
+        groups.setdefault(name, set()).add(str(Path(p).resolve()))
+    names = [relative(p) if len(groups[b]) > 1 else b for b, p in zip(base, images)]
     seen: dict[str, int] = {}
     out = []
-    for name in base:
+    for name in names:
         seen[name] = seen.get(name, 0) + 1
         out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
     return out

@@ -8,7 +8,6 @@ empty, truncated, not an image, a degenerate affine) and, where it helps, the li
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,9 +168,7 @@ def load_2d_image(path: str | os.PathLike) -> np.ndarray:
         ValueError: unsupported extension, unreadable / corrupt / empty file (the message names the file and the
             cause), or not a 2D image.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"image file {str(p)!r} does not exist.")
+    p = check_readable_file(path, "image")
     ext = image_extension(p)
     if ext in _PIL_EXTENSIONS:
         return _load_pil(p)
@@ -218,7 +215,8 @@ def _describe_read_error(path: Path, err: BaseException) -> str:
     name = path.name.lower()
     if isinstance(cause, EOFError) or "end-of-stream" in text or "truncated" in text.lower():
         return f"the file is truncated (ends early: {text})"
-    if "Not a gzipped file" in text or "CRC check failed" in text or "invalid" in text.lower() and "gzip" in text.lower():
+    if any(m in text for m in ("Not a gzipped file", "not a gzip file", "CRC check failed")) or \
+            ("invalid" in text.lower() and "gzip" in text.lower()):
         return f"the file is corrupt or not gzip-compressed although its name ends in .gz ({text})"
     if name.endswith((".nii", ".nii.gz")) and ("Cannot work out file type" in text or "sizeof_hdr" in text
                                                or "header" in text.lower()):
@@ -249,9 +247,10 @@ def read_volume(path: str | os.PathLike, what: str = "image") -> Any:
     affine = np.asarray(img.affine, dtype=np.float64)
     linear = affine[: len(img.shape) - 1, : len(img.shape) - 1] if affine.shape[0] > 3 else affine
     if not np.isfinite(affine).all() or abs(float(np.linalg.det(linear))) < 1e-12:
+        rows = "; ".join(" ".join(f"{v:g}" for v in row) for row in affine[:3])
         raise ValueError(f"{what} {p} has a degenerate voxel-to-world matrix (zero, singular or non-finite affine "
-                         f"{np.array2string(affine[:3], precision=3)}): its voxels cannot be placed in space. Fix the "
-                         "header (e.g. set the voxel sizes) and try again.")
+                         f"[{rows}]): its voxels cannot be placed in space. Fix the header (e.g. the voxel sizes or "
+                         "the sform) and try again.")
     return img
 
 

@@ -19,6 +19,7 @@ from monai.transforms import MapTransform
 
 __all__ = [
     "CXR_ROI_REGIONS",
+    "CheckFieldOfViewd",
     "CheckImaged",
     "CheckMaskd",
     "ForegroundRoid",
@@ -250,6 +251,40 @@ class ItemDefaultsd(MapTransform):
         for key, allowed in self.choices.items():
             if isinstance(d.get(key), bool) or d.get(key) not in allowed:
                 raise ValueError(f"`{key}` must be one of {allowed}, got {d.get(key)!r}{where}.")
+        return d
+
+
+class CheckFieldOfViewd(MapTransform):
+    """Warn when an image covers much less space than the model sees (``image_size * pixdim``): an 8-voxel cube is
+    not a head, and the result would be mostly padding. Extents are compared sorted, so the axis order of the file
+    does not matter.
+
+    Args:
+        keys: channel-first ``MetaTensor`` images with their affine.
+        pixdim, image_size: the model grid.
+        min_fraction: warn below this fraction of the model's extent along any axis.
+    """
+
+    def __init__(self, keys: KeysCollection, pixdim: Sequence[float], image_size: Sequence[int],
+                 min_fraction: float = 0.5, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.model_extent = sorted(float(p) * int(n) for p, n in zip(pixdim, image_size))
+        self.min_fraction = float(min_fraction)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            nd = img.ndim - 1
+            affine = np.asarray(getattr(img, "affine", np.eye(nd + 1)), dtype=np.float64)
+            spacing = np.linalg.norm(affine[:nd, :nd], axis=0)
+            extent = sorted(float(s) * int(n) for s, n in zip(spacing, img.shape[1:]))
+            if any(e < self.min_fraction * m for e, m in zip(extent, self.model_extent)):
+                shown = " x ".join(f"{e:.0f}" for e in extent)
+                model = " x ".join(f"{m:.0f}" for m in self.model_extent)
+                warnings.warn(f"{_source(d, key)} covers only {shown} mm, but the model sees {model} mm (image_size "
+                              "x pixdim): is it the whole object the model was trained on? The result will be "
+                              "mostly padding.", stacklevel=2)
         return d
 
 

@@ -40,7 +40,7 @@ def check_mask(mask: torch.Tensor, spatial_shape: Sequence[int], batch_size: int
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(mask).__name__}.")
     spatial_shape = tuple(int(s) for s in spatial_shape)
     nd = len(spatial_shape)
-    m = mask
+    m = mask.as_tensor() if hasattr(mask, "as_tensor") else mask  # a plain tensor: batched meta data would not slice
     if m.ndim == nd:
         m = m[None, None]
     elif m.ndim == nd + 1:

@@ -19,20 +19,30 @@ __all__ = ["install_bundle_excepthook", "root_cause", "wrapped_by_monai"]
 MONAI_WRAPPERS = ("Failed to evaluate", "Failed to instantiate", "applying transform", "Component to instantiate must")
 
 
+def _is_wrapper(exc: BaseException) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc).startswith(MONAI_WRAPPERS)
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    return exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+
+
 def root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception of ``exc``'s chain of causes."""
+    """The error under MONAI's wrappers: the first exception of ``exc``'s chain of causes that is not one of them
+    (our own message, which already carries the library's words, rather than the library error beneath it)."""
     seen = {id(exc)}
-    while True:
-        nxt = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    while _is_wrapper(exc):
+        nxt = _cause(exc)
         if nxt is None or id(nxt) in seen:
-            return exc
+            break
         seen.add(id(nxt))
         exc = nxt
+    return exc
 
 
 def wrapped_by_monai(exc: BaseException) -> bool:
     """Whether ``exc`` is one of MONAI's wrappers around the real error."""
-    return isinstance(exc, RuntimeError) and str(exc).startswith(MONAI_WRAPPERS) and root_cause(exc) is not exc
+    return _is_wrapper(exc) and root_cause(exc) is not exc
 
 
 def _hook(previous: object) -> object:

@@ -276,7 +276,6 @@ def validate_generation(bundle: dict[str, Any], clf: FindingClassifier, train: d
                         guidance_scale: float, size: Sequence[int], seed: int) -> dict[str, Any]:
     """Per-prompt adherence, diversity and memorisation; FID against the test split with prompts drawn from the test
     reports (so that the finding mix matches); generalist modality check."""
-    device = next(bundle["network"].parameters()).device
     prompts = [p for p in GENERATION_PROMPTS for _ in range(num_samples)]
     t0 = time.perf_counter()
     samples = sample_images(bundle, prompts, size, num_inference_steps, guidance_scale, seed, progress=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from reference_outputs import fingerprint, load_reference, run_scenario, scenarios
+from helpers.reference_outputs import fingerprint, load_reference, run_scenario, scenarios
 
 META, SUBSAMPLES = load_reference()
 #: outputs added on purpose since the reference: 2D progressions also write their final frame as NIfTI (for 3D Slicer)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import ast
 import importlib.util
-import inspect
 
 import pytest
 import torch
 
 from monai_pie.conditioning import DiffusionCondition, FindingsTextEncoder, PretrainedTextEncoder
-from monai_pie.conditioning import text as text_module
 from monai_pie import vocabulary
 from monai_pie.networks import LatentDiffusionModel
 

@@ -1,6 +1,6 @@
 """Fingerprints of every bundle's outputs for fixed seeds, to check that a refactor changes no output.
 
-``python tests/bundles/reference_outputs.py write`` runs each scenario with the shipped weights and stores the
+``python tests/helpers/reference_outputs.py write`` runs each scenario with the shipped weights and stores the
 fingerprints in ``tests/bundles/reference/bundle_outputs.npz``; ``tests/bundles/test_reference_outputs.py`` runs the same
 scenarios and compares. The stored file was produced by the code before the bundle-workflow refactor (the commit
 that adds this file); regenerate it only when a change of outputs is intended (new weights, a fixed bug), and say so.
@@ -169,6 +169,6 @@ if __name__ == "__main__":
     import tempfile
 
     if sys.argv[1:] != ["write"]:
-        sys.exit("usage: python tests/bundles/reference_outputs.py write")
+        sys.exit("usage: python tests/helpers/reference_outputs.py write")
     with tempfile.TemporaryDirectory() as tmp:
         write(Path(tmp))

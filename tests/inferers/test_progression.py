@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from monai.networks.schedulers import DDIMScheduler
-from toy_models import GaussianToyDenoiser, tiny_autoencoder, tiny_unet
+from helpers.toy_models import GaussianToyDenoiser, tiny_autoencoder, tiny_unet
 
 from monai_pie import DiffusionSampler, LatentDiffusionModel, ProgressionInferer
 from monai_pie.inferers import make_generator

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from monai.bundle import ConfigParser
 
-from monai_pie.apps.cxr_validation import load_cxr_split, validate_cxr
-from monai_pie.data import render_cxr_phantom, synthesize_cxr_cohort
+from monai_pie.validation.cxr import load_cxr_split, validate_cxr
+from monai_pie.data.synthetic import render_cxr_phantom, synthesize_cxr_cohort
 from monai_pie.data.synthetic.generalist import brain_slice_cohort, merge_datalists
 from monai_pie.metrics.cxr_readers import (
     MASK_CHANNELS,
@@ -25,7 +25,7 @@ from monai_pie.metrics.cxr_readers import (
     prompt_adherence,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LDM = ROOT / "bundles" / "cxr_text_ldm"
 NET = {"image_size": [32, 32], "ae_channels": [16, 16, 16], "unet_channels": [32, 32, 32], "context_dim": 16}
 
@@ -104,7 +104,7 @@ def test_validate_cxr_writes_the_report_with_every_section(cohort, tmp_path):
     brain = tmp_path / "brain_slices"  # stand-in "second modality": the cohort re-listed; the check only needs images
     merge_datalists({"x": cohort}, brain / "datalist.json")
     out = tmp_path / "docs"
-    result = validate_cxr(str(cohort), brain_slices_dir=str(brain), model_path=str(model), bundle_dir=str(LDM),
+    result = validate_cxr(str(cohort), brain_slices_dir=str(brain), model_path=str(model), bundle=str(LDM),
                           output_dir=str(out), num_subjects=2, num_rounds=2, num_inference_steps=2, num_samples=2,
                           classifier_steps=2, mask_steps=2, utility_real=4, utility_synthetic=4, utility_steps=1,
                           overrides=NET)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler
-from toy_models import GaussianToyDenoiser, tiny_autoencoder, tiny_unet
+from helpers.toy_models import GaussianToyDenoiser, tiny_autoencoder, tiny_unet
 
 from monai_pie import DiffusionCondition, DiffusionSampler, LatentDiffusionModel
 from monai_pie.inferers import make_generator

@@ -11,7 +11,7 @@ from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedTrainer
 from monai.inferers import SimpleInferer
 from monai.networks.schedulers import DDPMScheduler
-from toy_models import tiny_autoencoder, tiny_unet
+from helpers.toy_models import tiny_autoencoder, tiny_unet
 
 from monai_pie import LatentDiffusionModel
 from monai_pie.conditioning import CovariateConditioner, DiffusionCondition

@@ -1,0 +1,63 @@
+"""Helpers for driving bundles from tests: bundle paths, tiny settings, config paths, CLI runs, torchrun on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLES = ROOT / "bundles"
+BRAIN_LDM = BUNDLES / "brain_mri_ldm"
+BRAIN_PROG = BUNDLES / "brain_mri_progression"
+CXR_LDM = BUNDLES / "cxr_text_ldm"
+CXR_PROG = BUNDLES / "cxr_progression"
+ALL_BUNDLES = (BRAIN_LDM, BRAIN_PROG, CXR_LDM, CXR_PROG)
+
+#: tiny networks (and training patches) for the brain bundles
+BRAIN_TINY = {"image_size": [32, 32, 32], "ae_channels": [16, 16, 16], "unet_channels": [16, 16, 32],
+              "ae_patch_size": [32, 32, 32], "num_workers": 0}
+BRAIN_NET = {k: BRAIN_TINY[k] for k in ("image_size", "ae_channels", "unet_channels")}
+#: tiny networks for the chest X-ray bundles
+CXR_TINY = {"image_size": [32, 32], "ae_channels": [16, 16, 16], "unet_channels": [32, 32, 32], "context_dim": 16,
+            "num_workers": 0}
+CXR_NET = {k: CXR_TINY[k] for k in ("image_size", "ae_channels", "unet_channels", "context_dim")}
+
+
+def cfg(bundle: Path, *names: str) -> list[str]:
+    """Paths of ``bundle/configs/<name>`` for each name."""
+    return [str(bundle / "configs" / n) for n in names]
+
+
+def cli_overrides(d: dict) -> list[str]:
+    """``--key value`` pairs for ``python -m monai.bundle run`` (lists and dicts as JSON)."""
+    out = []
+    for k, v in d.items():
+        out += [f"--{k}", json.dumps(v) if isinstance(v, (list, dict)) else str(v)]
+    return out
+
+
+def run_cli(configs: list[str], overrides: dict, timeout: int = 300, cwd: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` in a subprocess, as a user runs it; one thread."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs)] + cli_overrides(overrides)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+
+
+def last_line(proc: subprocess.CompletedProcess) -> str:
+    """The last non-empty line the user sees (stderr, else stdout)."""
+    for text in (proc.stderr, proc.stdout):
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        if lines:
+            return lines[-1]
+    return ""
+
+
+def torchrun_bundle(configs: list[str], overrides: dict, nproc: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``monai.bundle run`` under ``torch.distributed.run --standalone`` (gloo on CPU), one thread per process."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
+           "monai.bundle", "run", "--config_file", json.dumps(configs)] + cli_overrides(overrides)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
