@@ -155,7 +155,7 @@ def sample_training_timesteps(scheduler: object, x0: torch.Tensor) -> torch.Tens
     """Training timesteps ``(B,)`` for a batch ``x0`` ``(B, ...)``: uniform over ``[0, T)`` for DDPM/DDIM tables,
     the scheduler's own sampler for rectified flow (MONAI's ``RFlowScheduler.sample_timesteps``)."""
     schedule = NoiseSchedule.from_scheduler(scheduler)
-    if schedule.kind == "flow":
+    if schedule.kind == "flow" and hasattr(scheduler, "sample_timesteps"):
         return scheduler.sample_timesteps(x0).to(x0.device)  # type: ignore[attr-defined]
     return torch.randint(0, schedule.num_train_timesteps, (x0.shape[0],), device=x0.device).long()
 
@@ -182,5 +182,9 @@ def training_target(scheduler: object, x0: torch.Tensor, noise: torch.Tensor, ti
         return x0
     if schedule.kind == "flow":
         return x0 - noise
-    return scheduler.get_velocity(x0, noise, timesteps)  # type: ignore[attr-defined]
+    if hasattr(scheduler, "get_velocity"):  # MONAI's own tables, so training matches its add_noise bit for bit
+        return scheduler.get_velocity(x0, noise, timesteps)  # type: ignore[attr-defined]
+    ab = schedule.alphas_cumprod.to(device=x0.device, dtype=x0.dtype)[timesteps.long()]
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    return ab.sqrt().reshape(shape) * noise - (1 - ab).sqrt().reshape(shape) * x0
 

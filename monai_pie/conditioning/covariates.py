@@ -71,8 +71,8 @@ class CovariateConditioner(nn.Module):
             x = torch.stack(cols, dim=1)
         else:
             x = torch.as_tensor(covariates, dtype=torch.float32, device=device)
-            if x.ndim == 1:
-                x = x[None]
+            if x.ndim == 1:  # one covariate: (B,) values; several: one sample's (K,) values
+                x = x[:, None] if len(self.names) == 1 else x[None]
             if x.ndim != 2 or x.shape[1] != len(self.names):
                 raise ValueError(f"covariates must have shape (B, {len(self.names)}) for {list(self.names)}, got {tuple(x.shape)}.")
         if not torch.isfinite(x).all():

@@ -18,10 +18,10 @@ def load_datalist(path: str | os.PathLike, split: str = "training", base_dir: st
                   required_keys: Sequence[str] = ("image",)) -> list[dict[str, Any]]:
     """The items of ``split`` in a Decathlon-style JSON datalist, paths resolved against ``base_dir``.
 
-    MONAI's ``load_decathlon_datalist`` does the resolving (``image`` always; other fields when the joined path
-    exists). Before that, every way a datalist can be wrong gets a message naming the file: missing, not JSON (with
-    the line and column), not an object, no such split (the splits it has are listed), an empty split, an item that
-    is not a path or a dict, an item without ``required_keys``.
+    Resolved as MONAI's ``load_decathlon_datalist`` does: ``image`` always, other string fields when the joined path
+    exists; a bare path string is ``{"image": path}`` in any split. Every way a datalist can be wrong gets a message
+    naming the file: missing, not JSON (with the line and column), not an object, no such split (the splits it has
+    are listed), an empty split, an item that is not a path or a dict, an item without ``required_keys``.
 
     Args:
         path: the JSON file.
@@ -29,8 +29,6 @@ def load_datalist(path: str | os.PathLike, split: str = "training", base_dir: st
         base_dir: folder relative paths are resolved against (default: the datalist's folder).
         required_keys: fields every item must have (bare path strings count as ``image``).
     """
-    from monai.data import load_decathlon_datalist
-
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"datalist not found: {p}")
@@ -49,15 +47,23 @@ def load_datalist(path: str | os.PathLike, split: str = "training", base_dir: st
     items = data[split]
     if not isinstance(items, list) or not items:
         raise ValueError(f"the {split!r} list of datalist {p} is empty (or not a list): nothing to run.")
+    base = Path(base_dir) if base_dir is not None else p.parent
+    out = []
     for i, item in enumerate(items):
         if isinstance(item, str):
-            continue
+            item = {"image": item}
         if not isinstance(item, dict):
             raise ValueError(f"item {i} of {split!r} in datalist {p} must be a path or an object, got {item!r}.")
         missing = [k for k in required_keys if item.get(k) in (None, "")]
         if missing:
             raise ValueError(f"item {i} of {split!r} in datalist {p} lacks {missing}: {item!r}.")
-    return load_decathlon_datalist(str(p), True, split, base_dir=None if base_dir is None else str(base_dir))
+        resolved = {}
+        for key, value in item.items():
+            if isinstance(value, str) and value and (key == "image" or (base / value).exists()):
+                value = os.path.normpath(str(base / value))
+            resolved[key] = value
+        out.append(resolved)
+    return out
 
 
 def output_names(images: Sequence[str], root: str | os.PathLike | None = None) -> list[str]:

@@ -30,7 +30,7 @@ def condition_batch_size(condition: Any) -> int:
     if isinstance(condition, int):
         return condition
     if isinstance(condition, DiffusionCondition):
-        size = condition.batch_size
+        size = condition.batch_size()
     elif isinstance(condition, str):
         size = 1
     elif isinstance(condition, Mapping):

@@ -311,15 +311,17 @@ def write_report(prog: dict[str, Any], gen: dict[str, Any] | None, params: dict[
 
 def validate_brain(cohort_dir: str, model_path: str | None = None, bundle: str = "brain_mri_ldm",
                    progression_bundle: str = "brain_mri_progression", output_dir: str = "outputs",
-                   num_subjects: int = 4, num_rounds: int = 8, strength: float = 0.3, num_inference_steps: int = 50,
-                   guidance_scale: float = 3.0, target_stage: float = 0.9, num_samples: int = 4, device: str = "cpu",
-                   overrides: dict[str, Any] | None = None, blend_in: float = 0.3, anchor: str = "previous",
+                   num_subjects: int = 4, num_rounds: int | None = None, strength: float | None = None,
+                   num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                   target_stage: float = 0.9, num_samples: int = 4, device: str = "cpu",
+                   overrides: dict[str, Any] | None = None, blend_in: float | None = None, anchor: str | None = None,
                    sweep: bool = True) -> dict[str, Any]:
     """Run the progression and generation validation; writes ``<output_dir>/validation/brain_progression.md`` (and
     ``.json``), figures under ``<output_dir>/figures`` and working files under ``<output_dir>/validation/brain_work``.
 
     The PIE settings (``strength``, ``blend_in``, ``anchor``, rounds, steps, guidance) form one
-    :class:`~monai_pie.validation.ProgressionSettings`; their defaults are the ``brain_mri_progression`` bundle's.
+    :class:`~monai_pie.validation.ProgressionSettings`: the ``progression_bundle``'s own, with the ones given here
+    (not ``None``) instead.
     ``sweep`` also compares :data:`~monai_pie.validation.SWEEP_SETTINGS` on the same subjects. ``bundle`` and
     ``progression_bundle`` are bundle folders (or names of the bundles beside the package); the model weights are
     ``bundle``'s unless ``model_path`` is given. The cohort is checked before anything long runs.
@@ -331,10 +333,11 @@ def validate_brain(cohort_dir: str, model_path: str | None = None, bundle: str =
         if not (cohort / "rois" / f"{name}_roi.nii.gz").is_file():
             raise FileNotFoundError(f"{cohort} lacks rois/{name}_roi.nii.gz: make the cohort with "
                                     "`monai-pie synth brain DIR`.")
-    settings = ProgressionSettings(strength=strength, blend_in=blend_in, anchor=anchor, num_rounds=num_rounds,
-                                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
-    out = Path(output_dir)
     ldm, progression = bundle_dir(bundle), bundle_dir(progression_bundle)
+    settings = ProgressionSettings.from_config(parse_bundle(progression).config, strength=strength, blend_in=blend_in,
+                                               anchor=anchor, num_rounds=num_rounds,
+                                               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+    out = Path(output_dir)
     loaded = load_brain_bundle(ldm, model_path, device, overrides)
     work = out / "validation" / "brain_work"
     prog = validate_progression(loaded, progression, work, num_subjects, settings, target_stage)
@@ -350,11 +353,12 @@ def validate_brain(cohort_dir: str, model_path: str | None = None, bundle: str =
     args = {"num_subjects": num_subjects, "num_rounds": num_rounds, "num_inference_steps": num_inference_steps,
             "num_samples": num_samples, "strength": strength, "blend_in": blend_in, "anchor": anchor,
             "guidance_scale": guidance_scale, "target_stage": target_stage}
+    used = {**args, **{k: v for k, v in settings.as_dict().items() if k in args}}  # what ran, for the report
     defaults = inspect.signature(validate_brain).parameters
     command = " ".join([f"monai-pie validate brain {cohort_dir} --output_dir {output_dir}"] +
                        [f"--{k} {v}" for k, v in args.items() if v != defaults[k].default] +
                        ([f"--model_path {model_path}"] if model_path else []) + ([] if sweep else ["--sweep False"]))
-    params = {"model_path": loaded["model_path"], **args, "device": device, "seconds": time.perf_counter() - t0,
+    params = {"model_path": loaded["model_path"], **used, "device": device, "seconds": time.perf_counter() - t0,
               "command": command}
     write_report(prog, gen, params, out / "validation" / "brain_progression.md")
     atomic_write_text(out / "validation" / "brain_progression.json",

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..bundle_tools import bundle_dir, load_bundle_model
+from ..bundle_tools import bundle_dir, load_bundle_model, parse_bundle
 from ..data import load_2d_image, load_datalist, region_roi
 from ..data.synthetic.cxr import render_cxr_phantom
 from ..inferers import GenerationInferer
@@ -466,15 +466,16 @@ def validate_cxr(
     brain_slices_dir: str | None = None,
     model_path: str | None = None,
     bundle: str = "cxr_text_ldm",
+    progression_bundle: str = "cxr_progression",
     output_dir: str = "outputs",
     work_dir: str | None = None,
     num_subjects: int = 8,
-    num_rounds: int = 8,
-    strength: float = 0.3,
-    blend_in: float = 0.3,
-    anchor: str = "previous",
-    num_inference_steps: int = 50,
-    guidance_scale: float = 3.0,
+    num_rounds: int | None = None,
+    strength: float | None = None,
+    blend_in: float | None = None,
+    anchor: str | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
     num_samples: int = 16,
     sweep: bool = True,
     classifier_steps: int = 400,
@@ -489,13 +490,16 @@ def validate_cxr(
     """Run the whole CXR validation; writes ``<output_dir>/validation/cxr.md`` (+ ``cxr.json``) and figures under
     ``<output_dir>/figures``. Readers are cached in ``work_dir`` (default ``<output_dir>/validation/cxr_work``).
     ``utility_synthetic=0`` skips the utility test. The PIE settings form one
-    :class:`~monai_pie.validation.ProgressionSettings`; the cohort is checked before anything long runs."""
+    :class:`~monai_pie.validation.ProgressionSettings`: the ``progression_bundle``'s own, with the ones given here (not
+    ``None``) instead; generation uses its steps and guidance too. The cohort is checked before anything long runs."""
     args = dict(locals())
     t0 = time.perf_counter()
     for split in ("training", "test"):  # fail now, not after the readers trained
         load_datalist(Path(cohort_dir) / "datalist.json", split, cohort_dir)
-    settings = ProgressionSettings(strength=strength, blend_in=blend_in, anchor=anchor, num_rounds=num_rounds,
-                                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+    settings = ProgressionSettings.from_config(parse_bundle(bundle_dir(progression_bundle)).config, strength=strength,
+                                               blend_in=blend_in, anchor=anchor, num_rounds=num_rounds,
+                                               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+    num_inference_steps, guidance_scale = settings.num_inference_steps, settings.guidance_scale
     out = Path(output_dir)
     work = Path(work_dir) if work_dir else out / "validation" / "cxr_work"
     figures = out / "figures"
@@ -521,8 +525,9 @@ def validate_cxr(
                                              num_inference_steps, guidance_scale, size, seed)
     command = _command(args)
     report["params"] = {"command": command, "model_path": loaded["model_path"], "cohort_dir": str(cohort_dir),
-                        "image_size": list(size), "num_subjects": num_subjects, "num_rounds": num_rounds,
-                        "strength": strength, "blend_in": blend_in, "anchor": anchor, "num_inference_steps": num_inference_steps,
+                        "image_size": list(size), "num_subjects": num_subjects, "num_rounds": settings.num_rounds,
+                        "strength": settings.strength, "blend_in": settings.blend_in, "anchor": settings.anchor,
+                        "num_inference_steps": num_inference_steps,
                         "guidance_scale": guidance_scale, "classifier_steps": classifier_steps,
                         "mask_steps": mask_steps, "device": device, "seconds": time.perf_counter() - t0}
     write_report(report, out / "validation" / "cxr.md")

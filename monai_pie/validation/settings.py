@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 __all__ = ["SWEEP_SETTINGS", "ProgressionSettings"]
@@ -10,7 +11,8 @@ __all__ = ["SWEEP_SETTINGS", "ProgressionSettings"]
 
 @dataclass(frozen=True)
 class ProgressionSettings:
-    """PIE settings of a validation run (the bundle keys of the same names).
+    """PIE settings of a validation run (the bundle keys of the same names). They have no defaults of their own: a
+    validation starts from a progression bundle's settings (:meth:`from_config`), so each value is stated once.
 
     Args:
         strength: noise level of each round (fraction of the schedule).
@@ -23,15 +25,27 @@ class ProgressionSettings:
         n_restarts: noise draws averaged per round.
     """
 
-    strength: float = 0.3
-    blend_in: float = 0.3
-    anchor: str = "previous"
-    num_rounds: int = 8
-    num_inference_steps: int = 50
-    guidance_scale: float = 3.0
-    blend_out: float = 0.01
-    noise_mode: str = "stochastic"
-    n_restarts: int = 1
+    strength: float
+    blend_in: float
+    anchor: str
+    num_rounds: int
+    num_inference_steps: int
+    guidance_scale: float
+    blend_out: float
+    noise_mode: str
+    n_restarts: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], **overrides: Any) -> ProgressionSettings:
+        """The settings of a progression bundle's config (a ``ConfigParser`` or its dict), with ``overrides`` that
+        are not ``None`` applied."""
+        names = [f.name for f in fields(cls)]
+        unknown = set(overrides) - set(names)
+        if unknown:
+            raise ValueError(f"unknown PIE settings {sorted(unknown)}; the settings are {names}.")
+        values = {n: config[n] for n in names}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as bundle config overrides."""

@@ -23,3 +23,11 @@ def test_user_errors_exit_with_a_clear_line(capsys, tmp_path):
     assert exc.value.code == 2
     assert "monai-pie: error:" in capsys.readouterr().err
     assert (tmp_path / "keep.txt").read_text() == "user data"  # never overwritten
+
+
+def test_validate_with_a_missing_cohort_fails_at_once_with_one_line(capsys, tmp_path):
+    for task in ("brain", "cxr"):
+        with pytest.raises(SystemExit) as exc:
+            main(["validate", task, str(tmp_path / "absent"), "--output_dir", str(tmp_path / "out")])
+        assert exc.value.code == 2 and "datalist not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

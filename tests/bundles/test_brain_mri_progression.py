@@ -171,15 +171,19 @@ def test_an_output_folder_holding_the_input_is_not_overwritten(brain_trained, tm
     assert image.read_bytes() == before
 
 
-def test_progression_defaults_are_the_validated_settings():
+def test_the_validation_runs_the_bundle_settings_and_the_class_keeps_pies():
     import inspect
 
+    from monai_pie import ProgressionInferer
     from monai_pie.validation.brain import validate_brain
 
     conf = json.loads((BRAIN_PROG / "configs" / "inference.json").read_text())
     defaults = inspect.signature(validate_brain).parameters
     for k in ("strength", "blend_in", "anchor", "num_rounds", "num_inference_steps", "guidance_scale"):
-        assert defaults[k].default == conf[k], k
+        assert defaults[k].default is None, k  # None: the bundle's own setting, stated once in its JSON
+    published = inspect.signature(ProgressionInferer).parameters
+    assert (published["strength"].default, published["blend_in"].default, published["blend_out"].default,
+            published["guidance_scale"].default, published["anchor"].default) == (0.5, 0.75, 0.01, 7.5, "original")
     # the setting with monotone markers in docs/validation/brain_progression.md (PIE's 0.5 / 0.75 / original is not)
     assert (conf["strength"], conf["blend_in"], conf["anchor"]) == (0.3, 0.3, "previous")
 

@@ -133,6 +133,54 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
         load_checkpoint(tmp_path / "partial.pt", {"model": torch.nn.Linear(1, 1), "optimizer": torch.optim.SGD([torch.zeros(1, requires_grad=True)], 0.1)})
 
 
+def test_random_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+    from monai.transforms import Compose, RandSpatialCropd
+
+    from monai_pie.engines import RandomStates
+
+    crop = RandSpatialCropd("image", roi_size=(2, 2), random_size=False)
+    states = RandomStates(Compose([crop]))
+    torch.save({"rng": states.state_dict()}, tmp_path / "c.pt")
+    first = (torch.rand(3), np.random.rand(3), random.random(), crop.R.rand(3))
+    states.load_state_dict(torch.load(tmp_path / "c.pt", weights_only=True)["rng"])
+    again = (torch.rand(3), np.random.rand(3), random.random(), crop.R.rand(3))
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+    assert np.array_equal(first[3], again[3])  # the random transform's own generator too
+
+
+def test_the_best_metric_travels_in_the_checkpoint_and_leftovers_are_removed(tmp_path):
+    best = AtomicCheckpointSaver(str(tmp_path), {}, network=torch.nn.Linear(1, 1), last_filename=None,
+                                 final_filename=None, best_filename="model_best.pt", key_metric_name="val")
+    best.best_value = 0.25
+    restored = AtomicCheckpointSaver(str(tmp_path), {}, last_filename=None, final_filename=None,
+                                     best_filename="model_best.pt")
+    restored.load_state_dict(best.state_dict())
+    assert restored.best_value == 0.25  # a worse first validation after a resume will not overwrite model_best.pt
+    (tmp_path / ".model_best.pt.abc123.tmp").write_bytes(b"half")
+    (tmp_path / ".other.pt.abc123.tmp").write_bytes(b"not ours")
+    (tmp_path / "model_best.pt").write_bytes(b"kept")
+    removed = restored.remove_stale_temporaries()
+    assert [p.name for p in removed] == [".model_best.pt.abc123.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.abc123.tmp", "model_best.pt"]
+
+
+def test_resume_errors(tmp_path):
+    model = torch.nn.Linear(1, 1)
+    tr = SupervisedTrainer("cpu", 2, data(2), model, torch.optim.SGD(model.parameters(), 0.1), torch.nn.MSELoss())
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        ResumeFromCheckpoint(str(tmp_path / "none.pt"), {"trainer": tr}).attach(tr)
+    ResumeFromCheckpoint(str(tmp_path / "none.pt"), {"trainer": tr}, on_missing="warn").attach(tr)  # opt-in
+    ResumeFromCheckpoint(str(tmp_path / "none.pt"), {"trainer": tr}, enabled=False).attach(tr)  # off: nothing
+    tr.state.epoch, tr.state.iteration = 2, 2
+    torch.save({"trainer": tr.state_dict()}, tmp_path / "done.pt")
+    tr2 = SupervisedTrainer("cpu", 2, data(2), model, torch.optim.SGD(model.parameters(), 0.1), torch.nn.MSELoss())
+    with pytest.raises(ValueError, match="nothing to resume"):
+        ResumeFromCheckpoint(str(tmp_path / "done.pt"), {"trainer": tr2}).attach(tr2)
+
+
 def test_collect_condition_numeric_covariates_and_text_prompts():
     from monai_pie.engines import collect_condition
 

@@ -214,3 +214,34 @@ def test_bad_inputs_get_clear_errors():
         inf(torch.rand(1, 2, 16, 16), LatentDiffusionModel(tiny_unet()))
     with pytest.raises(ValueError, match="inputs.*shape"):
         inf(torch.rand(16, 16), model)
+
+
+# ----------------------------------------------------------------------------------------------- workflow support
+def test_batch_first_splits_per_image_and_keeps_every_statistic():
+    model = latent_model()
+    res = pie(num_rounds=3, n_restarts=2, eta=0.5)(torch.rand(2, 1, 16, 16), model, roi_mask=half_mask(), seed=0)
+    out = res.batch_first()
+    assert out["frames"].shape == (2, 4, 1, 16, 16) and out["latents"].shape[:2] == (2, 4)
+    torch.testing.assert_close(out["frames"][1], res.frames[:, 1])
+    for k in ("change_norm", "change_inside", "change_outside", "drift_inside", "drift_outside", "mean_restart_std"):
+        assert out[k].shape == (2, 3), k
+    assert out["roi_mask"].shape == (2, 1, 16, 16) and out["uncertainty"].shape == (2, 3, 1, 16, 16)
+    assert out["seconds_per_round"].shape == (2,) and float(out["seconds_per_round"][0]) > 0
+    rows = res.statistics()  # the same numbers, as the JSON rows
+    assert rows[2]["change_norm"] == pytest.approx(out["change_norm"][:, 2].tolist())
+
+
+def test_device_puts_the_results_there_and_rounds_are_bounded():
+    res = pie(device="cpu")(torch.rand(1, 1, 16, 16), latent_model(), seed=0)
+    assert res.frames.device.type == "cpu" and res.seconds > 0
+    with pytest.raises(ValueError, match="at most"):
+        pie(num_rounds=100000)
+
+
+def test_an_image_size_the_autoencoder_cannot_round_trip_fails_before_any_round():
+    model = latent_model()
+    calls = []
+    model.unet.register_forward_hook(lambda *a: calls.append(1))
+    with pytest.raises(ValueError, match="round-trip"):
+        pie()(torch.rand(1, 1, 15, 15), model, seed=0)
+    assert not calls  # no denoiser call was wasted

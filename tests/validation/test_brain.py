@@ -36,10 +36,14 @@ def test_a_missing_cohort_fails_before_anything_runs(tmp_path):
     assert not (tmp_path / "out").exists()  # no working files left behind
 
 
-def test_settings_are_one_frozen_object_that_makes_the_inferer():
+def test_settings_come_from_the_bundle_once_and_make_the_inferer():
     from monai.networks.schedulers import DDPMScheduler
 
-    s = ProgressionSettings(strength=0.4, num_rounds=3)
+    config = json.loads((BRAIN_PROG / "configs" / "inference.json").read_text())
+    s = ProgressionSettings.from_config(config, strength=0.4, num_rounds=3, anchor=None)
+    assert s.blend_in == config["blend_in"] and s.anchor == config["anchor"] == "previous"  # None: the bundle's
+    with pytest.raises(ValueError, match="unknown PIE settings"):
+        ProgressionSettings.from_config(config, strenght=0.4)
     with pytest.raises(AttributeError):
         s.strength = 0.5  # frozen
     inferer = s.inferer(DDPMScheduler(1000))

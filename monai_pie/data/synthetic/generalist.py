@@ -2,7 +2,7 @@
 
 One text-conditioned model learns several modalities when the modality is part of the prompt
 ("A chest X-ray image, ..." / "A brain MRI image, ..."). The brain slices are axial cuts of the synthetic brain
-cohort (:func:`monai_pie.data.synthesize_brain_cohort`) through the lateral ventricles, whose prompt names the
+cohort (:func:`monai_pie.data.synthetic.synthesize_brain_cohort`) through the lateral ventricles, whose prompt names the
 subject's diagnosis, so the generalist also learns a disease finding in a second modality.
 """
 
@@ -53,7 +53,7 @@ def brain_slice_cohort(
     Parameters
     ----------
     cohort_dir
-        A folder written by :func:`monai_pie.data.synthesize_brain_cohort` (``datalist.json`` with ``diagnosis``).
+        A folder written by :func:`monai_pie.data.synthetic.synthesize_brain_cohort` (``datalist.json`` with ``diagnosis``).
     output_dir
         Destination (``images/<subject>_ses-<visit>_z<k>.png``, ``datalist.json``); must be empty unless
         ``overwrite``. The cohort is never modified.
@@ -164,8 +164,8 @@ def synthesize_generalist_cohort(
 ) -> dict[str, Any]:
     """CXR phantoms, a brain cohort and its slices, and the merged datalist, under one folder.
 
-    Layout: ``cxr/`` (:func:`monai_pie.data.synthesize_cxr_cohort`), ``brain/``
-    (:func:`monai_pie.data.synthesize_brain_cohort`), ``brain_slices/`` (:func:`brain_slice_cohort`) and
+    Layout: ``cxr/`` (:func:`monai_pie.data.synthetic.synthesize_cxr_cohort`), ``brain/``
+    (:func:`monai_pie.data.synthetic.synthesize_brain_cohort`), ``brain_slices/`` (:func:`brain_slice_cohort`) and
     ``datalist.json`` (:func:`merge_datalists`, modalities ``chest x-ray`` and ``brain mri``): train the
     ``cxr_text_ldm`` bundle with ``--dataset_dir <output_dir>``.
     """

@@ -74,15 +74,6 @@ def test_measured_ctr_increases_with_cardiomegaly_and_crosses_half():
         assert "cardiomegaly" not in lo["report"] and "cardiomegaly" in hi["report"]
 
 
-def test_measure_ctr_on_hand_made_masks():
-    thorax = np.zeros((20, 30), bool)
-    thorax[5:15, 2:28] = True  # 26 wide
-    heart = np.zeros_like(thorax)
-    heart[8:12, 10:23] = True  # 13 wide
-    assert measure_ctr(heart, thorax) == (0.5, 13, 26)
-    assert measure_ctr(np.zeros_like(heart), thorax)[0] == 0.0
-
-
 @pytest.mark.parametrize("side", ["right", "left", "bilateral"])
 def test_effusion_height_grows_from_zero_at_the_base(side):
     seq = render_cxr_progression("pleural effusion", SEVERITIES, seed=5, effusion_side=side)
