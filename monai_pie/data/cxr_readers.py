@@ -87,18 +87,13 @@ def report_to_labels(text: str, keywords: Mapping[str, Sequence[str]] | None = N
     negative, "No pneumothorax, but a small left effusion" is positive. "pericardial effusion" does not count as
     a pleural effusion. Uncertain wording ("possible", "cannot exclude") counts as positive.
 
-    Parameters
-    ----------
-    text
-        Report text.
-    keywords
-        ``{finding: phrases}``; default :data:`FINDING_KEYWORDS`. Keys give the label names (via
-        :func:`~monai_pie.data.synthetic.cxr.finding_key`) and their order.
+    Args:
+        text: Report text.
+        keywords: ``{finding: phrases}``; default :data:`FINDING_KEYWORDS`. Keys give the label names (via
+            :func:`~monai_pie.data.synthetic.cxr.finding_key`) and their order.
 
-    Returns
-    -------
-    dict
-        ``{finding_key: 0 or 1}`` for every finding in ``keywords``.
+    Returns:
+        dict: ``{finding_key: 0 or 1}`` for every finding in ``keywords``.
     """
     if not isinstance(text, str):
         raise TypeError(f"`text` must be a string, got {type(text).__name__}.")
@@ -196,28 +191,20 @@ def read_chexpert_csv(
     Cells are ``1`` (positive), ``0`` (negative), ``-1`` (uncertain) or blank (not mentioned = negative);
     ``1.0``/``0.0``/``-1.0`` spellings are accepted. ``No Finding`` is not read: it is implied by the prompt.
 
-    Parameters
-    ----------
-    csv_path
-        The CSV file.
-    image_root
-        Folder the relative paths are resolved against; default: the CSV's folder. For the original CheXpert
-        CSVs (paths starting ``CheXpert-v1.0-small/...``) pass the folder that contains the dataset folder.
-    findings
-        Finding columns to read, matched case-insensitively with ``_`` as space (``"pleural_effusion"`` finds
-        ``"Pleural Effusion"``); default :data:`~monai_pie.data.synthetic.cxr.CXR_FINDINGS`. Any CheXpert column
-        works (``"Lung Opacity"``, ``"Atelectasis"``); in prompts it is spelled in lower case, in this order.
-    uncertain
-        Policy for ``-1``: ``"zero"`` (U-Zeros), ``"one"`` (U-Ones) or ``"ignore"`` (drop the row).
-    path_column
-        Name of the image path column.
-    check_files
-        Raise if listed images are missing (the message names the first few).
+    Args:
+        csv_path: The CSV file.
+        image_root: Folder the relative paths are resolved against; default: the CSV's folder. For the original CheXpert
+            CSVs (paths starting ``CheXpert-v1.0-small/...``) pass the folder that contains the dataset folder.
+        findings: Finding columns to read, matched case-insensitively with ``_`` as space (``"pleural_effusion"`` finds
+            ``"Pleural Effusion"``); default :data:`~monai_pie.data.synthetic.cxr.CXR_FINDINGS`. Any CheXpert column
+            works (``"Lung Opacity"``, ``"Atelectasis"``); in prompts it is spelled in lower case, in this order.
+        uncertain: Policy for ``-1``: ``"zero"`` (U-Zeros), ``"one"`` (U-Ones) or ``"ignore"`` (drop the row).
+        path_column: Name of the image path column.
+        check_files: Raise if listed images are missing (the message names the first few).
 
-    Returns
-    -------
-    list of dict
-        ``{"image": absolute path, "report": PIE prompt, <finding_key>: 0/1 ...}`` per kept row, in file order.
+    Returns:
+        list of dict: ``{"image": absolute path, "report": PIE prompt, <finding_key>: 0/1 ...}`` per kept row, in file
+            order.
     """
     if uncertain not in ("zero", "one", "ignore"):
         raise ValueError(f'`uncertain` must be "zero", "one" or "ignore", got {uncertain!r}.')
@@ -298,32 +285,23 @@ def read_image_report_pairs(
 ) -> list[dict[str, Any]]:
     """Datalist items from image + free-text report pairs (MIMIC-CXR style).
 
-    Parameters
-    ----------
-    source
-        Either a CSV with an image path column and a report text column, or a folder where each image
-        ``X.png|jpg|jpeg|dcm|dicom|nii|nii.gz`` has its report in a sibling ``X.txt`` (or, MIMIC-CXR layout,
-        ``sNNN.txt`` next to the study folder ``sNNN/`` that holds the image).
-    image_column, report_column
-        CSV column names; default: the first present of ``image, path, Path, image_path, dicom_path, filename,
-        file`` and ``report, text, report_text, findings, impression``.
-    image_root
-        Folder relative CSV paths are resolved against; default: the CSV's folder.
-    to_prompt
-        ``True``: add ``"prompt"`` (:func:`report_to_prompt`) and the 0/1 labels of :func:`report_to_labels`;
-        a callable ``str -> str``: add ``"prompt"`` computed by it; ``False``: reports only.
-    recursive
-        Folder mode: search sub-folders too.
-    missing_report
-        Folder mode, images without a report: ``"error"`` (name the first few) or ``"skip"``.
-    check_files
-        CSV mode: raise if listed images are missing.
+    Args:
+        source: Either a CSV with an image path column and a report text column, or a folder where each image
+            ``X.png|jpg|jpeg|dcm|dicom|nii|nii.gz`` has its report in a sibling ``X.txt`` (or, MIMIC-CXR layout,
+            ``sNNN.txt`` next to the study folder ``sNNN/`` that holds the image).
+        image_column, report_column: CSV column names; default: the first present of
+            ``image, path, Path, image_path, dicom_path, filename, file`` and
+            ``report, text, report_text, findings, impression``.
+        image_root: Folder relative CSV paths are resolved against; default: the CSV's folder.
+        to_prompt: ``True``: add ``"prompt"`` (:func:`report_to_prompt`) and the 0/1 labels of :func:`report_to_labels`;
+            a callable ``str -> str``: add ``"prompt"`` computed by it; ``False``: reports only.
+        recursive: Folder mode: search sub-folders too.
+        missing_report: Folder mode, images without a report: ``"error"`` (name the first few) or ``"skip"``.
+        check_files: CSV mode: raise if listed images are missing.
 
-    Returns
-    -------
-    list of dict
-        ``{"image": absolute path, "report": the report text exactly as stored, ["prompt", labels]}``, in CSV
-        order or sorted by path.
+    Returns:
+        list of dict: ``{"image": absolute path, "report": the report text exactly as stored, ["prompt", labels]}``, in
+            CSV order or sorted by path.
     """
     if missing_report not in ("error", "skip"):
         raise ValueError(f'`missing_report` must be "error" or "skip", got {missing_report!r}.')

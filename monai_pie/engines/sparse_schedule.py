@@ -47,20 +47,13 @@ class SparseKeepSchedule:
     - ``interleave``: dense and sparse alternate: in each cycle of ``period`` steps the first ``period // 2`` are
       dense (keep 1), the rest use ``keep``. ``keep=0.2, period=2`` is the paper's headline setting, mean keep 0.6.
 
-    Parameters
-    ----------
-    mode : str
-        One of ``constant``, ``linear``, ``cosine``, ``bar``, ``interleave``.
-    keep : float
-        Keep fraction of the sparse steps (the final value for ``linear``/``cosine``/``bar``), in (0, 1].
-    warmup : int
-        Number of dense steps at the start.
-    period : int
-        Cycle length of ``interleave`` in steps, >= 2.
-    total : int, optional
-        Number of steps of the run, needed by ``linear``, ``cosine`` and ``bar``.
-    start_keep : float
-        First value of ``linear``/``cosine``/``bar`` after warm-up, in (0, 1].
+    Args:
+        mode: One of ``constant``, ``linear``, ``cosine``, ``bar``, ``interleave``.
+        keep: Keep fraction of the sparse steps (the final value for ``linear``/``cosine``/``bar``), in (0, 1].
+        warmup: Number of dense steps at the start.
+        period: Cycle length of ``interleave`` in steps, >= 2.
+        total: Number of steps of the run, needed by ``linear``, ``cosine`` and ``bar``.
+        start_keep: First value of ``linear``/``cosine``/``bar`` after warm-up, in (0, 1].
     """
 
     def __init__(
@@ -137,28 +130,17 @@ class SparseBackpropHandler:
         {"_target_": "monai_pie.engines.SparseBackpropHandler", "network": "@network", "mode": "interleave",
          "keep": 0.2, "warmup_epochs": 0, "period": 2, "exclude": ["out"]}
 
-    Parameters
-    ----------
-    network : nn.Module
-        The trained model (a ``DataParallel``/DDP wrapper is fine).
-    mode : str
-        Schedule mode, see :class:`SparseKeepSchedule`.
-    keep : float
-        Keep fraction of the sparse epochs/iterations, in (0, 1].
-    warmup_epochs : int
-        Dense epochs at the start.
-    period : int
-        ``interleave`` cycle length, in epochs (iterations if ``per_iteration``).
-    per_iteration : bool
-        Update at every iteration instead of every epoch.
-    max_epochs : int, optional
-        Run length for ``linear``/``cosine``/``bar``; default: the engine's ``max_epochs``.
-    start_keep : float
-        First value of ``linear``/``cosine``/``bar``.
-    exclude : str or sequence of str, optional
-        Module names or glob patterns kept dense when converting (e.g. the output convolution).
-    name : str, optional
-        Logger name.
+    Args:
+        network: The trained model (a ``DataParallel``/DDP wrapper is fine).
+        mode: Schedule mode, see :class:`SparseKeepSchedule`.
+        keep: Keep fraction of the sparse epochs/iterations, in (0, 1].
+        warmup_epochs: Dense epochs at the start.
+        period: ``interleave`` cycle length, in epochs (iterations if ``per_iteration``).
+        per_iteration: Update at every iteration instead of every epoch.
+        max_epochs: Run length for ``linear``/``cosine``/``bar``; default: the engine's ``max_epochs``.
+        start_keep: First value of ``linear``/``cosine``/``bar``.
+        exclude: Module names or glob patterns kept dense when converting (e.g. the output convolution).
+        name: Logger name.
     """
 
     def __init__(

@@ -181,16 +181,19 @@ class SaveFramesd(MapTransform):
 
 
 def _as_input_nifti(frame: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """A 2D frame ``(H, W)`` as a one-slice NIfTI array: laid out like the input when it was a NIfTI of the same
-    size (its axes and affine, so it overlays the input in a viewer), else ``(W, H, 1)`` with an identity affine, the
-    layout :func:`~monai_pie.data.load_2d_image` reads back as ``(H, W)``."""
+    """A 2D frame ``(H, W)`` in [0, 1] as a one-slice NIfTI array: when the input was a NIfTI of the same size, laid
+    out like it (its axes, its affine) and in its intensity units (undoing the min-max scaling of
+    :func:`~monai_pie.data.load_2d_image`), so it overlays the input in a viewer; else ``(W, H, 1)`` in [0, 1] with an
+    identity affine, the layout ``load_2d_image`` reads back as ``(H, W)``."""
     array = frame.T[..., None]
     if source.lower().endswith((".nii", ".nii.gz")):
         import nibabel as nib
 
         img = nib.load(source)
         if int(np.prod(img.shape)) == array.size and tuple(n for n in img.shape if n != 1) == frame.T.shape:
-            return array.reshape(img.shape), np.asarray(img.affine)
+            data = np.asarray(img.dataobj, dtype=np.float64)
+            lo, hi = float(data.min()), float(data.max())
+            return (array * (hi - lo) + lo).reshape(img.shape).astype(np.float32), np.asarray(img.affine)
     return array, np.eye(4)
 
 

@@ -61,17 +61,12 @@ def _check_keep(keep: Any, name: str = "keep") -> float:
 def num_kept_channels(channels: int, keep: float) -> int:
     """Number of output channels kept in the sparse backward: ``max(1, floor(keep * channels))``.
 
-    Parameters
-    ----------
-    channels : int
-        Number of output channels ``C_out`` of the convolution.
-    keep : float
-        Fraction of channels kept, in (0, 1].
+    Args:
+        channels: Number of output channels ``C_out`` of the convolution.
+        keep: Fraction of channels kept, in (0, 1].
 
-    Returns
-    -------
-    int
-        Between 1 and ``channels``.
+    Returns:
+        int: Between 1 and ``channels``.
     """
     keep = _check_keep(keep)
     return max(1, min(int(channels), int(math.floor(keep * channels + _FLOOR_EPS))))
@@ -228,25 +223,17 @@ def sparse_backprop_conv(
     Under ``torch.autocast`` the inputs are cast to the autocast dtype, as autocast does for convolutions.
     Not twice differentiable.
 
-    Parameters
-    ----------
-    input : torch.Tensor
-        ``(B, C_in, *spatial)`` with 1 to 3 spatial dimensions.
-    weight : torch.Tensor
-        ``(C_out, C_in / groups, *kernel)``.
-    bias : torch.Tensor or None
-        ``(C_out,)``.
-    stride, padding, dilation : int or sequence of int
-        One value, or one per spatial dimension; ``padding`` is explicit zero padding (no strings).
-    groups : int
-        Number of groups; grouped and depthwise convolutions are supported.
-    keep : float
-        Fraction of output channels used in the backward pass, in (0, 1]; 1 is the dense backward.
+    Args:
+        input: ``(B, C_in, *spatial)`` with 1 to 3 spatial dimensions.
+        weight: ``(C_out, C_in / groups, *kernel)``.
+        bias: ``(C_out,)``.
+        stride, padding, dilation: One value, or one per spatial dimension; ``padding`` is explicit zero padding (no
+            strings).
+        groups: Number of groups; grouped and depthwise convolutions are supported.
+        keep: Fraction of output channels used in the backward pass, in (0, 1]; 1 is the dense backward.
 
-    Returns
-    -------
-    torch.Tensor
-        ``(B, C_out, *out_spatial)``.
+    Returns:
+        torch.Tensor: ``(B, C_out, *out_spatial)``.
     """
     keep = _check_keep(keep)
     n = weight.ndim - 2
@@ -322,12 +309,9 @@ class _SparseBackpropConvMixin:
 class SparseBackpropConv1d(_SparseBackpropConvMixin, nn.Conv1d):
     """``nn.Conv1d`` with channel-sparse backward. Input ``(B, C_in, L)`` or ``(C_in, L)``.
 
-    Parameters
-    ----------
-    *args, **kwargs
-        As for ``nn.Conv1d``.
-    keep : float
-        Fraction of output channels used in the backward pass, in (0, 1] (attribute ``sparse_keep``).
+    Args:
+        *args, **kwargs: As for ``nn.Conv1d``.
+        keep: Fraction of output channels used in the backward pass, in (0, 1] (attribute ``sparse_keep``).
     """
 
     def __init__(self, *args: Any, keep: float = 1.0, **kwargs: Any) -> None:
@@ -338,12 +322,9 @@ class SparseBackpropConv1d(_SparseBackpropConvMixin, nn.Conv1d):
 class SparseBackpropConv2d(_SparseBackpropConvMixin, nn.Conv2d):
     """``nn.Conv2d`` with channel-sparse backward. Input ``(B, C_in, H, W)`` or ``(C_in, H, W)``.
 
-    Parameters
-    ----------
-    *args, **kwargs
-        As for ``nn.Conv2d``.
-    keep : float
-        Fraction of output channels used in the backward pass, in (0, 1] (attribute ``sparse_keep``).
+    Args:
+        *args, **kwargs: As for ``nn.Conv2d``.
+        keep: Fraction of output channels used in the backward pass, in (0, 1] (attribute ``sparse_keep``).
     """
 
     def __init__(self, *args: Any, keep: float = 1.0, **kwargs: Any) -> None:
@@ -354,12 +335,9 @@ class SparseBackpropConv2d(_SparseBackpropConvMixin, nn.Conv2d):
 class SparseBackpropConv3d(_SparseBackpropConvMixin, nn.Conv3d):
     """``nn.Conv3d`` with channel-sparse backward. Input ``(B, C_in, D, H, W)`` or ``(C_in, D, H, W)``.
 
-    Parameters
-    ----------
-    *args, **kwargs
-        As for ``nn.Conv3d``.
-    keep : float
-        Fraction of output channels used in the backward pass, in (0, 1] (attribute ``sparse_keep``).
+    Args:
+        *args, **kwargs: As for ``nn.Conv3d``.
+        keep: Fraction of output channels used in the backward pass, in (0, 1] (attribute ``sparse_keep``).
     """
 
     def __init__(self, *args: Any, keep: float = 1.0, **kwargs: Any) -> None:
@@ -402,22 +380,16 @@ def convert_to_sparse_backprop(
     and custom ``nn.ConvNd`` subclasses are left dense (the latter with a warning). Converting twice only updates
     ``keep``.
 
-    Parameters
-    ----------
-    model : nn.Module
-        Any module, e.g. MONAI's ``DiffusionModelUNet``, ``AutoencoderKL``, ``UNet`` or ``DenseNet121``.
-    keep : float
-        Initial fraction of output channels used in the backward pass, in (0, 1]. The default 1 is a dense
-        backward until :func:`set_sparse_keep` or a scheduler lowers it.
-    exclude : str or sequence of str, optional
-        Module names or ``fnmatch`` glob patterns (matched against ``named_modules()`` names) left dense; a pattern
-        matching a parent excludes all its convolutions, e.g. ``"out"`` or ``"conv_in.*"``. Patterns that match no
-        convolution give a warning.
+    Args:
+        model: Any module, e.g. MONAI's ``DiffusionModelUNet``, ``AutoencoderKL``, ``UNet`` or ``DenseNet121``.
+        keep: Initial fraction of output channels used in the backward pass, in (0, 1]. The default 1 is a dense
+            backward until :func:`set_sparse_keep` or a scheduler lowers it.
+        exclude: Module names or ``fnmatch`` glob patterns (matched against ``named_modules()`` names) left dense; a
+            pattern matching a parent excludes all its convolutions, e.g. ``"out"`` or ``"conv_in.*"``. Patterns that
+            match no convolution give a warning.
 
-    Returns
-    -------
-    nn.Module
-        ``model`` itself.
+    Returns:
+        nn.Module: ``model`` itself.
     """
     keep = _check_keep(keep)
     patterns = _check_exclude(exclude)
@@ -459,10 +431,8 @@ def sparse_backprop_modules(model: nn.Module) -> dict[str, nn.Module]:
 def revert_sparse_backprop(model: nn.Module) -> nn.Module:
     """Undo :func:`convert_to_sparse_backprop` in place (the modules become plain ``nn.ConvNd`` again).
 
-    Returns
-    -------
-    nn.Module
-        ``model`` itself.
+    Returns:
+        nn.Module: ``model`` itself.
     """
     for module in sparse_backprop_modules(model).values():
         module.__class__ = _SPARSE_TO_DENSE[type(module)]
@@ -482,22 +452,15 @@ def _require_converted(model: nn.Module) -> dict[str, nn.Module]:
 def set_sparse_keep(model: nn.Module, keep: float) -> int:
     """Set the backward keep fraction of every converted convolution of ``model``.
 
-    Parameters
-    ----------
-    model : nn.Module
-        A model converted with :func:`convert_to_sparse_backprop`.
-    keep : float
-        Fraction of output channels used in the backward pass, in (0, 1].
+    Args:
+        model: A model converted with :func:`convert_to_sparse_backprop`.
+        keep: Fraction of output channels used in the backward pass, in (0, 1].
 
-    Returns
-    -------
-    int
-        The number of modules updated.
+    Returns:
+        int: The number of modules updated.
 
-    Raises
-    ------
-    ValueError
-        If ``keep`` is outside (0, 1] or ``model`` holds no converted convolution.
+    Raises:
+        ValueError: If ``keep`` is outside (0, 1] or ``model`` holds no converted convolution.
     """
     keep = _check_keep(keep)
     modules = _require_converted(model)
@@ -509,11 +472,9 @@ def set_sparse_keep(model: nn.Module, keep: float) -> int:
 def get_sparse_keep(model: nn.Module) -> float:
     """The keep fraction shared by all converted convolutions of ``model``.
 
-    Raises
-    ------
-    ValueError
-        If nothing is converted or the modules hold different values (then read them one by one through
-        :func:`sparse_backprop_modules`).
+    Raises:
+        ValueError: If nothing is converted or the modules hold different values (then read them one by one through
+            :func:`sparse_backprop_modules`).
     """
     values = {float(m.sparse_keep) for m in _require_converted(model).values()}
     if len(values) != 1:

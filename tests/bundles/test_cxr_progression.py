@@ -82,6 +82,8 @@ def test_a_one_slice_nifti_input_comes_back_on_its_own_grid(tiny_model, tmp_path
     progress(tiny_model, tmp_path / "out", image=str(tmp_path / "cxr.nii.gz"))
     final = nib.load(tmp_path / "out" / "frame_01.nii.gz")
     assert final.shape == (128, 128, 1) and np.allclose(final.affine, affine)
+    f1 = load_2d_image(tmp_path / "out" / "frame_01.png")
+    assert np.allclose(final.get_fdata()[..., 0].T, f1 * 1000 * (x.max() - x.min()) + 1000 * x.min(), atol=0.05)
 
 
 def test_progression_with_a_mask_file_and_its_errors(tiny_model, tmp_path):

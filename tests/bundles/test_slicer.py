@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -44,6 +43,7 @@ def test_cxr_progression_under_slicer_with_a_one_slice_volume(spacing, tmp_path)
                           device=torch.device("cpu"), extra=FAST)
     img = nib.load(result)
     assert img.shape == (128, 128, 1) and np.allclose(img.affine, affine)  # Slicer overlays it on the input
-    final = img.get_fdata()[..., 0].T
-    assert np.isfinite(final).all() and 0 < np.abs(final - x).max() and final.min() >= 0 and final.max() <= 1
+    lo, hi = 4095 * float(x.min()), 4095 * float(x.max())
+    final = (img.get_fdata()[..., 0].T - lo) / (hi - lo)  # the result is in the input's units
+    assert np.isfinite(final).all() and 0 < np.abs(final - x).max() and final.min() >= -1e-6 and final.max() <= 1 + 1e-6
     assert np.allclose(final, load_2d_image(result.parent / "frame_02.png"), atol=1e-4)  # the final frame

@@ -51,19 +51,13 @@ def _diverging(x: np.ndarray, hi: float) -> np.ndarray:
 def cn_vs_ad_figure(path: str | Path, seed: int = FIGURE_SEED, age: float = 70.0, zoom: int = 3) -> Path:
     """Mid-slices of one subject at stage 0 (CN) and stage 1 (AD), same noise, and the difference CN - AD.
 
-    Parameters
-    ----------
-    path : str or Path
-        PNG to write.
-    seed, age : int, float
-        Subject seed and age of both images.
-    zoom : int
-        Nearest-neighbour upscaling of the 2 mm voxels.
+    Args:
+        path: PNG to write.
+        seed, age: Subject seed and age of both images.
+        zoom: Nearest-neighbour upscaling of the 2 mm voxels.
 
-    Returns
-    -------
-    Path
-        The written PNG.
+    Returns:
+        Path: The written PNG.
     """
     from PIL import Image, ImageDraw, ImageFont
 

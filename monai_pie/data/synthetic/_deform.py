@@ -17,17 +17,12 @@ __all__ = ["dct_basis", "jacobian_determinant", "random_dct_field", "random_disp
 def dct_basis(n: int, order: int) -> np.ndarray:
     """Cosine basis ``cos(pi * k * (i + 0.5) / n)`` for ``k = 0..order-1``.
 
-    Parameters
-    ----------
-    n : int
-        Number of samples along the axis.
-    order : int
-        Number of basis functions (``k = 0`` is the constant).
+    Args:
+        n: Number of samples along the axis.
+        order: Number of basis functions (``k = 0`` is the constant).
 
-    Returns
-    -------
-    np.ndarray
-        ``(n, order)`` float64 matrix.
+    Returns:
+        np.ndarray: ``(n, order)`` float64 matrix.
     """
     i = np.arange(n, dtype=np.float64)[:, None] + 0.5
     k = np.arange(order, dtype=np.float64)[None, :]
@@ -37,19 +32,13 @@ def dct_basis(n: int, order: int) -> np.ndarray:
 def random_dct_field(rng: np.random.Generator, shape: Sequence[int], order: int) -> np.ndarray:
     """A smooth random scalar field: DCT coefficients ``~ N(0, 1 / (1 + |k|^2))``, so low frequencies dominate.
 
-    Parameters
-    ----------
-    rng : np.random.Generator
-        Source of the coefficients (draws ``order ** 3`` normals).
-    shape : sequence of 3 ints
-        ``(X, Y, Z)`` grid shape.
-    order : int
-        Basis functions per axis.
+    Args:
+        rng: Source of the coefficients (draws ``order ** 3`` normals).
+        shape: ``(X, Y, Z)`` grid shape.
+        order: Basis functions per axis.
 
-    Returns
-    -------
-    np.ndarray
-        ``(X, Y, Z)`` float64 field, not normalised.
+    Returns:
+        np.ndarray: ``(X, Y, Z)`` float64 field, not normalised.
     """
     k = np.arange(order, dtype=np.float64)
     k2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2
@@ -63,24 +52,16 @@ def random_displacement(
 ) -> np.ndarray:
     """A smooth random displacement field whose largest length inside ``mask`` is exactly ``max_mm``.
 
-    Parameters
-    ----------
-    rng : np.random.Generator
-        Source of the coefficients (draws ``3 * order ** 3`` normals).
-    shape : sequence of 3 ints
-        ``(X, Y, Z)`` grid shape.
-    order : int
-        Basis functions per axis; ``order <= 4`` keeps wavelengths >= ~2/3 of the field of view, so the map stays
-        invertible for displacements of a few mm.
-    max_mm : float
-        Largest displacement length (mm) inside ``mask``; 0 gives the zero field.
-    mask : np.ndarray, optional
-        ``(X, Y, Z)`` boolean region where the maximum is measured; default the whole grid.
+    Args:
+        rng: Source of the coefficients (draws ``3 * order ** 3`` normals).
+        shape: ``(X, Y, Z)`` grid shape.
+        order: Basis functions per axis; ``order <= 4`` keeps wavelengths >= ~2/3 of the field of view, so the map stays
+            invertible for displacements of a few mm.
+        max_mm: Largest displacement length (mm) inside ``mask``; 0 gives the zero field.
+        mask: ``(X, Y, Z)`` boolean region where the maximum is measured; default the whole grid.
 
-    Returns
-    -------
-    np.ndarray
-        ``(3, X, Y, Z)`` float32 displacement in mm along the voxel axes.
+    Returns:
+        np.ndarray: ``(3, X, Y, Z)`` float32 displacement in mm along the voxel axes.
     """
     u = np.stack([random_dct_field(rng, shape, order).astype(np.float32) for _ in range(3)])
     norm = np.sqrt((u * u).sum(0))
@@ -96,17 +77,12 @@ def warp(volumes: np.ndarray, coords: np.ndarray) -> np.ndarray:
     that shrinks pointwise still shrinks pointwise after warping, and maps in [0, 1] stay in [0, 1]. All channels
     share one ``torch.nn.functional.grid_sample`` call (several times faster than one ``map_coordinates`` each).
 
-    Parameters
-    ----------
-    volumes : np.ndarray
-        ``(C, X, Y, Z)`` array.
-    coords : np.ndarray
-        ``(3, X', Y', Z')`` voxel coordinates into the ``(X, Y, Z)`` grid.
+    Args:
+        volumes: ``(C, X, Y, Z)`` array.
+        coords: ``(3, X', Y', Z')`` voxel coordinates into the ``(X, Y, Z)`` grid.
 
-    Returns
-    -------
-    np.ndarray
-        ``(C, X', Y', Z')`` float32 array.
+    Returns:
+        np.ndarray: ``(C, X', Y', Z')`` float32 array.
     """
     import torch
 
@@ -129,17 +105,12 @@ def warp(volumes: np.ndarray, coords: np.ndarray) -> np.ndarray:
 def jacobian_determinant(coords: np.ndarray, step: int = 1) -> np.ndarray:
     """Jacobian determinant of a voxel-to-voxel sampling map (finite differences); ``> 0`` means no folding.
 
-    Parameters
-    ----------
-    coords : np.ndarray
-        ``(3, X, Y, Z)`` sampling coordinates (voxels).
-    step : int
-        Grid step between the given samples (``coords[:, ::step, ::step, ::step]`` of a full map).
+    Args:
+        coords: ``(3, X, Y, Z)`` sampling coordinates (voxels).
+        step: Grid step between the given samples (``coords[:, ::step, ::step, ::step]`` of a full map).
 
-    Returns
-    -------
-    np.ndarray
-        ``(X, Y, Z)`` float64 determinant.
+    Returns:
+        np.ndarray: ``(X, Y, Z)`` float64 determinant.
     """
     jac = np.stack(
         [np.stack(np.gradient(coords[i].astype(np.float64), float(step)), 0) for i in range(3)], 0

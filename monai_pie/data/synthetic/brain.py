@@ -235,10 +235,8 @@ def load_brain_template() -> BrainTemplate:
 
     Cached: the first call takes a few seconds (nilearn resamples the 1 mm files), later calls are free.
 
-    Returns
-    -------
-    BrainTemplate
-        Read-only ``(99, 117, 95)`` arrays and the MNI affine.
+    Returns:
+        BrainTemplate: Read-only ``(99, 117, 95)`` arrays and the MNI affine.
     """
     try:
         from nilearn import datasets
@@ -462,31 +460,21 @@ def synthesize_brain_subject(
     with the same noise, and ``visit`` gives fresh noise. Cohort subject ``i`` of ``synthesize_brain_cohort(seed=s)``
     is ``np.random.SeedSequence(s, spawn_key=(1, i))``. With a ``Generator``, anatomy then noise are drawn from it.
 
-    Parameters
-    ----------
-    rng_or_seed : int, np.random.SeedSequence or np.random.Generator
-        Randomness of the subject.
-    stage : float
-        Disease stage in [0, 1].
-    age : float
-        Age in years.
-    sex : int
-        0 or 1 (1 has a larger head scale on average).
-    template : BrainTemplate, optional
-        Default :func:`load_brain_template()`.
-    visit : int
-        Noise stream index (keyword only).
-    recipe : BrainRecipe, optional
-        Default ``BrainRecipe()``.
+    Args:
+        rng_or_seed: Randomness of the subject.
+        stage: Disease stage in [0, 1].
+        age: Age in years.
+        sex: 0 or 1 (1 has a larger head scale on average).
+        template: Default :func:`load_brain_template()`.
+        visit: Noise stream index (keyword only).
+        recipe: Default ``BrainRecipe()``.
 
-    Returns
-    -------
-    dict
-        ``"image"``: ``(99, 117, 95)`` float32 T1; ``"tissue"``: ``(3, 99, 117, 95)`` float32 GM, WM, CSF
-        fractions (multiples of 1/255); ``"tissue_u8"``: the same as uint8 levels; ``"affine"``: ``(4, 4)`` MNI
-        affine; ``"truth"``: age, sex, stage, diagnosis and volumes in ml (``gm_volume_ml``,
-        ``hippocampal_gm_ml``, ``ventricle_volume_ml``, ``wm_volume_ml``, ``csf_volume_ml``, ``icv_ml``) plus
-        ``head_scale`` and ``min_jacobian`` of the subject's deformation.
+    Returns:
+        dict: ``"image"``: ``(99, 117, 95)`` float32 T1; ``"tissue"``: ``(3, 99, 117, 95)`` float32 GM, WM, CSF
+            fractions (multiples of 1/255); ``"tissue_u8"``: the same as uint8 levels; ``"affine"``: ``(4, 4)`` MNI
+            affine; ``"truth"``: age, sex, stage, diagnosis and volumes in ml (``gm_volume_ml``,
+            ``hippocampal_gm_ml``, ``ventricle_volume_ml``, ``wm_volume_ml``, ``csf_volume_ml``, ``icv_ml``) plus
+            ``head_scale`` and ``min_jacobian`` of the subject's deformation.
     """
     _check_stage(stage)
     _check_age(age)
@@ -678,34 +666,22 @@ def synthesize_brain_cohort(
         ground_truth.csv   one row per image, columns GROUND_TRUTH_COLUMNS
         cohort.json        parameters, seed, per-subject seeds, counts (written last: marks a complete cohort)
 
-    Parameters
-    ----------
-    output_dir : str or os.PathLike
-        Destination; must be empty or missing unless ``overwrite``.
-    num_subjects : int
-        Number of subjects (>= 1).
-    num_longitudinal : int, optional
-        How many of them get ``visits`` visits ``recipe.visit_interval_years`` apart (the others get one);
-        default ``min(10, num_subjects // 4)``.
-    visits : int
-        Visits per longitudinal subject (>= 1).
-    seed : int
-        Non-negative seed; the same seed gives identical arrays.
-    split : sequence of 3 floats
-        Train, validation, test fractions of *subjects* (sum to 1).
-    overwrite : bool
-        Allow a non-empty ``output_dir``: files of the same names are replaced and an old ``cohort.json`` is
-        removed first; nothing else is deleted (files of a larger earlier cohort stay, unlisted).
-    progress : bool
-        Show a tqdm progress bar.
-    recipe : BrainRecipe, optional
-        Effect sizes and noise; default ``BrainRecipe()``.
+    Args:
+        output_dir: Destination; must be empty or missing unless ``overwrite``.
+        num_subjects: Number of subjects (>= 1).
+        num_longitudinal: How many of them get ``visits`` visits ``recipe.visit_interval_years`` apart (the others get
+            one); default ``min(10, num_subjects // 4)``.
+        visits: Visits per longitudinal subject (>= 1).
+        seed: Non-negative seed; the same seed gives identical arrays.
+        split: Train, validation, test fractions of *subjects* (sum to 1).
+        overwrite: Allow a non-empty ``output_dir``: files of the same names are replaced and an old ``cohort.json`` is
+            removed first; nothing else is deleted (files of a larger earlier cohort stay, unlisted).
+        progress: Show a tqdm progress bar.
+        recipe: Effect sizes and noise; default ``BrainRecipe()``.
 
-    Returns
-    -------
-    dict
-        Summary: ``output_dir``, ``num_subjects``, ``num_longitudinal``, ``num_images``, subjects and images per
-        split, diagnosis counts, the paths of ``datalist``, ``ground_truth``, ``cohort``, ``rois`` and ``seconds``.
+    Returns:
+        dict: Summary: ``output_dir``, ``num_subjects``, ``num_longitudinal``, ``num_images``, subjects and images per
+            split, diagnosis counts, the paths of ``datalist``, ``ground_truth``, ``cohort``, ``rois`` and ``seconds``.
     """
     check_positive_int(num_subjects, "num_subjects")
     if num_longitudinal is None:  # a quarter of the cohort, at most 10, so small cohorts work without options

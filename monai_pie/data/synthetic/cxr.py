@@ -556,33 +556,25 @@ def render_cxr_phantom(
 ) -> dict[str, Any]:
     """Render one PA chest radiograph phantom and its ground truth.
 
-    Parameters
-    ----------
-    severities
-        ``{finding: severity in [0, 1]}`` for names in :data:`CXR_FINDINGS` (``"pleural_effusion"`` and other
-        case/underscore variants accepted); missing findings are 0 (absent).
-    seed
-        Subject seed: anatomy, texture and noise. Ignored when ``subject`` is given.
-    size
-        Output is ``(size, size)``; at least 32. Anatomy is defined in normalised units, so a seed gives the
-        same anatomy and findings at every size (texture and noise are drawn per size).
-    subject
-        A subject from :func:`sample_cxr_subject` (to edit anatomy with ``dataclasses.replace``).
-    effusion_side
-        ``"right"``, ``"left"`` (patient sides; left = image right) or ``"bilateral"``; None: the subject's.
-    noise
-        Add quantum noise (the same noise field at every severity of a subject).
+    Args:
+        severities: ``{finding: severity in [0, 1]}`` for names in :data:`CXR_FINDINGS` (``"pleural_effusion"`` and
+            other case/underscore variants accepted); missing findings are 0 (absent).
+        seed: Subject seed: anatomy, texture and noise. Ignored when ``subject`` is given.
+        size: Output is ``(size, size)``; at least 32. Anatomy is defined in normalised units, so a seed gives the
+            same anatomy and findings at every size (texture and noise are drawn per size).
+        subject: A subject from :func:`sample_cxr_subject` (to edit anatomy with ``dataclasses.replace``).
+        effusion_side: ``"right"``, ``"left"`` (patient sides; left = image right) or ``"bilateral"``; None: the
+            subject's.
+        noise: Add quantum noise (the same noise field at every severity of a subject).
 
-    Returns
-    -------
-    dict
-        ``image``: ``(size, size)`` float32 in [0, 1] (bright = dense); ``masks``: ``{lungs, heart, thorax,
-        effusion, opacity, perihilar}`` boolean ``(size, size)``; ``report``: PIE prompt; ``severity``:
-        ``{finding: float}``; ``labels``: ``{finding_key: 0/1}`` (severity > :data:`CXR_PRESENCE_THRESHOLD`);
-        measured truth ``ctr``, ``heart_width_px``, ``thoracic_width_px``, ``effusion_fraction`` (max of the
-        sides), ``effusion_fraction_right``, ``effusion_fraction_left``, ``opacity_area_px``,
-        ``opacity_fraction`` (of the lung area), ``edema_index`` (mean added brightness in the perihilar
-        region); and ``seed``, ``size``, ``effusion_side``, ``opacity_side``.
+    Returns:
+        dict: ``image``: ``(size, size)`` float32 in [0, 1] (bright = dense); ``masks``: ``{lungs, heart, thorax,
+            effusion, opacity, perihilar}`` boolean ``(size, size)``; ``report``: PIE prompt; ``severity``:
+            ``{finding: float}``; ``labels``: ``{finding_key: 0/1}`` (severity > :data:`CXR_PRESENCE_THRESHOLD`);
+            measured truth ``ctr``, ``heart_width_px``, ``thoracic_width_px``, ``effusion_fraction`` (max of the
+            sides), ``effusion_fraction_right``, ``effusion_fraction_left``, ``opacity_area_px``,
+            ``opacity_fraction`` (of the lung area), ``edema_index`` (mean added brightness in the perihilar
+            region); and ``seed``, ``size``, ``effusion_side``, ``opacity_side``.
     """
     sev = _check_severities(severities)
     size = _check_size(size)
@@ -709,21 +701,14 @@ def render_cxr_progression(
 ) -> list[dict[str, Any]]:
     """Render one subject (same anatomy and noise) at each of ``severities`` of ``finding``.
 
-    Parameters
-    ----------
-    finding
-        A name from :data:`CXR_FINDINGS`, or several that progress together.
-    severities
-        Severities in [0, 1], one render each (e.g. ``np.linspace(0, 1, 5)``).
-    base_severities
-        Severities of the other findings, held fixed along the sequence.
-    kwargs
-        Forwarded to :func:`render_cxr_phantom` (``subject``, ``effusion_side``, ``noise``).
+    Args:
+        finding: A name from :data:`CXR_FINDINGS`, or several that progress together.
+        severities: Severities in [0, 1], one render each (e.g. ``np.linspace(0, 1, 5)``).
+        base_severities: Severities of the other findings, held fixed along the sequence.
+        kwargs: Forwarded to :func:`render_cxr_phantom` (``subject``, ``effusion_side``, ``noise``).
 
-    Returns
-    -------
-    list of dict
-        One :func:`render_cxr_phantom` result per severity: a ground-truth progression sequence.
+    Returns:
+        list of dict: One :func:`render_cxr_phantom` result per severity: a ground-truth progression sequence.
     """
     names = [finding] if isinstance(finding, str) else list(finding)
     if not names:
@@ -875,32 +860,21 @@ def synthesize_cxr_cohort(
     ``ground_truth.csv`` (one row per image) and ``labels.csv`` (CheXpert style: ``Path`` + finding columns +
     ``No Finding``, 1.0/0.0).
 
-    Parameters
-    ----------
-    output_dir
-        Target folder; created if missing. Must be empty unless ``overwrite``.
-    num_images
-        Number of images (>= 1).
-    size
-        Image side in pixels (>= 32).
-    seed
-        Cohort seed; image ``i`` depends only on ``(seed, i, prevalence)``, not on ``num_images``.
-    split
-        (train, validation, test) fractions summing to 1 (largest-remainder rounding; a split with a positive
-        fraction gets at least one image when ``num_images >= 3``); the assignment is a seeded permutation.
-    prevalence
-        Probability that each finding is present (severity drawn in [0.35, 1]); a float for all findings or a
-        partial ``{finding: p}`` over the defaults ``DEFAULT_PREVALENCE``. Absent findings have severity 0.
-    overwrite
-        Allow writing into a non-empty folder (files of the same name are replaced, others are left alone).
-    progress
-        Show a tqdm progress bar.
+    Args:
+        output_dir: Target folder; created if missing. Must be empty unless ``overwrite``.
+        num_images: Number of images (>= 1).
+        size: Image side in pixels (>= 32).
+        seed: Cohort seed; image ``i`` depends only on ``(seed, i, prevalence)``, not on ``num_images``.
+        split: (train, validation, test) fractions summing to 1 (largest-remainder rounding; a split with a positive
+            fraction gets at least one image when ``num_images >= 3``); the assignment is a seeded permutation.
+        prevalence: Probability that each finding is present (severity drawn in [0.35, 1]); a float for all findings or
+            a partial ``{finding: p}`` over the defaults ``DEFAULT_PREVALENCE``. Absent findings have severity 0.
+        overwrite: Allow writing into a non-empty folder (files of the same name are replaced, others are left alone).
+        progress: Show a tqdm progress bar.
 
-    Returns
-    -------
-    dict
-        ``output_dir``, ``num_images``, ``size``, ``seed``, ``counts`` (per split), ``prevalence`` (observed
-        fraction positive per finding), ``datalist``, ``ground_truth``, ``labels`` (file paths), ``seconds``.
+    Returns:
+        dict: ``output_dir``, ``num_images``, ``size``, ``seed``, ``counts`` (per split), ``prevalence`` (observed
+            fraction positive per finding), ``datalist``, ``ground_truth``, ``labels`` (file paths), ``seconds``.
     """
     from monai_pie.utils.io import atomic_write_bytes, atomic_write_text
 

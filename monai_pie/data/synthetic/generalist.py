@@ -50,22 +50,16 @@ def brain_slice_cohort(
 ) -> dict[str, Any]:
     """Write axial PNG slices of a synthetic brain cohort with generalist prompts and a datalist.
 
-    Parameters
-    ----------
-    cohort_dir
-        A folder written by :func:`monai_pie.data.synthetic.synthesize_brain_cohort` (``datalist.json`` with ``diagnosis``).
-    output_dir
-        Destination (``images/<subject>_ses-<visit>_z<k>.png``, ``datalist.json``); must be empty unless
-        ``overwrite``. The cohort is never modified.
-    size
-        Output side in pixels.
-    slice_offsets_mm
-        Axial offsets around ``ventricle_z_mm`` (MNI z, mm); one slice each.
+    Args:
+        cohort_dir: A folder written by :func:`monai_pie.data.synthetic.synthesize_brain_cohort` (``datalist.json`` with
+            ``diagnosis``).
+        output_dir: Destination (``images/<subject>_ses-<visit>_z<k>.png``, ``datalist.json``); must be empty unless
+            ``overwrite``. The cohort is never modified.
+        size: Output side in pixels.
+        slice_offsets_mm: Axial offsets around ``ventricle_z_mm`` (MNI z, mm); one slice each.
 
-    Returns
-    -------
-    dict
-        ``output_dir``, ``datalist``, ``counts`` per split, ``num_images``.
+    Returns:
+        dict: ``output_dir``, ``datalist``, ``counts`` per split, ``num_images``.
     """
     import nibabel as nib
 
@@ -118,12 +112,9 @@ def merge_datalists(sources: Mapping[str, str | os.PathLike], output_path: str |
     Items keep the fields that every item of every source has (e.g. ``image``, ``report``, ``modality``), so that
     they collate into batches; per-cohort truth stays in each cohort's own datalist.
 
-    Parameters
-    ----------
-    sources
-        ``{modality name: cohort folder with datalist.json}``; each item gets a ``modality`` field.
-    output_path
-        The merged ``datalist.json`` (written atomically; an existing file needs ``overwrite``).
+    Args:
+        sources: ``{modality name: cohort folder with datalist.json}``; each item gets a ``modality`` field.
+        output_path: The merged ``datalist.json`` (written atomically; an existing file needs ``overwrite``).
     """
     from monai_pie.utils.io import atomic_write_text
 
