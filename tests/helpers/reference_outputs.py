@@ -2,8 +2,9 @@
 
 ``python tests/helpers/reference_outputs.py write`` runs each scenario with the shipped weights and stores the
 fingerprints in ``tests/bundles/reference/bundle_outputs.npz``; ``tests/bundles/test_reference_outputs.py`` runs the same
-scenarios and compares. The stored file was produced by the code before the bundle-workflow refactor (the commit
-that adds this file); regenerate it only when a change of outputs is intended (new weights, a fixed bug), and say so.
+scenarios and compares (within a last-bit tolerance, for other CPUs); ``... reference_outputs.py compare`` says which
+files are bit-identical. The stored file was produced by the code before the bundle-workflow refactor (commit cc4d045,
+with this module's scenarios); regenerate it only when a change of outputs is intended (new weights, a fixed bug), and say so.
 
 A fingerprint per output file: the decoded array's SHA-256, shape, sum, sum of absolute values, and a strided
 subsample (so a mismatch can be sized, not just detected). JSON files contribute their numeric statistics.
@@ -165,10 +166,31 @@ def load_reference() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return meta, {k: data[k] for k in data.files if k != "__meta__"}
 
 
+def compare(work: Path) -> bool:
+    """Run every scenario and print, per reference file, whether it is bit-identical (SHA-256 of the decoded array)
+    and the largest difference on its subsample; True when all are identical."""
+    meta, subs = load_reference()
+    identical = True
+    for name in meta:
+        prints = fingerprint(run_scenario(name, work))
+        for rel, want in meta[name].items():
+            got = prints.get(rel)
+            same = got is not None and got["sha"] == want["sha"]
+            diff = float(np.abs(got["sub"] - subs[f"{name}/{rel}"]).max()) if got and got["size"] == want["size"] else None
+            identical &= same
+            print(f"{name}/{rel}: {'identical' if same else 'DIFFERENT'} (max subsample difference {diff})")
+        for rel in sorted(set(prints) - set(meta[name])):
+            print(f"{name}/{rel}: new output")
+    return identical
+
+
 if __name__ == "__main__":
     import tempfile
 
-    if sys.argv[1:] != ["write"]:
-        sys.exit("usage: python tests/helpers/reference_outputs.py write")
+    if sys.argv[1:] not in (["write"], ["compare"]):
+        sys.exit("usage: python tests/helpers/reference_outputs.py write|compare")
     with tempfile.TemporaryDirectory() as tmp:
-        write(Path(tmp))
+        if sys.argv[1] == "write":
+            write(Path(tmp))
+        else:
+            sys.exit(0 if compare(Path(tmp)) else 1)
