@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from abc import abstractmethod
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -393,8 +394,9 @@ class _DefaultRoid(MapTransform):
         super().__init__(keys, allow_missing_keys=True)
         self.image_key, self.source_key = image_key, source_key
 
+    @abstractmethod
     def default(self, image: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The default ROI ``(1, *spatial)`` of a model-grid image ``(1, *spatial)``."""
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

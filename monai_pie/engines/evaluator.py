@@ -22,6 +22,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
 from ..utils import atomic_write_text, json_safe
+from ..visualize import labelled_grid, save_png
 from .diffusion import collect_condition
 
 __all__ = ["CheckConditions", "ConditionalPrepareBatch", "GenerationSummary", "GenerativeEvaluator",
@@ -217,8 +218,6 @@ class GenerationSummary:
             self.samples.append((group, str(o[self.path_key]), picture))
 
     def report(self, engine: Engine | None = None) -> dict[str, Any]:
-        from ..visualize import labelled_grid, save_png
-
         seconds = time.perf_counter() - self.started
         summary = dict(json_safe(self.header))
         if self.group_key:

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers.bundle_helpers import BRAIN_LDM, BRAIN_NET, BRAIN_TINY, cfg, torchrun_bundle
+from helpers.bundle_helpers import BRAIN_LDM, BRAIN_NET, BRAIN_TINY, cfg, torchrun_training
 from monai.bundle import ConfigParser
 from monai.bundle import run as bundle_run
 
@@ -136,14 +136,7 @@ def test_generation_rejects_impossible_covariates(brain_trained, tmp_path):
 
 @pytest.mark.parametrize("stage", ["autoencoder", "diffusion"])
 def test_multi_gpu_training_configs_run_with_torchrun_on_cpu(stage, brain_cohort, brain_trained, tmp_path):
-    ckpt = tmp_path / "models"
-    ckpt.mkdir()
-    shutil.copy(brain_trained / "autoencoder.pt", ckpt / "autoencoder.pt")
-    configs = cfg(BRAIN_LDM, "inference.json", f"train_{stage}.json", f"multi_gpu_train_{stage}.json")
-    proc = torchrun_bundle(configs, dict(BRAIN_TINY, dataset_dir=str(brain_cohort), ckpt_dir=str(ckpt),
-                                         tf_dir=str(tmp_path / "runs"), bundle_root=str(BRAIN_LDM), max_epochs=1,
-                                         val_interval=1))
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    ckpt = torchrun_training(BRAIN_LDM, stage, BRAIN_TINY, brain_cohort, brain_trained, tmp_path)
     assert (ckpt / ("autoencoder.pt" if stage == "autoencoder" else "model.pt")).is_file()
 
 

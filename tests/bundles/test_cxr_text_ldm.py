@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers.bundle_helpers import CXR_LDM, CXR_NET, CXR_TINY, cfg, torchrun_bundle
+from helpers.bundle_helpers import CXR_LDM, CXR_NET, CXR_TINY, cfg, torchrun_training
 from monai.bundle import ConfigParser
 from monai.bundle import run as bundle_run
 from PIL import Image
@@ -126,14 +126,7 @@ def test_bad_settings_get_clear_errors(overrides, match, tiny_model, tmp_path):
 
 @pytest.mark.parametrize("stage", ["autoencoder", "diffusion"])
 def test_multi_gpu_training_configs_run_with_torchrun_on_cpu(stage, generalist, cxr_trained, tmp_path):
-    ckpt = tmp_path / "models"
-    ckpt.mkdir()
-    shutil.copy(cxr_trained / "autoencoder.pt", ckpt / "autoencoder.pt")
-    configs = cfg(CXR_LDM, "inference.json", f"train_{stage}.json", f"multi_gpu_train_{stage}.json")
-    proc = torchrun_bundle(configs, dict(CXR_TINY, dataset_dir=str(generalist), ckpt_dir=str(ckpt),
-                                         tf_dir=str(tmp_path / "runs"), bundle_root=str(CXR_LDM), max_epochs=1,
-                                         val_interval=1, train_batch_size=2))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torchrun_training(CXR_LDM, stage, CXR_TINY, generalist, cxr_trained, tmp_path, train_batch_size=2)
     assert (ckpt / ("autoencoder.pt" if stage == "autoencoder" else "model.pt")).is_file()
 
 

@@ -55,6 +55,23 @@ def last_line(proc: subprocess.CompletedProcess) -> str:
     return ""
 
 
+def torchrun_training(bundle: Path, stage: str, tiny: dict, dataset_dir: Path, trained: Path, tmp_path: Path,
+                      **overrides) -> Path:
+    """One epoch of ``train_<stage>.json`` + ``multi_gpu_train_<stage>.json`` under torchrun (2 CPU processes), from
+    the autoencoder in ``trained``; returns the checkpoint folder. Fails with the run's output."""
+    import shutil
+
+    ckpt = tmp_path / "models"
+    ckpt.mkdir()
+    shutil.copy(trained / "autoencoder.pt", ckpt / "autoencoder.pt")
+    configs = cfg(bundle, "inference.json", f"train_{stage}.json", f"multi_gpu_train_{stage}.json")
+    proc = torchrun_bundle(configs, dict(tiny, dataset_dir=str(dataset_dir), ckpt_dir=str(ckpt),
+                                         tf_dir=str(tmp_path / "runs"), bundle_root=str(bundle), max_epochs=1,
+                                         val_interval=1, **overrides))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return ckpt
+
+
 def torchrun_bundle(configs: list[str], overrides: dict, nproc: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``monai.bundle run`` under ``torch.distributed.run --standalone`` (gloo on CPU), one thread per process."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
