@@ -94,6 +94,27 @@ class DiffusionCondition:
             out[name] = t.to(device=device, dtype=dtype) if (dtype is not None and t.is_floating_point()) else t.to(device)
         return replace(self, **out)
 
+    def lerp(self, other: DiffusionCondition, weight: float) -> DiffusionCondition:
+        """``(1 - weight) * self + weight * other`` field by field (same batch size); ``weight`` 0 returns ``self``'s
+        tensors exactly. Class labels cannot be interpolated: they must be equal, or ``weight`` must be 0 or 1."""
+        mine, theirs = self._tensors(), other._tensors()
+        if set(mine) != set(theirs):
+            raise ValueError(f"cannot interpolate conditions with different fields set: {sorted(mine)} vs {sorted(theirs)}.")
+        out = {}
+        for name, a in mine.items():
+            b = theirs[name]
+            if a.shape != b.shape:
+                raise ValueError(f"cannot interpolate condition `{name}` of shapes {tuple(a.shape)} and {tuple(b.shape)}.")
+            if weight == 0.0 or (not a.is_floating_point() and torch.equal(a, b)):
+                out[name] = a
+            elif weight == 1.0:
+                out[name] = b
+            elif not a.is_floating_point():
+                raise ValueError(f"cannot interpolate integer condition `{name}` at weight {weight}: labels differ.")
+            else:
+                out[name] = torch.lerp(a, b.to(a.dtype), float(weight))
+        return DiffusionCondition(**out)
+
     @staticmethod
     def cat(conditions: Sequence[DiffusionCondition]) -> DiffusionCondition:
         """Concatenate along the batch axis; all conditions must have the same fields set."""

@@ -218,7 +218,8 @@ class ItemDefaultsd(MapTransform):
     them, naming the field and the image.
 
     Args:
-        defaults: ``{field: value}``.
+        defaults: ``{field: value}``; a ``None`` default leaves the field out of items that do not set it (optional
+            fields such as the source stage of a counterfactual edit).
         numeric: fields that must be finite numbers (converted to float).
         ranges: ``{field: (low, high)}``: numbers that must lie in the range (converted to float).
         choices: ``{field: allowed values}`` (e.g. ``{"sex": [0, 1]}``).
@@ -236,7 +237,10 @@ class ItemDefaultsd(MapTransform):
         d = dict(data)
         for key, value in self.defaults.items():
             if d.get(key) is None:
-                d[key] = value
+                if value is None:
+                    d.pop(key, None)
+                else:
+                    d[key] = value
         where = f" (item {d['image']})" if "image" in d else ""
         for key in (*self.numeric, *self.ranges):
             try:

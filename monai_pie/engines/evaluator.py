@@ -64,12 +64,16 @@ class ConditionalPrepareBatch:
         image_key: key of the image, or ``None`` for generation.
         mask_key: key of the ROI mask ``(B, 1, *spatial)``, if any.
         seed_key: key of each item's seed; a batch must share one (use batch size 1 for per-item seeds).
+        source_keys: ``{conditioner name: batch key}`` of the image's own condition, passed as ``source_condition``
+            (a counterfactual edit starts from it) when the batch has every one of those fields.
     """
 
     def __init__(self, condition_keys: Sequence[str] | Mapping[str, str] = (), image_key: str | None = "image",
-                 mask_key: str | None = None, seed_key: str | None = "seed") -> None:
+                 mask_key: str | None = None, seed_key: str | None = "seed",
+                 source_keys: Mapping[str, str] | None = None) -> None:
         keys = condition_keys if isinstance(condition_keys, Mapping) else {k: k for k in condition_keys}
         self.condition_keys = dict(keys)
+        self.source_keys = dict(source_keys or {})
         self.image_key, self.mask_key, self.seed_key = image_key, mask_key, seed_key
 
     def __call__(self, batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False,
@@ -85,6 +89,9 @@ class ConditionalPrepareBatch:
         out: dict[str, Any] = {"condition": condition}
         if self.mask_key is not None and self.mask_key in batchdata:
             out["roi_mask"] = batchdata[self.mask_key].to(device, non_blocking=non_blocking)
+        if self.source_keys and all(k in batchdata for k in self.source_keys.values()):
+            source = {name: batchdata[key] for name, key in self.source_keys.items()}
+            out["source_condition"] = collect_condition(source, list(source), torch.device(device or "cpu"))
         if self.seed_key is not None and self.seed_key in batchdata:
             seeds = {int(s) for s in torch.as_tensor(batchdata[self.seed_key]).reshape(-1).tolist()}
             if len(seeds) != 1:

@@ -9,6 +9,17 @@ Per round ``n = 1..N`` (latent space throughout; only returned frames are decode
 
 With ``n_restarts > 1`` the denoised latents of several noise draws are averaged before blending (BrLP's latent
 average stabilisation) and their per-voxel standard deviation is returned as an uncertainty map.
+
+``edit_mode="counterfactual"`` (beyond PIE) inverts the input once and edits by a difference of reconstructions::
+
+    z_K   = DDIM-invert z* to level K under the SOURCE condition (the input's own state)
+    z_src = denoise z_K under the source condition            # the model's reconstruction of the input
+    c_n   = lerp(source, target, n / N)                       # covariates interpolated, or embeddings
+    z_n   = z* + M * (denoise z_K under c_n - z_src)          # same latent, same steps: only the condition differs
+
+A target equal to the source is the identity by construction (every frame is the input), whatever the
+autoencoder's or the inversion's error; frame ``n`` is the counterfactual at ``n / N`` of the way, so intermediate
+frames are a dose-response, not a repeated drift.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +51,7 @@ MAX_ROUNDS = 200
 ROUND_STATISTICS = ("change_norm", "change_inside", "change_outside", "drift_inside", "drift_outside")
 NOISE_MODES = ("stochastic", "ddim_inversion")
 DECODE_MODES = ("residual", "direct")
+EDIT_MODES = ("pie", "counterfactual")
 
 
 def resize_mask(mask: torch.Tensor, spatial_shape: tuple[int, ...]) -> torch.Tensor:
@@ -46,6 +59,21 @@ def resize_mask(mask: torch.Tensor, spatial_shape: tuple[int, ...]) -> torch.Ten
     if tuple(mask.shape[2:]) == tuple(spatial_shape):
         return mask
     return F.adaptive_avg_pool3d(mask, spatial_shape) if mask.ndim == 5 else F.adaptive_avg_pool2d(mask, spatial_shape)
+
+
+def _interpolate_condition(model: DiffusionModel, source: Any, target: Any, src: DiffusionCondition,
+                           tgt: DiffusionCondition, weight: float, like: torch.Tensor) -> DiffusionCondition:
+    """The condition ``weight`` of the way from source to target: raw covariates (mappings with the same keys) are
+    interpolated before the conditioner, so an intermediate frame is the model's image at an intermediate stage;
+    other conditions (text embeddings) are interpolated after it."""
+    if weight >= 1.0:
+        return tgt
+    if isinstance(source, Mapping) and isinstance(target, Mapping) and set(source) == set(target):
+        as_row = lambda v: torch.as_tensor(v, dtype=torch.float32).reshape(-1).cpu()  # noqa: E731
+        raw = {k: torch.lerp(as_row(source[k]), as_row(target[k]), float(weight)) for k in source}
+        cond, _ = DiffusionSampler.prepare_conditions(model, raw, like)
+        return cond
+    return src.lerp(tgt, weight)
 
 
 def _weighted_mean_abs(delta: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -136,6 +164,9 @@ class ProgressionInferer(Inferer):
         composite_background: paste the input's pixels outside the ROI into every frame (soft mask on the image grid).
         device: where the result's tensors are put (e.g. ``"cpu"`` to keep GPU memory free for the model); default
             the inputs' device. 3D Slicer's bundle runner sets it.
+        edit_mode: ``"pie"`` (the paper's rounds) or ``"counterfactual"`` (one inversion, then frames as differences
+            of target- and source-conditioned reconstructions; needs ``source_condition``; ``blend_*``, ``anchor``,
+            ``noise_mode`` and ``n_restarts`` do not apply). See the module docstring.
         progress: progress bars over rounds and steps.
 
     Call ``inferer(inputs, network, condition=..., roi_mask=..., seed=...)`` -> ``ProgressionResult``; see ``__call__``.
@@ -162,6 +193,7 @@ class ProgressionInferer(Inferer):
         decode: str = "residual",
         composite_background: bool = False,
         device: torch.device | str | None = None,
+        edit_mode: str = "pie",
         progress: bool = True,
     ) -> None:
         super().__init__()
@@ -175,7 +207,7 @@ class ProgressionInferer(Inferer):
         if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
             raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {guidance_scale}.")
         for name, value, allowed in (("anchor", anchor, ANCHORS), ("noise_mode", noise_mode, NOISE_MODES),
-                                     ("decode", decode, DECODE_MODES)):
+                                     ("decode", decode, DECODE_MODES), ("edit_mode", edit_mode, EDIT_MODES)):
             if value not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}.")
         self.sampler = DiffusionSampler(scheduler, num_inference_steps, method, eta, prediction_type, clip_sample, progress)
@@ -194,7 +226,11 @@ class ProgressionInferer(Inferer):
         self.n_restarts = int(n_restarts)
         self.decode = decode
         self.composite_background = composite_background
+        if edit_mode == "counterfactual" and n_restarts > 1:
+            raise ValueError("`n_restarts` > 1 does not apply to edit_mode='counterfactual' (one deterministic "
+                             "inversion); use n_restarts=1.")
         self.device = None if device is None else torch.device(device)
+        self.edit_mode = edit_mode
         self.progress = progress
 
     def params(self) -> dict[str, Any]:
@@ -204,7 +240,7 @@ class ProgressionInferer(Inferer):
             "blend_in": self.blend_in, "blend_out": self.blend_out, "anchor": self.anchor,
             "reinject_background": self.reinject_background, "noise_mode": self.noise_mode,
             "n_restarts": self.n_restarts, "method": self.sampler.method, "eta": self.sampler.eta,
-            "decode": self.decode, "composite_background": self.composite_background,
+            "decode": self.decode, "composite_background": self.composite_background, "edit_mode": self.edit_mode,
         }
 
     @torch.no_grad()
@@ -229,7 +265,9 @@ class ProgressionInferer(Inferer):
             roi_mask: soft ROI ``(H, W[, D])``, ``(1|B, 1, H, W[, D])`` in [0, 1], 1 = may change; ``None`` = everywhere.
             seed, generator: reproducibility (a generator wins over a seed).
             null_condition: the unconditional counterpart for guidance (default: the model's).
-            source_condition: condition for DDIM inversion (``noise_mode="ddim_inversion"``); default unconditional.
+            source_condition: the input's own condition (same form as ``condition``): the condition of DDIM inversion
+                (``noise_mode="ddim_inversion"``, default unconditional) and, required, of
+                ``edit_mode="counterfactual"``.
         """
         started = time.perf_counter()
         model = as_diffusion_model(network)
@@ -255,6 +293,11 @@ class ProgressionInferer(Inferer):
 
         cond, null = sampler.prepare_conditions(model, condition, z_star, null_condition, self.guidance_scale)
         model.check_denoiser_input(z_star, cond, name="inputs")
+        if self.edit_mode == "counterfactual":
+            latents = self._counterfactual(model, z_star, condition, source_condition, null, weight_lat, gen)
+            result = self._result(model, x0, latents, [], mask_img, weight_lat, base)
+            result.seconds = time.perf_counter() - started
+            return result
         cond_r = cond.repeat_interleave(R) if not cond.is_empty else cond
         null_r = null.repeat_interleave(R) if null is not None and not null.is_empty else null
         source_r = self._source_condition(model, cond, source_condition, z_star, R)
@@ -290,6 +333,33 @@ class ProgressionInferer(Inferer):
         result = self._result(model, x0, latents, stds, mask_img, weight_lat, base)
         result.seconds = time.perf_counter() - started
         return result
+
+    # ------------------------------------------------------------------ counterfactual mode
+    def _counterfactual(self, model: DiffusionModel, z_star: torch.Tensor, target: Any, source: Any,
+                        null: DiffusionCondition | None, weight_lat: torch.Tensor,
+                        gen: torch.Generator | None) -> list[torch.Tensor]:
+        """Latents ``[z*, z_1, ..., z_N]`` of a counterfactual edit (see the module docstring)."""
+        if source is None:
+            raise ValueError("edit_mode='counterfactual' needs `source_condition`: the input's own condition (e.g. its "
+                             "age, sex and current stage), so that an edit toward it changes nothing.")
+        sampler, levels = self.sampler, self.levels
+        src, _ = sampler.prepare_conditions(model, source, z_star)
+        tgt, _ = sampler.prepare_conditions(model, target, z_star)
+        z_k = sampler.invert(model, z_star, levels=levels, condition=src, progress=False)
+        state = gen.get_state() if gen is not None else None
+
+        def reconstruct(cond: DiffusionCondition, desc: str) -> torch.Tensor:
+            if gen is not None:  # the same noise for every condition (matters only when eta > 0)
+                gen.set_state(state)
+            return sampler.sample(model, z_k, levels=levels, condition=cond, null_condition=null,
+                                  guidance_scale=self.guidance_scale, generator=gen, progress=self.progress, desc=desc)
+
+        z_src = reconstruct(src, "source")
+        latents = [z_star]
+        for n in tqdm(range(1, self.num_rounds + 1), desc="counterfactual frames", disable=not self.progress):
+            cond_n = _interpolate_condition(model, source, target, src, tgt, n / self.num_rounds, z_star)
+            latents.append(z_star + weight_lat * (reconstruct(cond_n, "target") - z_src))
+        return latents
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

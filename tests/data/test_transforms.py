@@ -31,6 +31,9 @@ def test_item_defaults_fill_only_what_is_missing_and_check_it():
                       choices={"sex": [0, 1]})
     out = t({"image": "a.nii.gz", "age": None, "sex": 1, "stage": "0.4"})
     assert out == {"image": "a.nii.gz", "age": 72.0, "sex": 1, "stage": 0.4, "prompt": "p"}
+    optional = ItemDefaultsd({"source_stage": None})  # a None default leaves the field out, so batches collate
+    assert optional({"image": "a", "source_stage": None}) == {"image": "a"}
+    assert optional({"image": "a", "source_stage": 0.2}) == {"image": "a", "source_stage": 0.2}
     for item, says in (({"image": "x", "age": "old", "stage": 0.1}, "`age` must be a finite number, got 'old' (item x)"),
                        ({"stage": 1.5}, "`stage` must be in [0, 1]"), ({"stage": 0.2, "sex": 2}, "`sex` must be one of"),
                        ({"stage": float("nan")}, "`stage` must be a finite number"), ({"stage": True}, "finite number")):

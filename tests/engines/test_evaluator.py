@@ -67,6 +67,13 @@ def test_prepare_batch_maps_condition_fields_and_requires_one_seed_per_batch():
     gen = ConditionalPrepareBatch(["prompt"], image_key=None, seed_key=None)
     inputs, _, _, kw = gen({"prompt": ["a", "b"]}, "cpu")
     assert inputs == ["a", "b"] and kw == {}
+    # the image's own condition goes along when every source field is there, and only then
+    with_source = ConditionalPrepareBatch({"age": "age", "sex": "sex", "stage": "target_stage"},
+                                          source_keys={"age": "age", "sex": "sex", "stage": "source_stage"})
+    _, _, _, kw = with_source(dict(batch, source_stage=torch.tensor([0.1, 0.3])), "cpu")
+    torch.testing.assert_close(kw["source_condition"]["stage"], torch.tensor([0.1, 0.3]))
+    torch.testing.assert_close(kw["condition"]["stage"], torch.tensor([0.9, 0.9]))
+    assert "source_condition" not in with_source(batch, "cpu")[3]
 
 
 class _Engine:

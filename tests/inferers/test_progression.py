@@ -245,3 +245,77 @@ def test_an_image_size_the_autoencoder_cannot_round_trip_fails_before_any_round(
     with pytest.raises(ValueError, match="round-trip"):
         pie()(torch.rand(1, 1, 15, 15), model, seed=0)
     assert not calls  # no denoiser call was wasted
+
+
+# ------------------------------------------------------------------------------------ counterfactual edit mode
+def counterfactual(**kw):
+    return pie(edit_mode="counterfactual", **kw)
+
+
+def responsive(model):
+    """MONAI zero-initialises the UNet's output conv and attention projections, so an untrained net ignores its
+    condition; give those weights values."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.unet.parameters():
+            if p.ndim > 1 and not p.any():
+                p.normal_(0.0, 0.1)
+    return model
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_counterfactual_toward_the_source_is_the_identity(with_mask):
+    model = responsive(latent_model(context_dim=4))
+    x = torch.rand(2, 1, 16, 16)
+    ctx = torch.randn(2, 1, 4)
+    res = counterfactual(num_rounds=3, strength=0.6)(x, model, condition=ctx, source_condition=ctx.clone(),
+                                                      roi_mask=half_mask() if with_mask else None, seed=0)
+    assert res.frames.shape == (4, 2, 1, 16, 16)
+    for frame in res.frames:
+        torch.testing.assert_close(frame, x, rtol=0, atol=0)
+    # ... and another target does change the image (the identity is not a no-op inferer)
+    moved = counterfactual(num_rounds=1, strength=0.6)(x, model, condition=torch.randn(2, 1, 4), source_condition=ctx)
+    assert (moved.frames[-1] - x).abs().max() > 1e-3
+
+
+def test_counterfactual_dose_response_is_linear_on_an_exact_gaussian_model():
+    """Data N(mu, 1) under a context mean: DDIM maps are affine with the same slope for every mu, so the edit is a
+    uniform shift (mu_t - mu_s) * c, linear in the frame index, whatever the input."""
+    toy = GaussianToyDenoiser(NoiseSchedule.from_scheduler(SCH), context_var=1.0)
+    model = LatentDiffusionModel(toy)
+    x = torch.randn(3, 1, 8, 8)
+    src, tgt = torch.zeros(3, 1, 1), torch.full((3, 1, 1), 2.0)
+    res = counterfactual(num_rounds=4, strength=0.5, guidance_scale=1.0)(x, model, condition=tgt, source_condition=src)
+    shifts = torch.stack([(f - x) for f in res.frames[1:]])  # (4, B, 1, 8, 8)
+    per_frame = shifts.flatten(1).mean(1)
+    torch.testing.assert_close(shifts, per_frame.reshape(4, 1, 1, 1, 1).expand_as(shifts), atol=1e-4, rtol=0)
+    torch.testing.assert_close(per_frame, per_frame[-1] * torch.tensor([0.25, 0.5, 0.75, 1.0]), atol=1e-4, rtol=0)
+    a_k = NoiseSchedule.from_scheduler(SCH).alpha_sigma(res.params["t_start"])[0]
+    assert per_frame[-1] == pytest.approx(2.0 * (1.0 - a_k), rel=0.1)
+
+
+def test_counterfactual_frames_are_the_interpolated_covariates():
+    """Frame n of N toward stage s_t is the one-frame counterfactual toward the stage n / N of the way."""
+    from monai_pie.conditioning import CovariateConditioner
+
+    torch.manual_seed(0)
+    model = responsive(LatentDiffusionModel(
+        tiny_unet(2, 3, 3, context_dim=8), tiny_autoencoder(2), scale_factor=0.8,
+        conditioner=CovariateConditioner(["stage"], {"stage": (0.0, 1.0)}, embed_dim=8)).eval())
+    x = torch.rand(1, 1, 16, 16)
+    source = {"stage": torch.tensor([0.1])}
+    two = counterfactual(num_rounds=2)(x, model, condition={"stage": torch.tensor([0.9])}, source_condition=source)
+    one = counterfactual(num_rounds=1)(x, model, condition={"stage": torch.tensor([0.5])}, source_condition=source)
+    torch.testing.assert_close(two.frames[1], one.frames[1], atol=1e-5, rtol=0)
+    assert (two.frames[2] - two.frames[1]).abs().max() > 1e-4
+
+
+def test_counterfactual_mode_errors_name_the_problem():
+    model = latent_model(context_dim=4)
+    x = torch.rand(1, 1, 16, 16)
+    with pytest.raises(ValueError, match="source_condition"):
+        counterfactual()(x, model, condition=torch.randn(1, 1, 4))
+    with pytest.raises(ValueError, match="n_restarts"):
+        counterfactual(n_restarts=2)
+    with pytest.raises(ValueError, match="edit_mode"):
+        pie(edit_mode="dream")

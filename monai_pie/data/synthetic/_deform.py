@@ -87,6 +87,8 @@ def warp(volumes: np.ndarray, coords: np.ndarray) -> np.ndarray:
     import torch
 
     volumes = np.asarray(volumes, dtype=np.float32)
+    if not volumes.flags.writeable:  # torch.from_numpy wants a writable buffer (cached templates are read-only)
+        volumes = volumes.copy()
     if volumes.ndim != 4 or coords.ndim != 4 or coords.shape[0] != 3:
         raise ValueError(f"expected volumes (C, X, Y, Z) and coords (3, X, Y, Z), got {volumes.shape}, {coords.shape}.")
     size = np.asarray(volumes.shape[1:], dtype=np.float32).reshape(3, 1, 1, 1)

@@ -36,6 +36,13 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from monai_pie.data.synthetic._brain_atrophy import (
+    VENTRICLE_EXPANSION_CENTRES_MM,
+    atrophy_pullback,
+    hippocampal_pullback,
+    log_jacobian_of_pullback,
+    split_hippocampal_tissue,
+)
 from monai_pie.data.synthetic._deform import jacobian_determinant, random_dct_field, random_displacement, warp
 from monai_pie.utils.checks import check_in_range, check_positive_int
 from monai_pie.vocabulary import DIAGNOSES, DIAGNOSIS_THRESHOLDS, diagnosis_from_stage
@@ -64,6 +71,7 @@ VENTRICLE_ROI_MARGIN_MM = 6.0
 VENTRICLE_PROXIMITY_MM = 20.0
 
 TISSUE_CHANNELS = ("GM", "WM", "CSF")
+ATROPHY_MODES = ("deformation", "partial_volume")
 SPLITS = ("training", "validation", "test")
 ROI_FILES = {
     "brain_mask": "rois/brain_mask.nii.gz",
@@ -129,6 +137,17 @@ class BrainRecipe:
     visit_interval_years : years between longitudinal visits.
     progression_per_year : range of the per-subject stage increase per year (longitudinal subjects).
     longitudinal_max_baseline_stage : baseline stages of longitudinal subjects are drawn in [0, this].
+    atrophy : ``"deformation"`` (tissue moves by a smooth invertible map with a known Jacobian; intensities stay
+        tissue intensities) or ``"partial_volume"`` (tissue turns into CSF in place; the first recipe).
+    cortical_thinning_mm_per_year, cortical_thinning_mm_at_ad : inward displacement of the brain surface (mm).
+    cortical_depth_mm : e-folding depth of the surface displacement inside the brain.
+    ventricle_expansion_per_year, ventricle_expansion_at_ad : radial expansion strength ``a`` around points along
+        the lateral ventricles (volume there grows by up to ``1 / (1 - a)^3``).
+    ventricle_sigma_mm : width of each ventricle expansion field.
+    hippocampal_shrinkage_per_year, hippocampal_shrinkage_at_ad : radial shrinkage ``b`` of the hippocampal tissue
+        (the share ``h`` of width ``hippocampal_sigma_mm`` around each centre) toward its centre (volume there
+        shrinks by up to ``1 / (1 + b)^3``); the space it leaves becomes CSF.
+    hippocampal_field_sigma_mm : width of the hippocampal shrinkage field.
     """
 
     t1_intensities: tuple[float, float, float] = (0.15, 0.55, 0.85)
@@ -153,6 +172,20 @@ class BrainRecipe:
     visit_interval_years: float = 2.0
     progression_per_year: tuple[float, float] = (0.03, 0.15)
     longitudinal_max_baseline_stage: float = 0.8
+    atrophy: str = "deformation"
+    cortical_thinning_mm_per_year: float = 0.01
+    cortical_thinning_mm_at_ad: float = 0.4
+    cortical_depth_mm: float = 4.0
+    ventricle_expansion_per_year: float = 0.004
+    ventricle_expansion_at_ad: float = 0.35
+    ventricle_sigma_mm: float = 10.0
+    hippocampal_shrinkage_per_year: float = 0.005
+    hippocampal_shrinkage_at_ad: float = 0.6
+    hippocampal_field_sigma_mm: float = 8.0
+
+    def __post_init__(self) -> None:
+        if self.atrophy not in ATROPHY_MODES:
+            raise ValueError(f"`atrophy` must be one of {ATROPHY_MODES}, got {self.atrophy!r}.")
 
 
 @dataclass(frozen=True, eq=False)
@@ -323,6 +356,7 @@ class _Anatomy:
     bias: np.ndarray
     head_scale: float
     min_jacobian: float
+    coords: np.ndarray | None = None  # (3, X, Y, Z) template voxel coordinates c(x) (deformation mode)
 
 
 def _sample_anatomy(rng: np.random.Generator, sex: int, template: BrainTemplate, recipe: BrainRecipe) -> _Anatomy:
@@ -368,11 +402,36 @@ def _sample_anatomy(rng: np.random.Generator, sex: int, template: BrainTemplate,
         bias=bias.astype(np.float32),
         head_scale=scale,
         min_jacobian=min_jac,
+        coords=coords if recipe.atrophy == "deformation" else None,
     )
 
 
+def _quantise(gm: np.ndarray, wm: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """``(3, X, Y, Z)`` uint8 GM, WM, CSF in 1/255 steps. Cumulative rounding: G, G + W and the total are each
+    rounded, so G <= G + W <= total holds exactly (and pointwise order in G is kept)."""
+    q_g = np.rint(gm * TISSUE_LEVELS)
+    q_gw = np.minimum(np.maximum(np.rint((gm + wm) * TISSUE_LEVELS), q_g), np.rint(total * TISSUE_LEVELS))
+    q_t = np.maximum(np.rint(total * TISSUE_LEVELS), q_gw)
+    q_g = np.minimum(q_g, q_gw)
+    return np.stack([q_g, q_gw - q_g, q_t - q_gw]).astype(np.uint8)
+
+
+def _deformation_atrophy(anat: _Anatomy, stage: float, age: float, template: BrainTemplate,
+                         recipe: BrainRecipe) -> np.ndarray:
+    """Warp the template GM and WM through the visit's atrophy map; the ICV mask stays, so freed space is CSF."""
+    coords = atrophy_pullback(anat.coords, template, stage, age, recipe)
+    coords_h, _ = hippocampal_pullback(coords, template, stage, age, recipe)
+    # Hippocampal tissue h * (G, W) shrinks on its own; the rest (1 - h) * (G, W) moves with the brain.
+    rest, hippocampal = split_hippocampal_tissue(template, recipe.hippocampal_sigma_mm)
+    gm, wm = warp(rest, coords) + warp(hippocampal, coords_h)
+    over = np.maximum(gm + wm - anat.total, 0.0)  # tissue pushed past the skull edge (rare, sub-voxel): trim it
+    wm = np.maximum(wm - over, 0.0)
+    gm = np.minimum(gm, anat.total - wm)
+    return _quantise(gm, wm, anat.total)
+
+
 def _atrophy(anat: _Anatomy, stage: float, age: float, recipe: BrainRecipe) -> np.ndarray:
-    """Apply age and stage atrophy; return ``(3, X, Y, Z)`` uint8 GM, WM, CSF in 1/255 steps.
+    """Partial-volume atrophy; return ``(3, X, Y, Z)`` uint8 GM, WM, CSF in 1/255 steps.
 
     Every loss factor is non-increasing in age and stage, so GM falls and CSF rises pointwise (and the cumulative
     quantisation below keeps that order).
@@ -389,12 +448,7 @@ def _atrophy(anat: _Anatomy, stage: float, age: float, recipe: BrainRecipe) -> n
     keep_vent = 1.0 - np.clip((radius - anat.ventricle_distance_mm) / recipe.ventricle_ramp_mm, 0.0, 1.0)
     gm = anat.gm * keep_gm * keep_vent
     wm = anat.wm * np.float32(keep_wm) * keep_vent
-
-    # Cumulative rounding: G, G + W and the total are each rounded, so G <= G + W <= total holds exactly.
-    q_g = np.rint(gm * TISSUE_LEVELS)
-    q_gw = np.minimum(np.maximum(np.rint((gm + wm) * TISSUE_LEVELS), q_g), np.rint(anat.total * TISSUE_LEVELS))
-    q_t = np.maximum(np.rint(anat.total * TISSUE_LEVELS), q_gw)
-    return np.stack([q_g, q_gw - q_g, q_t - q_gw]).astype(np.uint8)
+    return _quantise(gm, wm, anat.total)
 
 
 def _measure(tissue_u8: np.ndarray, template: BrainTemplate) -> dict[str, float]:
@@ -430,7 +484,10 @@ def _render(
     template: BrainTemplate,
     recipe: BrainRecipe,
 ) -> dict[str, Any]:
-    tissue_u8 = _atrophy(anat, stage, age, recipe)
+    if recipe.atrophy == "deformation":
+        tissue_u8 = _deformation_atrophy(anat, stage, age, template, recipe)
+    else:
+        tissue_u8 = _atrophy(anat, stage, age, recipe)
     tissue = tissue_u8.astype(np.float32) * np.float32(1.0 / TISSUE_LEVELS)
     image = _intensity(tissue, anat.bias, noise_rng, recipe)
     truth: dict[str, Any] = {
@@ -474,7 +531,10 @@ def synthesize_brain_subject(
             fractions (multiples of 1/255); ``"tissue_u8"``: the same as uint8 levels; ``"affine"``: ``(4, 4)`` MNI
             affine; ``"truth"``: age, sex, stage, diagnosis and volumes in ml (``gm_volume_ml``,
             ``hippocampal_gm_ml``, ``ventricle_volume_ml``, ``wm_volume_ml``, ``csf_volume_ml``, ``icv_ml``) plus
-            ``head_scale`` and ``min_jacobian`` of the subject's deformation.
+            ``head_scale`` and ``min_jacobian`` of the subject's deformation; with ``recipe.atrophy ==
+            "deformation"`` also ``"log_jacobian"``: ``(99, 117, 95)`` float32 true log volume change of this visit
+            relative to the subject's anatomy without atrophy (the difference of two visits' maps is their change to
+            first order in the displacement).
     """
     _check_stage(stage)
     _check_age(age)
@@ -493,6 +553,9 @@ def synthesize_brain_subject(
         anat_rng, noise_rng = np.random.default_rng(_child(ss, 0)), np.random.default_rng(_child(ss, 1 + visit))
     anat = _sample_anatomy(anat_rng, int(sex), template, recipe)
     out = _render(anat, float(stage), float(age), int(sex), noise_rng, template, recipe)
+    if recipe.atrophy == "deformation":
+        log_jac = log_jacobian_of_pullback(template, float(stage), float(age), recipe)
+        out["log_jacobian"] = warp(log_jac[None], anat.coords)[0]
     out["truth"]["head_scale"] = round(anat.head_scale, 6)
     out["truth"]["min_jacobian"] = round(anat.min_jacobian, 6)
     return out
@@ -635,6 +698,7 @@ def _cohort_record(
             "ventricle_box_mm": VENTRICLE_BOX_MM,
             "ventricle_csf_threshold": VENTRICLE_CSF_THRESHOLD,
             "ventricle_roi_margin_mm": VENTRICLE_ROI_MARGIN_MM,
+            "ventricle_expansion_centres_mm": VENTRICLE_EXPANSION_CENTRES_MM,
             "diagnosis_thresholds": DIAGNOSIS_THRESHOLDS,
             "tissue_channels": TISSUE_CHANNELS,
             "tissue_scale": f"1/{TISSUE_LEVELS}",

@@ -15,6 +15,7 @@ nib = pytest.importorskip("nibabel")
 
 from monai_pie.data.synthetic.brain import (  # noqa: E402
     GROUND_TRUTH_COLUMNS,
+    BrainRecipe,
     _split_counts,
     diagnosis_from_stage,
     load_brain_template,
@@ -95,23 +96,75 @@ def test_outputs_and_truth_are_consistent(stage_series, template):
     assert wm > gm > csf, (wm, gm, csf)
 
 
-def test_atrophy_is_monotonic_in_stage(stage_series):
-    gm = [r["truth"]["gm_volume_ml"] for r in stage_series]
-    hip = [r["truth"]["hippocampal_gm_ml"] for r in stage_series]
-    vent = [r["truth"]["ventricle_volume_ml"] for r in stage_series]
-    icv = {r["truth"]["icv_ml"] for r in stage_series}
+def _check_volumes_move_with_stage(series, min_gm_loss, min_hip_ratio, min_vent_ratio):
+    gm = [r["truth"]["gm_volume_ml"] for r in series]
+    hip = [r["truth"]["hippocampal_gm_ml"] for r in series]
+    vent = [r["truth"]["ventricle_volume_ml"] for r in series]
+    icv = {r["truth"]["icv_ml"] for r in series}
     assert all(a > b for a, b in zip(gm, gm[1:])), gm
     assert all(a > b for a, b in zip(hip, hip[1:])), hip
     assert all(a < b for a, b in zip(vent, vent[1:])), vent
-    assert len(icv) == 1  # lost tissue becomes CSF
-    # Pointwise: GM never grows, CSF never shrinks with stage.
-    for a, b in zip(stage_series, stage_series[1:]):
-        assert (b["tissue"][0] <= a["tissue"][0]).all()
-        assert (b["tissue"][2] >= a["tissue"][2]).all()
+    assert len(icv) == 1  # lost tissue becomes CSF; the intracranial volume is the subject's
     # Measurable effects, hippocampal loss relatively larger than whole-brain loss.
     gm_loss, hip_loss = 1 - gm[-1] / gm[0], 1 - hip[-1] / hip[0]
-    assert gm_loss > 0.03 and hip_loss > 3 * gm_loss, (gm_loss, hip_loss)
-    assert vent[-1] / vent[0] > 1.4
+    assert gm_loss > min_gm_loss and hip_loss > min_hip_ratio * gm_loss, (gm_loss, hip_loss)
+    assert vent[-1] / vent[0] > min_vent_ratio
+
+
+@pytest.fixture(scope="module")
+def partial_volume_series(template):
+    recipe = BrainRecipe(atrophy="partial_volume")
+    return [synthesize_brain_subject(SEED, s, 70.0, 1, template, recipe=recipe) for s in STAGES]
+
+
+def test_partial_volume_atrophy_is_monotonic_in_stage(partial_volume_series):
+    _check_volumes_move_with_stage(partial_volume_series, 0.03, 3, 1.4)
+    assert all("log_jacobian" not in r for r in partial_volume_series)
+    # Pointwise: GM never grows, CSF never shrinks with stage.
+    for a, b in zip(partial_volume_series, partial_volume_series[1:]):
+        assert (b["tissue"][0] <= a["tissue"][0]).all()
+        assert (b["tissue"][2] >= a["tissue"][2]).all()
+
+
+def test_deformation_atrophy_moves_tissue(stage_series, template):
+    _check_volumes_move_with_stage(stage_series, 0.01, 5, 1.3)
+    first, last = stage_series[0], stage_series[-1]
+    # Tissue moves instead of fading: pure voxels stay pure. In-place GM -> CSF replacement would create
+    # intermediate (partial-volume) voxels; here their count barely changes while tissue volume falls.
+    def mixed(r):
+        g, c = r["tissue"][0], r["tissue"][2]
+        return int(((g > 0.2) & (c > 0.2)).sum())
+
+    assert mixed(last) < 1.15 * mixed(first), (mixed(first), mixed(last))
+
+
+def test_deformation_truth_jacobian(template):
+    recipe = BrainRecipe()
+    base = synthesize_brain_subject(SEED, 0.0, 50.0, 1, template)  # no atrophy below age_ref at stage 0
+    np.testing.assert_allclose(base["log_jacobian"], 0.0, atol=1e-6)
+    sick = synthesize_brain_subject(SEED, 1.0, 85.0, 1, template)
+    lj = sick["log_jacobian"]
+    assert lj.shape == template.shape and np.isfinite(lj).all()
+    brain = template.mask > 0
+    hip = template.hippocampal_roi
+    vent = template.ventricles
+    assert lj[vent].mean() > 0.2  # ventricles expand
+    assert lj[hip].mean() < -0.05  # hippocampi shrink
+    # The Jacobian predicts the tissue change: a visit voxel y holds tissue from a baseline region exp(-logJ(y)) its
+    # size, so the change is the sum of T_visit (1 - exp(-logJ)).
+    tissue1 = sick["tissue"][0] + sick["tissue"][1]
+    predicted = float((tissue1 * (1.0 - np.exp(-lj)))[brain].sum() * template.voxel_ml)
+    measured = (sick["truth"]["gm_volume_ml"] + sick["truth"]["wm_volume_ml"]
+                - base["truth"]["gm_volume_ml"] - base["truth"]["wm_volume_ml"])
+    assert measured < 0 and predicted < 0
+    assert abs(predicted - measured) < 0.35 * abs(measured), (predicted, measured)
+    with pytest.raises(RuntimeError, match="folds"):
+        from monai_pie.data.synthetic._brain_atrophy import log_jacobian_of_pullback
+
+        log_jacobian_of_pullback(template, 1.0, 70.0, BrainRecipe(ventricle_expansion_at_ad=2.5))
+    with pytest.raises(ValueError, match="atrophy"):
+        BrainRecipe(atrophy="melting")
+    assert recipe.atrophy == "deformation"
 
 
 def test_age_causes_mild_atrophy(template, stage_series):
