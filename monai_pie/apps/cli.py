@@ -4,7 +4,7 @@
     monai-pie synth brain OUTPUT_DIR [--num_subjects 40] [--seed 0] ...
     monai-pie synth cxr OUTPUT_DIR [--num_images 200] [--size 128] [--seed 0] ...
     monai-pie synth generalist OUTPUT_DIR [--num_cxr 800] [--num_brain_subjects 60] [--size 64]
-    monai-pie validate brain COHORT_DIR [--output_dir outputs] [--model_path ...] [--num_subjects 4]
+    monai-pie validate brain COHORT_DIR --stage tune|evaluate|generation [--num_subjects 20] [--model_path ...]
     monai-pie validate cxr COHORT_DIR [--output_dir outputs] [--brain_slices_dir DIR] [--model_path ...]
     monai-pie schema            # path of the offline bundle-metadata schema
 """
@@ -44,11 +44,17 @@ class Synth:
 class Validate:
     """Validation reports on cohorts with known ground truth (written under <output_dir>/validation/)."""
 
-    def brain(self, cohort_dir: str, **kwargs: Any) -> str:
-        """PIE progression and generation of the brain bundles; options as in ``validate_brain``."""
-        from monai_pie.validation.brain import validate_brain
+    def brain(self, cohort_dir: str, stage: str = "evaluate", **kwargs: Any) -> str:
+        """Brain progression on a tuning then an evaluation split (``--stage tune`` freezes the settings, ``--stage
+        evaluate`` reports on fresh subjects; options as in ``tune_brain`` / ``evaluate_brain``), or the generation
+        checks of the LDM bundle (``--stage generation``, options as in ``validate_brain``)."""
+        from monai_pie.validation import brain, brain_protocol
 
-        return json.dumps(validate_brain(cohort_dir, **kwargs), indent=2)
+        stages = {"tune": brain_protocol.tune_brain, "evaluate": brain_protocol.evaluate_brain,
+                  "generation": brain.validate_brain}
+        if stage not in stages:
+            raise ValueError(f"`--stage` must be one of {sorted(stages)}, got {stage!r}.")
+        return json.dumps(stages[stage](cohort_dir, **kwargs), indent=2, default=str)
 
     def cxr(self, cohort_dir: str, **kwargs: Any) -> str:
         """Text-guided generation and PIE of the CXR bundles; options as in ``validate_cxr``."""

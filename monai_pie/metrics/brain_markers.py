@@ -4,12 +4,17 @@ Method: inside the brain mask, k-means (k = 3) on intensities gives CSF < GM < W
 image of a series; every image of the series is then read with those fixed means by linear unmixing between the two
 nearest classes (a voxel between the CSF and GM means is part CSF, part GM). GM volume is the sum of GM fractions
 times the voxel volume; hippocampal GM sums it inside a hippocampal ROI; ventricle volume sums the CSF fraction
-inside a ventricle ROI; parenchymal volume sums GM + WM fractions. Fixing the class means across a series keeps
-intensity drift from reading as atrophy.
+inside a ventricle ROI; parenchymal volume sums GM + WM fractions.
 
-Known limit: with one T1 channel a voxel that loses GM to CSF at the GM/WM border darkens into the GM range, so
-whole-GM volume can read UP under atrophy. Ventricle volume, hippocampal-region GM and parenchymal volume follow the
-truth on the synthetic cohort (see docs/validation/brain_progression.md); use a proper segmentation for whole GM.
+Known limits (measured in ``docs/validation/brain_progression.md``, "Readers"):
+
+* Fixing the class means makes any intensity drift read as tissue change: a uniform 2 % darkening reads as
+  ventricle growth and hippocampal loss. Fixed means are blur-tolerant, though. ``TissueEM`` re-fits the means to each
+  image (drift-proof, blur-sensitive); ``TensorBasedMorphometry`` reads volume change from a registration.
+* This unmixing is the inverse of how the first (partial-volume) synthetic cohort was rendered, so on that cohort it
+  was not an independent reader.
+* With one T1 channel, a voxel that loses GM to CSF at the GM/WM border darkens into the GM range, so whole-GM volume
+  can read UP under atrophy. Use a proper segmentation for whole GM.
 """
 
 from __future__ import annotations

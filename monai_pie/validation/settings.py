@@ -23,6 +23,7 @@ class ProgressionSettings:
         guidance_scale: classifier-free guidance weight.
         noise_mode: ``"stochastic"`` or ``"ddim_inversion"``.
         n_restarts: noise draws averaged per round.
+        edit_mode: ``"pie"`` or ``"counterfactual"``.
     """
 
     strength: float
@@ -34,6 +35,7 @@ class ProgressionSettings:
     blend_out: float
     noise_mode: str
     n_restarts: int
+    edit_mode: str = "pie"
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], **overrides: Any) -> ProgressionSettings:
@@ -43,9 +45,24 @@ class ProgressionSettings:
         unknown = set(overrides) - set(names)
         if unknown:
             raise ValueError(f"unknown PIE settings {sorted(unknown)}; the settings are {names}.")
-        values = {n: config[n] for n in names}
+        values = {n: config[n] for n in names if n in config or n != "edit_mode"}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @classmethod
+    def published(cls) -> ProgressionSettings:
+        """PIE's published setting (strength 0.5, blend 0.75 / 0.01, anchor original, guidance 7.5, 10 rounds): the
+        ``ProgressionInferer`` defaults, where those values are stated."""
+        import inspect
+
+        from ..inferers import ProgressionInferer
+
+        defaults = {k: v.default for k, v in inspect.signature(ProgressionInferer).parameters.items()}
+        return cls(**{f.name: defaults[f.name] for f in fields(cls)})
+
+    def replace(self, **changes: Any) -> ProgressionSettings:
+        """A copy with ``changes``."""
+        return replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as bundle config overrides."""

@@ -10,10 +10,10 @@ intensity (no grey-to-CSF blending in place). ``psi(y) = y + u(y)`` with three p
   subarachnoid space widen). ``g`` grows with age and stage.
 * ventricle expansion: ``u = -a * (y - c) * exp(-|y - c|^2 / (2 sigma^2))`` around points along the lateral
   ventricles; sampling closer to ``c`` enlarges what is there (near ``c`` the volume grows by ``1 / (1 - a)^3``).
-* hippocampal shrinkage: the hippocampal tissue, ``h * (G, W)`` with ``h`` a Gaussian weight around each
-  hippocampal centre, is pulled back through the radial field with ``+b`` (its volume falls by up to
-  ``1 / (1 + b)^3``); the rest of the tissue stays, so the space the hippocampus leaves becomes CSF, as the
-  hippocampal fissure and temporal horn widen in AD.
+* hippocampal shrinkage: the hippocampal tissue, ``h * (G, W)`` with ``h`` a ball around each hippocampal centre
+  (1 mm soft edge), is pulled back through the radial field with ``+b`` (its volume falls by up to
+  ``1 / (1 + b)^3``); the rest of the tissue stays, so the rim the shrinking hippocampus leaves becomes CSF, as
+  the hippocampal fissure and temporal horn widen in AD. (A smooth weight would fade tissue in place instead.)
 
 Age drives cortical thinning and a little ventricle expansion; disease stage drives all three, mostly the
 hippocampi and ventricles. The true local volume change of a visit relative to the subject's baseline anatomy is
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
+from scipy.special import expit
 
 from ._deform import jacobian_determinant, warp
 
@@ -42,6 +43,7 @@ VENTRICLE_EXPANSION_CENTRES_MM = tuple(
                                                                  (6.0, 5.0, 14.0), (9.0, 21.0, 7.0))
 )
 SURFACE_SMOOTHING_MM = 4.0
+HIPPOCAMPAL_EDGE_MM = 1.0
 
 
 @functools.lru_cache(maxsize=2)
@@ -125,12 +127,12 @@ def hippocampal_pullback(coords: np.ndarray, template: BrainTemplate, stage: flo
 
 
 @functools.lru_cache(maxsize=2)
-def split_hippocampal_tissue(template: BrainTemplate, sigma_mm: float) -> tuple[np.ndarray, np.ndarray]:
+def split_hippocampal_tissue(template: BrainTemplate, radius_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """Template ``(G, W)`` split into the non-hippocampal part ``(1 - h) (G, W)`` and the hippocampal part ``h (G, W)``,
     each ``(2, X, Y, Z)`` float32, read-only."""
     from .brain import _mm_grid
 
-    h = _hippocampal_weight_mm(_mm_grid(template.shape, template.affine).astype(np.float32), sigma_mm)
+    h = _hippocampal_weight_mm(_mm_grid(template.shape, template.affine).astype(np.float32), radius_mm)
     tissue = np.stack([template.gm, template.wm])
     hip = (tissue * h).astype(np.float32)
     rest = (tissue - hip).astype(np.float32)
@@ -139,18 +141,19 @@ def split_hippocampal_tissue(template: BrainTemplate, sigma_mm: float) -> tuple[
 
 
 def hippocampal_weight(mm: np.ndarray, recipe: BrainRecipe) -> np.ndarray:
-    """``h``: Gaussian weight (``hippocampal_sigma_mm``) around the hippocampal centres at MNI mm ``(3, ...)``."""
-    return _hippocampal_weight_mm(mm, recipe.hippocampal_sigma_mm)
+    """``h``: balls of ``hippocampal_radius_mm`` (1 mm soft edge) around the hippocampal centres, at MNI mm
+    ``(3, ...)``."""
+    return _hippocampal_weight_mm(mm, recipe.hippocampal_radius_mm)
 
 
-def _hippocampal_weight_mm(mm: np.ndarray, sigma_mm: float) -> np.ndarray:
+def _hippocampal_weight_mm(mm: np.ndarray, radius_mm: float) -> np.ndarray:
     from .brain import HIPPOCAMPAL_CENTRES_MM
 
     h = np.zeros(mm.shape[1:], dtype=np.float32)
     for c in HIPPOCAMPAL_CENTRES_MM:
         d = mm - np.asarray(c, dtype=np.float32).reshape(3, *([1] * (mm.ndim - 1)))
-        h += np.exp((d * d).sum(0) * np.float32(-0.5 / sigma_mm**2))
-    return np.minimum(h, 1.0)
+        h += expit((np.float32(radius_mm) - np.sqrt((d * d).sum(0))) / np.float32(HIPPOCAMPAL_EDGE_MM))
+    return np.minimum(h, 1.0).astype(np.float32)
 
 
 def log_jacobian_of_pullback(template: BrainTemplate, stage: float, age: float, recipe: BrainRecipe) -> np.ndarray:

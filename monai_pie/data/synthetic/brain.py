@@ -145,8 +145,9 @@ class BrainRecipe:
         the lateral ventricles (volume there grows by up to ``1 / (1 - a)^3``).
     ventricle_sigma_mm : width of each ventricle expansion field.
     hippocampal_shrinkage_per_year, hippocampal_shrinkage_at_ad : radial shrinkage ``b`` of the hippocampal tissue
-        (the share ``h`` of width ``hippocampal_sigma_mm`` around each centre) toward its centre (volume there
-        shrinks by up to ``1 / (1 + b)^3``); the space it leaves becomes CSF.
+        (balls of ``hippocampal_radius_mm`` around the centres) toward its centre (volume there shrinks by up to
+        ``1 / (1 + b)^3``); the rim it leaves becomes CSF.
+    hippocampal_radius_mm : radius of the hippocampal tissue that shrinks (deformation mode).
     hippocampal_field_sigma_mm : width of the hippocampal shrinkage field.
     """
 
@@ -179,8 +180,9 @@ class BrainRecipe:
     ventricle_expansion_per_year: float = 0.004
     ventricle_expansion_at_ad: float = 0.35
     ventricle_sigma_mm: float = 10.0
-    hippocampal_shrinkage_per_year: float = 0.005
-    hippocampal_shrinkage_at_ad: float = 0.6
+    hippocampal_shrinkage_per_year: float = 0.002
+    hippocampal_shrinkage_at_ad: float = 0.3
+    hippocampal_radius_mm: float = 8.0
     hippocampal_field_sigma_mm: float = 8.0
 
     def __post_init__(self) -> None:
@@ -422,7 +424,7 @@ def _deformation_atrophy(anat: _Anatomy, stage: float, age: float, template: Bra
     coords = atrophy_pullback(anat.coords, template, stage, age, recipe)
     coords_h, _ = hippocampal_pullback(coords, template, stage, age, recipe)
     # Hippocampal tissue h * (G, W) shrinks on its own; the rest (1 - h) * (G, W) moves with the brain.
-    rest, hippocampal = split_hippocampal_tissue(template, recipe.hippocampal_sigma_mm)
+    rest, hippocampal = split_hippocampal_tissue(template, recipe.hippocampal_radius_mm)
     gm, wm = warp(rest, coords) + warp(hippocampal, coords_h)
     over = np.maximum(gm + wm - anat.total, 0.0)  # tissue pushed past the skull edge (rare, sub-voxel): trim it
     wm = np.maximum(wm - over, 0.0)

@@ -1,0 +1,107 @@
+"""The brain validation protocol's parts: pass checks, reader choice, the linear baseline, the dose frames."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from monai_pie.validation import brain_protocol as bp
+from monai_pie.validation.settings import ProgressionSettings
+
+
+def _row(subject, noise, ratio=1.0, null_fraction=0.0, r2=0.6, corrected=-1.0):
+    row = {"subject": subject, "noise": noise, "r2": r2, "null_whole_brain_ratio": 0.1, "specificity": 0.1,
+           "identity_corr": 0.5, "retrieved_self": 1.0}
+    for m in bp.MARKERS:
+        row.update({f"{m}_null": 0.0, f"{m}_null_fraction": null_fraction, f"{m}_corrected": corrected * ratio,
+                    f"{m}_true": corrected, f"{m}_ratio": ratio, f"{m}_dose_monotone": 1.0})
+    return row
+
+
+def test_summarise_passes_a_good_method_and_fails_a_bad_one():
+    good = bp.summarise({i: [_row(i, k, corrected=-1.0 - 0.01 * k) for k in range(3)] for i in range(6)})
+    assert all(passed for _, passed in good["checks"].values()), good["checks"]
+    assert good["num_subjects"] == 6 and good["num_seeds"] == 3
+    bad = bp.summarise({i: [_row(i, k, ratio=0.4, null_fraction=0.5, r2=-1.0, corrected=(-1) ** k)
+                            for k in range(3)] for i in range(6)})
+    failed = {name for name, (_, passed) in bad["checks"].items() if not passed}
+    assert {"null ventricle_ml", "size ratio ventricle_ml", "R^2", "seed CV ventricle_ml"} <= failed
+    med, lo, hi = bad["stats"]["ventricle_ml_ratio"]
+    assert med == pytest.approx(0.4) and lo <= med <= hi
+
+
+def test_readers_are_chosen_by_their_worst_error():
+    validation = {"fixed": {m: {"error": 0.3} for m in bp.MARKERS},
+                  "em": {"ventricle_ml": {"error": 0.1}, "hippocampal_gm_ml": {"error": 0.5}}}
+    assert bp.choose_readers(validation) == {"ventricle_ml": "em", "hippocampal_gm_ml": "fixed"}
+    with pytest.raises(ValueError, match="unknown reader"):
+        bp.read_change("eyeball", np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), None)
+
+
+def test_linear_baseline_recovers_the_stage_slope(tmp_path):
+    rng = np.random.default_rng(0)
+    slope, age_effect = rng.standard_normal((4, 5, 6)), rng.standard_normal((4, 5, 6))
+    items = []
+    for i in range(8):
+        stage, age, sex = rng.uniform(0, 1), rng.uniform(55, 90), i % 2
+        img = 1.0 + stage * slope + 0.01 * age * age_effect + 0.2 * sex
+        nib.save(nib.Nifti1Image(img.astype(np.float32), np.eye(4)), str(tmp_path / f"{i}.nii.gz"))
+        items.append({"image": f"{i}.nii.gz", "stage": stage, "age": age, "sex": sex})
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": items}))
+    np.testing.assert_allclose(bp.linear_baseline(tmp_path), slope, atol=1e-4)
+
+
+def test_counterfactual_frames_are_read_as_the_dose_ladder(tmp_path):
+    paths = []
+    for k in range(9):
+        paths.append(str(tmp_path / f"f{k}.nii.gz"))
+        nib.save(nib.Nifti1Image(np.full((2, 2, 2), float(k), np.float32), np.eye(4)), paths[-1])
+    subject = bp.Subject(0, 1, 0, 70.0, 0)
+    frames = {(subject.key, "target"): paths, (subject.key, "null"): paths[:1]}
+    base = ProgressionSettings.published()
+    cf = bp.results_from_frames(frames, [subject], base.replace(edit_mode="counterfactual", num_rounds=8))
+    # source 0.1 -> target 0.9 in 8 frames: frame n is stage 0.1 + 0.1 n, so 0.3, 0.5, 0.7, 0.9 are frames 2, 4, 6, 8
+    assert {st: float(f.mean()) for st, f in cf[subject.key].dose.items()} == {0.3: 2.0, 0.5: 4.0, 0.7: 6.0, 0.9: 8.0}
+    pie = bp.results_from_frames(frames, [subject], base)
+    assert list(pie[subject.key].dose) == [0.9]  # PIE's rounds are not stages: only its final frame counts
+
+
+def test_evaluation_needs_frozen_settings(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--stage tune"):
+        bp.evaluate_brain(str(tmp_path), settings_file=str(tmp_path / "missing.json"))
+    (tmp_path / "frozen.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="frozen"):
+        bp.tune_brain(str(tmp_path), settings_file=str(tmp_path / "frozen.json"))
+
+
+def test_tune_then_evaluate_end_to_end(brain_cohort, brain_trained, tmp_path):
+    """Tiny networks, one tuning and two evaluation subjects: the settings are frozen, then read and hashed."""
+    from helpers.bundle_helpers import BRAIN_NET, BRAIN_PROG
+
+    settings_file = tmp_path / "settings.json"
+    common = dict(model_path=str(brain_trained / "model.pt"), progression_bundle=str(BRAIN_PROG), overrides=BRAIN_NET)
+    tuned = bp.tune_brain(str(brain_cohort), settings_file=str(settings_file), work_dir=str(tmp_path / "tune"),
+                          num_subjects=1, readers=("fixed",), candidates=({"strength": 0.3},),
+                          settings_overrides={"num_inference_steps": 4}, **common)
+    frozen = json.loads(settings_file.read_text())
+    assert tuned["readers"] == {m: "fixed" for m in bp.MARKERS} == frozen["readers"]
+    assert set(frozen["modes"]) == {"PIE, bundle defaults", "PIE, published setting", "counterfactual (tuned)"}
+    assert frozen["modes"]["PIE, published setting"]["guidance_scale"] == 7.5
+    assert frozen["modes"]["counterfactual (tuned)"]["edit_mode"] == "counterfactual"
+    res = bp.evaluate_brain(str(brain_cohort), settings_file=str(settings_file), output_dir=str(tmp_path / "docs"),
+                            work_dir=str(tmp_path / "eval"), num_subjects=2, num_seeds=1, **common)
+    report = (tmp_path / "docs" / "validation" / "brain_progression.md").read_text()
+    import hashlib
+
+    assert hashlib.sha256(settings_file.read_bytes()).hexdigest()[:16] in report
+    assert "linear baseline" in report and "PASS" in report or "FAIL" in report
+    data = json.loads((tmp_path / "docs" / "validation" / "brain_progression.json").read_text())
+    cf = data["methods"]["counterfactual (tuned)"]
+    # the counterfactual null edit is the identity by construction: zero change whatever the model
+    assert all(abs(s[f"{m}_null"]) < 1e-9 for s in cf["subjects"].values() for m in bp.MARKERS)
+    assert cf["checks"]["null whole brain"][0] == 0.0
+    assert data["methods"]["linear baseline"]["checks"]["null ventricle_ml"][1]  # and so is the linear model's
+    assert res["seconds"] > 0

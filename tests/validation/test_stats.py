@@ -1,0 +1,36 @@
+"""Validation statistics: bootstrap medians, R^2 of change maps, correlations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from monai_pie.validation.stats import corr, median_ci, r_squared, spearman
+
+
+def test_median_ci_brackets_the_median_and_drops_nans():
+    med, lo, hi = median_ci([*range(1, 21), 1000.0, float("nan")])
+    assert med == 11.0 and lo < med < hi < 1000.0  # an outlier does not move the median's interval
+    assert median_ci([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)
+    assert all(math.isnan(v) for v in median_ci([float("nan")]))
+    assert median_ci([1.0, 5.0, 9.0], seed=1) == median_ci([1.0, 5.0, 9.0], seed=1)  # reproducible
+
+
+def test_r_squared_scores_against_the_truth_map():
+    rng = np.random.default_rng(0)
+    truth = rng.standard_normal((8, 8, 8)) + 1.0
+    mask = np.ones(truth.shape, dtype=bool)
+    assert r_squared(truth, truth, mask) == pytest.approx(1.0)
+    assert r_squared(np.full_like(truth, truth.mean()), truth, mask) == pytest.approx(0.0, abs=1e-9)
+    assert r_squared(np.zeros_like(truth), truth, mask) < 0  # "no change" is worse than the mean when truth moves
+    assert math.isnan(r_squared(truth, np.ones_like(truth), mask))
+
+
+def test_correlations():
+    x = np.arange(10.0)
+    assert corr(x, 2 * x + 1) == pytest.approx(1.0) and corr(x, -x) == pytest.approx(-1.0)
+    assert math.isnan(corr(x, np.ones(10)))
+    assert spearman([0.3, 0.5, 0.7, 0.9], [1.0, 2.0, 2.5, 10.0]) == pytest.approx(1.0)
+    assert spearman([0.3, 0.5, 0.7, 0.9], [1.0, 3.0, 2.0, 4.0]) < 1.0
