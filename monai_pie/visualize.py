@@ -43,6 +43,7 @@ def frame_strip(
     height: int = 128,
     diff: bool = True,
     center: Sequence[int] | None = None,
+    amplitude: float | None = None,
 ) -> np.ndarray:
     """One RGB picture: a row of mid-slices per frame, plus (``diff``) the change from frame 0 in blue/red.
 
@@ -50,10 +51,16 @@ def frame_strip(
         frames: ``(X, Y, Z)`` volumes (or ``(H, W)`` images) sharing a grid.
         labels: a caption per frame.
         height: pixel height of each tile.
+        diff: add the change from frame 0 beside each row.
+        center: voxel at which the mid-slices cross (default the centre).
+        amplitude: the change that shows at full colour; default the 99.9th percentile of the last frame's change
+            (give one scale when the frames are different methods, not steps of one).
     """
     vols = [np.asarray(f, dtype=np.float32) for f in frames]
     lo, hi = np.percentile(vols[0], [0.5, 99.5])
-    amp = max(float(np.percentile(np.abs(vols[-1] - vols[0]), 99.9)), 1e-6)
+    if amplitude is None:
+        amplitude = float(np.percentile(np.abs(vols[-1] - vols[0]), 99.9))
+    amp = max(float(amplitude), 1e-6)
     rows = []
     for i, v in enumerate(vols):
         sl = mid_slices(v, center) if v.ndim == 3 else [v]

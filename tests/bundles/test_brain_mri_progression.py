@@ -172,20 +172,18 @@ def test_an_output_folder_holding_the_input_is_not_overwritten(brain_trained, tm
 
 
 def test_the_validation_runs_the_bundle_settings_and_the_class_keeps_pies():
-    import inspect
-
-    from monai_pie import ProgressionInferer
-    from monai_pie.validation.brain import validate_brain
+    from monai_pie.validation import ProgressionSettings
+    from monai_pie.validation.brain_protocol import _modes
 
     conf = json.loads((BRAIN_PROG / "configs" / "inference.json").read_text())
-    defaults = inspect.signature(validate_brain).parameters
-    for k in ("strength", "blend_in", "anchor", "num_rounds", "num_inference_steps", "guidance_scale"):
-        assert defaults[k].default is None, k  # None: the bundle's own setting, stated once in its JSON
-    published = inspect.signature(ProgressionInferer).parameters
-    assert (published["strength"].default, published["blend_in"].default, published["blend_out"].default,
-            published["guidance_scale"].default, published["anchor"].default) == (0.5, 0.75, 0.01, 7.5, "original")
-    # the setting with monotone markers in docs/validation/brain_progression.md (PIE's 0.5 / 0.75 / original is not)
-    assert (conf["strength"], conf["blend_in"], conf["anchor"]) == (0.3, 0.3, "previous")
+    modes = _modes(BRAIN_PROG)
+    bundle = modes["PIE, bundle defaults"]
+    assert bundle == ProgressionSettings.from_config(conf)  # the bundle's own setting, stated once in its JSON
+    assert (bundle.strength, bundle.blend_in, bundle.anchor) == (conf["strength"], conf["blend_in"], conf["anchor"])
+    published = modes["PIE, published setting"]
+    assert (published.strength, published.blend_in, published.blend_out, published.guidance_scale, published.anchor,
+            published.num_rounds) == (0.5, 0.75, 0.01, 7.5, "original", 10)
+    assert published == ProgressionSettings.published()  # read from ProgressionInferer's defaults, stated there
 
 
 def test_both_brain_bundles_define_the_same_network():

@@ -149,7 +149,7 @@ def write(work: Path) -> None:
     store: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {}
     for name in scenarios(work / "inputs"):
-        prints = fingerprint(run_scenario(name, work, legacy=True))
+        prints = fingerprint(run_scenario(name, work))
         meta[name] = {}
         for rel, fp in prints.items():
             key = f"{name}/{rel}"
