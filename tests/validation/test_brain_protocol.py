@@ -70,6 +70,10 @@ def test_counterfactual_frames_are_read_as_the_dose_ladder(tmp_path):
 
 
 def test_evaluation_needs_frozen_settings(tmp_path):
+    with pytest.raises(FileNotFoundError, match="datalist"):  # the cohort is checked first
+        bp.evaluate_brain(str(tmp_path / "no_cohort"), settings_file=str(tmp_path / "missing.json"))
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4)), str(tmp_path / "a.nii.gz"))
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [{"image": "a.nii.gz", "stage": 0.1}]}))
     with pytest.raises(FileNotFoundError, match="--stage tune"):
         bp.evaluate_brain(str(tmp_path), settings_file=str(tmp_path / "missing.json"))
     (tmp_path / "frozen.json").write_text("{}")
