@@ -294,7 +294,7 @@ class ProgressionInferer(Inferer):
         cond, null = sampler.prepare_conditions(model, condition, z_star, null_condition, self.guidance_scale)
         model.check_denoiser_input(z_star, cond, name="inputs")
         if self.edit_mode == "counterfactual":
-            latents = self._counterfactual(model, z_star, condition, source_condition, null, weight_lat, gen)
+            latents = self._counterfactual(model, z_star, condition, cond, source_condition, null, weight_lat, gen)
             result = self._result(model, x0, latents, [], mask_img, weight_lat, base)
             result.seconds = time.perf_counter() - started
             return result
@@ -335,16 +335,16 @@ class ProgressionInferer(Inferer):
         return result
 
     # ------------------------------------------------------------------ counterfactual mode
-    def _counterfactual(self, model: DiffusionModel, z_star: torch.Tensor, target: Any, source: Any,
-                        null: DiffusionCondition | None, weight_lat: torch.Tensor,
+    def _counterfactual(self, model: DiffusionModel, z_star: torch.Tensor, target: Any, tgt: DiffusionCondition,
+                        source: Any, null: DiffusionCondition | None, weight_lat: torch.Tensor,
                         gen: torch.Generator | None) -> list[torch.Tensor]:
-        """Latents ``[z*, z_1, ..., z_N]`` of a counterfactual edit (see the module docstring)."""
+        """Latents ``[z*, z_1, ..., z_N]`` of a counterfactual edit (see the module docstring); ``target`` is the raw
+        target condition, ``tgt`` the same prepared."""
         if source is None:
             raise ValueError("edit_mode='counterfactual' needs `source_condition`: the input's own condition (e.g. its "
                              "age, sex and current stage), so that an edit toward it changes nothing.")
         sampler, levels = self.sampler, self.levels
         src, _ = sampler.prepare_conditions(model, source, z_star)
-        tgt, _ = sampler.prepare_conditions(model, target, z_star)
         z_k = sampler.invert(model, z_star, levels=levels, condition=src, progress=False)
         state = gen.get_state() if gen is not None else None
 

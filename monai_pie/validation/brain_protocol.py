@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,25 +168,31 @@ class Context:
         return cls(brain, core, {"hippocampal": t.hippocampal_roi, "ventricle": t.ventricle_roi}, deep, t.voxel_ml)
 
 
-def read_change(reader: str, frame0: np.ndarray, frame_n: np.ndarray, ctx: Context) -> dict[str, float]:
-    """Marker change (ml) from ``frame0`` to ``frame_n`` with one of :data:`READERS`."""
+def change_reader(reader: str, frame0: np.ndarray, ctx: Context) -> Callable[[np.ndarray], dict[str, float]]:
+    """``frame_n -> {marker: change (ml) from frame0}`` with one of :data:`READERS`; frame 0 is read once."""
     if reader == "tbm":
-        return TensorBasedMorphometry(ctx.core, ctx.rois, ctx.voxel_ml).change(frame0, frame_n)
+        tbm = TensorBasedMorphometry(ctx.core, ctx.rois, ctx.voxel_ml)
+        return lambda frame_n: tbm.change(frame0, frame_n)
     if reader == "em":
-        em = TissueEM(ctx.core, ctx.rois, ctx.voxel_ml)
-        a, b = em(frame0), em(frame_n)
+        read = TissueEM(ctx.core, ctx.rois, ctx.voxel_ml)
     elif reader == "fixed":
-        fixed = BrainMarkers(ctx.core, ctx.rois, ctx.voxel_ml, reference=frame0)
-        a, b = fixed(frame0), fixed(frame_n)
+        read = BrainMarkers(ctx.core, ctx.rois, ctx.voxel_ml, reference=frame0)
     else:
         raise ValueError(f"unknown reader {reader!r}; use one of {READERS}.")
-    return {m: b[m] - a[m] for m in MARKERS}
+    base = read(frame0)
+    return lambda frame_n: {m: v - base[m] for m, v in read(frame_n).items() if m in MARKERS}
 
 
-def read_markers(readers: dict[str, str], frame0: np.ndarray, frame_n: np.ndarray, ctx: Context) -> dict[str, float]:
-    """Each marker's change with its own reader (each reader runs once)."""
-    by_reader = {r: read_change(r, frame0, frame_n, ctx) for r in set(readers.values())}
-    return {m: by_reader[r][m] for m, r in readers.items()}
+def marker_reader(readers: dict[str, str], frame0: np.ndarray,
+                  ctx: Context) -> Callable[[np.ndarray], dict[str, float]]:
+    """``frame_n -> {marker: change}``, each marker with its own reader (each reader runs once per frame)."""
+    by_reader = {r: change_reader(r, frame0, ctx) for r in set(readers.values())}
+
+    def read(frame_n: np.ndarray) -> dict[str, float]:
+        got = {r: f(frame_n) for r, f in by_reader.items()}
+        return {m: got[r][m] for m, r in readers.items()}
+
+    return read
 
 
 def validate_readers(subjects: list[Subject], ae: dict[tuple[str, float], np.ndarray], ctx: Context,
@@ -197,19 +204,20 @@ def validate_readers(subjects: list[Subject], ae: dict[tuple[str, float], np.nda
         rows = {m: {"read": [], "true": [], "darker": [], "blur": [], "ae_null": [], "ae_ratio": []} for m in MARKERS}
         for s in tqdm(subjects, desc=f"reader {reader}", leave=False):
             x0 = s.images[SOURCE_STAGE]
+            read = change_reader(reader, x0, ctx)
             full = true_change(s)
             for stage in DOSE_STAGES:
-                got, truth = read_change(reader, x0, s.images[stage], ctx), true_change(s, stage)
+                got, truth = read(s.images[stage]), true_change(s, stage)
                 for m in MARKERS:
                     rows[m]["read"].append(got[m])
                     rows[m]["true"].append(truth[m])
             nuisances = {"darker": x0 * 0.98, "blur": ndimage.gaussian_filter(x0, 0.7),
                          "ae_null": ae[(s.key, SOURCE_STAGE)]}
             for name, img in nuisances.items():
-                got = read_change(reader, x0, img, ctx)
+                got = read(img)
                 for m in MARKERS:
                     rows[m][name].append(got[m] / full[m])
-            got = read_change(reader, ae[(s.key, SOURCE_STAGE)], ae[(s.key, TARGET_STAGE)], ctx)
+            got = change_reader(reader, ae[(s.key, SOURCE_STAGE)], ctx)(ae[(s.key, TARGET_STAGE)])
             for m in MARKERS:
                 rows[m]["ae_ratio"].append(got[m] / full[m])
         out[reader] = {}
@@ -273,9 +281,9 @@ def measure(results: dict[str, EditResult], subjects: list[Subject], readers: di
         final = res.dose[TARGET_STAGE]
         truth = true_change(s)
         row: dict[str, Any] = {"subject": s.index, "noise": s.noise}
-        null_change = read_markers(readers, x0, res.null, ctx)
-        ad_change = read_markers(readers, x0, final, ctx)
-        dose_changes = {st: read_markers(readers, x0, res.dose[st], ctx) for st in DOSE_STAGES
+        read = marker_reader(readers, x0, ctx)
+        null_change, ad_change = read(res.null), read(final)
+        dose_changes = {st: read(res.dose[st]) for st in DOSE_STAGES
                         if st in res.dose and st != TARGET_STAGE}
         for m in MARKERS:
             corrected = ad_change[m] - null_change[m]
@@ -332,10 +340,9 @@ def summarise(per: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
         checks[f"null {m}"] = (float(share), share >= th["null_subject_share"])
         checks[f"size ratio {m}"] = (stats[f"{m}_ratio"][0], th["ratio_range"][0] <= stats[f"{m}_ratio"][0]
                                      <= th["ratio_range"][1])
-        dose = stats[f"{m}_dose_monotone"][0]
-        checks[f"dose-response {m}"] = (float(np.nanmean([v[f"{m}_dose_monotone"] for v in subjects.values()])),
-                                        bool(np.isfinite(dose)) and np.nanmean(
-                                            [v[f"{m}_dose_monotone"] for v in subjects.values()]) >= th["dose_share"])
+        flags = [v[f"{m}_dose_monotone"] for v in subjects.values() if np.isfinite(v[f"{m}_dose_monotone"])]
+        dose_share = float(np.mean(flags)) if flags else float("nan")
+        checks[f"dose-response {m}"] = (dose_share, bool(flags) and dose_share >= th["dose_share"])
         checks[f"seed CV {m}"] = (seed_cv[m], bool(np.isfinite(seed_cv[m])) and seed_cv[m] <= th["seed_cv_max"])
     checks["null whole brain"] = (stats["null_whole_brain_ratio"][0],
                                   stats["null_whole_brain_ratio"][0] <= th["null_whole_brain_ratio"])

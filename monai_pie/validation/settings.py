@@ -45,7 +45,7 @@ class ProgressionSettings:
         unknown = set(overrides) - set(names)
         if unknown:
             raise ValueError(f"unknown PIE settings {sorted(unknown)}; the settings are {names}.")
-        values = {n: config[n] for n in names if n in config or n != "edit_mode"}
+        values = {n: config[n] for n in names}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

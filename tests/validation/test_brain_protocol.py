@@ -38,7 +38,7 @@ def test_readers_are_chosen_by_their_worst_error():
                   "em": {"ventricle_ml": {"error": 0.1}, "hippocampal_gm_ml": {"error": 0.5}}}
     assert bp.choose_readers(validation) == {"ventricle_ml": "em", "hippocampal_gm_ml": "fixed"}
     with pytest.raises(ValueError, match="unknown reader"):
-        bp.read_change("eyeball", np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), None)
+        bp.change_reader("eyeball", np.zeros((4, 4, 4)), None)
 
 
 def test_linear_baseline_recovers_the_stage_slope(tmp_path):

@@ -62,6 +62,12 @@ def _surface_normal_field(template: BrainTemplate, depth_mm: float) -> np.ndarra
     return field
 
 
+def _to_mm(coords: np.ndarray, template: BrainTemplate) -> tuple[np.ndarray, np.ndarray]:
+    """MNI mm of template voxel coordinates ``(3, ...)`` (the affine is diagonal), and the ``(3, 1, 1, 1)`` diagonal."""
+    diag = np.diag(template.affine)[:3].astype(np.float32).reshape(3, 1, 1, 1)
+    return coords * diag + template.affine[:3, 3].astype(np.float32).reshape(3, 1, 1, 1), diag
+
+
 def _radial_field(mm: np.ndarray, centres: tuple, strength: float, sigma_mm: float) -> np.ndarray:
     """``sum_c strength * (y - c) * exp(-|y - c|^2 / (2 sigma^2))`` in mm, ``(3, ...)`` float32."""
     out = np.zeros_like(mm)
@@ -99,10 +105,9 @@ def atrophy_pullback(coords: np.ndarray, template: BrainTemplate, stage: float, 
     """
     s = atrophy_strengths(stage, age, recipe)
     vox = template.voxel_mm.astype(np.float32).reshape(3, 1, 1, 1)
-    diag = np.diag(template.affine)[:3].astype(np.float32).reshape(3, 1, 1, 1)
-    mm = coords * diag + template.affine[:3, 3].astype(np.float32).reshape(3, 1, 1, 1)
-    u = _radial_field(mm, VENTRICLE_EXPANSION_CENTRES_MM, -s["ventricle_expansion"], recipe.ventricle_sigma_mm)
-    u *= np.sign(diag) / vox  # mm along the MNI axes -> voxels along the array axes
+    mm, diag = _to_mm(coords, template)
+    # mm along the MNI axes -> voxels along the array axes
+    u = _radial_field(mm, VENTRICLE_EXPANSION_CENTRES_MM, -s["ventricle_expansion"], recipe.ventricle_sigma_mm) / diag
     if s["cortical_thinning_mm"] > 0:
         normal = warp(_surface_normal_field(template, recipe.cortical_depth_mm), coords)
         u += np.float32(s["cortical_thinning_mm"]) * normal / vox
@@ -120,8 +125,7 @@ def hippocampal_pullback(coords: np.ndarray, template: BrainTemplate, stage: flo
     from .brain import HIPPOCAMPAL_CENTRES_MM
 
     b = atrophy_strengths(stage, age, recipe)["hippocampal_shrinkage"]
-    diag = np.diag(template.affine)[:3].astype(np.float32).reshape(3, 1, 1, 1)
-    mm = coords * diag + template.affine[:3, 3].astype(np.float32).reshape(3, 1, 1, 1)
+    mm, diag = _to_mm(coords, template)
     u = _radial_field(mm, HIPPOCAMPAL_CENTRES_MM, b, recipe.hippocampal_field_sigma_mm) / diag
     return coords + u, hippocampal_weight(mm, recipe)
 

@@ -511,6 +511,7 @@ def synthesize_brain_subject(
     *,
     visit: int = 0,
     recipe: BrainRecipe | None = None,
+    log_jacobian: bool = False,
 ) -> dict[str, Any]:
     """Synthesise one T1 image and its ground truth in memory.
 
@@ -527,14 +528,15 @@ def synthesize_brain_subject(
         template: Default :func:`load_brain_template()`.
         visit: Noise stream index (keyword only).
         recipe: Default ``BrainRecipe()``.
+        log_jacobian: Also return the true log-Jacobian map (keyword only).
 
     Returns:
         dict: ``"image"``: ``(99, 117, 95)`` float32 T1; ``"tissue"``: ``(3, 99, 117, 95)`` float32 GM, WM, CSF
             fractions (multiples of 1/255); ``"tissue_u8"``: the same as uint8 levels; ``"affine"``: ``(4, 4)`` MNI
             affine; ``"truth"``: age, sex, stage, diagnosis and volumes in ml (``gm_volume_ml``,
             ``hippocampal_gm_ml``, ``ventricle_volume_ml``, ``wm_volume_ml``, ``csf_volume_ml``, ``icv_ml``) plus
-            ``head_scale`` and ``min_jacobian`` of the subject's deformation; with ``recipe.atrophy ==
-            "deformation"`` also ``"log_jacobian"``: ``(99, 117, 95)`` float32 true log volume change of this visit
+            ``head_scale`` and ``min_jacobian`` of the subject's deformation; with ``log_jacobian=True`` (deformation
+            mode only; it costs a full-grid Jacobian) also ``"log_jacobian"``: ``(99, 117, 95)`` float32 true log volume change of this visit
             relative to the subject's anatomy without atrophy (the difference of two visits' maps is their change to
             first order in the displacement).
     """
@@ -555,7 +557,10 @@ def synthesize_brain_subject(
         anat_rng, noise_rng = np.random.default_rng(_child(ss, 0)), np.random.default_rng(_child(ss, 1 + visit))
     anat = _sample_anatomy(anat_rng, int(sex), template, recipe)
     out = _render(anat, float(stage), float(age), int(sex), noise_rng, template, recipe)
-    if recipe.atrophy == "deformation":
+    if log_jacobian:
+        if recipe.atrophy != "deformation":
+            raise ValueError("`log_jacobian` is known only for recipe.atrophy='deformation' (partial-volume atrophy "
+                             "does not move tissue).")
         log_jac = log_jacobian_of_pullback(template, float(stage), float(age), recipe)
         out["log_jacobian"] = warp(log_jac[None], anat.coords)[0]
     out["truth"]["head_scale"] = round(anat.head_scale, 6)

@@ -119,7 +119,8 @@ def partial_volume_series(template):
 
 def test_partial_volume_atrophy_is_monotonic_in_stage(partial_volume_series):
     _check_volumes_move_with_stage(partial_volume_series, 0.03, 3, 1.4)
-    assert all("log_jacobian" not in r for r in partial_volume_series)
+    with pytest.raises(ValueError, match="log_jacobian"):  # fading tissue has no Jacobian
+        synthesize_brain_subject(SEED, 0.5, 70.0, 1, recipe=BrainRecipe(atrophy="partial_volume"), log_jacobian=True)
     # Pointwise: GM never grows, CSF never shrinks with stage.
     for a, b in zip(partial_volume_series, partial_volume_series[1:]):
         assert (b["tissue"][0] <= a["tissue"][0]).all()
@@ -140,9 +141,9 @@ def test_deformation_atrophy_moves_tissue(stage_series, template):
 
 def test_deformation_truth_jacobian(template):
     recipe = BrainRecipe()
-    base = synthesize_brain_subject(SEED, 0.0, 50.0, 1, template)  # no atrophy below age_ref at stage 0
+    base = synthesize_brain_subject(SEED, 0.0, 50.0, 1, template, log_jacobian=True)  # no atrophy below age_ref
     np.testing.assert_allclose(base["log_jacobian"], 0.0, atol=1e-6)
-    sick = synthesize_brain_subject(SEED, 1.0, 85.0, 1, template)
+    sick = synthesize_brain_subject(SEED, 1.0, 85.0, 1, template, log_jacobian=True)
     lj = sick["log_jacobian"]
     assert lj.shape == template.shape and np.isfinite(lj).all()
     brain = template.mask > 0
