@@ -39,7 +39,13 @@ from tqdm.auto import tqdm
 
 from ..conditioning import DiffusionCondition
 from ..networks import DiffusionModel, as_diffusion_model
-from ..utils import check_finite, check_in_range, check_mask, check_positive_int, round_rows
+from ..utils import (
+    check_finite,
+    check_in_range,
+    check_mask,
+    check_positive_int,
+    round_rows,
+)
 from .sampler import DiffusionSampler, make_generator
 
 __all__ = ["MAX_ROUNDS", "ProgressionInferer", "ProgressionResult", "resize_mask"]
@@ -69,7 +75,7 @@ def _interpolate_condition(model: DiffusionModel, source: Any, target: Any, src:
     if weight >= 1.0:
         return tgt
     if isinstance(source, Mapping) and isinstance(target, Mapping) and set(source) == set(target):
-        as_row = lambda v: torch.as_tensor(v, dtype=torch.float32).reshape(-1).cpu()  # noqa: E731
+        as_row = lambda v: torch.as_tensor(v, dtype=torch.float32).reshape(-1).cpu()
         raw = {k: torch.lerp(as_row(source[k]), as_row(target[k]), float(weight)) for k in source}
         cond, _ = DiffusionSampler.prepare_conditions(model, raw, like)
         return cond
@@ -398,7 +404,7 @@ class ProgressionInferer(Inferer):
         delta = z[1:] - z[:-1]
         drift = z[1:] - z[:1]
         outside = 1.0 - weight_lat
-        stat = lambda d, w: torch.stack([_weighted_mean_abs(di, w) for di in d])  # noqa: E731
+        stat = lambda d, w: torch.stack([_weighted_mean_abs(di, w) for di in d])
         base = base if self.decode == "residual" else None
         frames = [x0]
         for zn in tqdm(z[1:], desc="decoding", disable=not self.progress, leave=False):
