@@ -5,7 +5,7 @@
     monai-pie synth cxr OUTPUT_DIR [--num_images 200] [--size 128] [--seed 0] ...
     monai-pie synth generalist OUTPUT_DIR [--num_cxr 800] [--num_brain_subjects 60] [--size 64]
     monai-pie validate brain COHORT_DIR --stage tune|evaluate|generation [--num_subjects 20] [--model_path ...]
-    monai-pie validate cxr COHORT_DIR [--output_dir outputs] [--brain_slices_dir DIR] [--model_path ...]
+    monai-pie validate cxr COHORT_DIR --stage tune|evaluate|generation [--num_subjects 32] [--model_path ...]
     monai-pie schema            # path of the offline bundle-metadata schema
 """
 
@@ -56,11 +56,17 @@ class Validate:
             raise ValueError(f"`--stage` must be one of {sorted(stages)}, got {stage!r}.")
         return json.dumps(stages[stage](cohort_dir, **kwargs), indent=2, default=str)
 
-    def cxr(self, cohort_dir: str, **kwargs: Any) -> str:
-        """Text-guided generation and PIE of the CXR bundles; options as in ``validate_cxr``."""
-        from monai_pie.validation.cxr import validate_cxr
+    def cxr(self, cohort_dir: str, stage: str = "evaluate", **kwargs: Any) -> str:
+        """CXR progression on a tuning then an evaluation split (``--stage tune`` freezes the settings, ``--stage
+        evaluate`` reports on fresh phantoms; options as in ``tune_cxr`` / ``evaluate_cxr``), or the generation and
+        utility checks of the text-guided LDM (``--stage generation``, options as in ``validate_cxr``)."""
+        from monai_pie.validation import cxr, cxr_protocol
 
-        return json.dumps(validate_cxr(cohort_dir, **kwargs), indent=2)
+        stages = {"tune": cxr_protocol.tune_cxr, "evaluate": cxr_protocol.evaluate_cxr,
+                  "generation": cxr.validate_cxr}
+        if stage not in stages:
+            raise ValueError(f"`--stage` must be one of {sorted(stages)}, got {stage!r}.")
+        return json.dumps(stages[stage](cohort_dir, **kwargs), indent=2, default=str)
 
 
 class Cli:

@@ -31,6 +31,7 @@ __all__ = [
     "fit",
     "measure_from_masks",
     "prompt_adherence",
+    "soft_ctr",
 ]
 
 MASK_CHANNELS: tuple[str, ...] = ("lungs", "heart", "thorax", "effusion")
@@ -86,16 +87,33 @@ class CXRMaskNet(nn.Module):
     def predict(self, x: torch.Tensor, batch_size: int = 64) -> np.ndarray:
         """Boolean masks ``(N, 4, H, W)``."""
         self.eval()
-        out = [torch.sigmoid(self.net(x[i : i + batch_size])).cpu() > 0.5 for i in range(0, x.shape[0], batch_size)]
+        return self.probabilities(x, batch_size) > 0.5
+
+    @torch.no_grad()
+    def probabilities(self, x: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+        """Per-pixel probabilities ``(N, 4, H, W)`` of ``(N, 1, H, W)`` images."""
+        self.eval()
+        out = [torch.sigmoid(self.net(x[i : i + batch_size])).cpu() for i in range(0, x.shape[0], batch_size)]
         return torch.cat(out).numpy()
 
 
+def soft_ctr(probabilities: np.ndarray) -> tuple[float, float]:
+    """Cardiothoracic ratio and thoracic width (px) from one ``(4, H, W)`` probability stack: widths are sums of
+    probabilities (the heart's per-column maximum over rows; the thorax's per-row sum, widest row), so a sub-pixel
+    border shift moves them, where :func:`measure_ctr` on binary masks moves in whole pixels (0.02 of CTR at 64 px).
+    """
+    heart, thorax = probabilities[MASK_CHANNELS.index("heart")], probabilities[MASK_CHANNELS.index("thorax")]
+    heart_w, thorax_w = float(heart.max(axis=0).sum()), float(thorax.sum(axis=1).max())
+    return (heart_w / thorax_w if thorax_w > 0 else 0.0), thorax_w
+
+
 def measure_from_masks(masks: np.ndarray) -> dict[str, float]:
-    """CTR and effusion height (max of the two sides, split at the thorax's middle column) from one
+    """CTR, thoracic width (px) and effusion height (max of the two sides, split at the thorax's middle column; each
+    side as ``effusion_fraction_right`` / ``_left``, patient sides: the patient's right is the image left) from one
     ``(4, H, W)`` boolean mask stack ordered as :data:`MASK_CHANNELS`."""
 
     lungs, heart, thorax, effusion = (np.asarray(m, dtype=bool) for m in masks)
-    ctr = measure_ctr(heart, thorax)[0]
+    ctr, _, thorax_w = measure_ctr(heart, thorax)
     cols = np.nonzero(thorax.any(axis=0))[0]
     mid = int((cols[0] + cols[-1] + 1) // 2) if cols.size else masks.shape[-1] // 2
     sides = []
@@ -103,14 +121,23 @@ def measure_from_masks(masks: np.ndarray) -> dict[str, float]:
         side_lung, side_eff = np.zeros_like(lungs), np.zeros_like(effusion)
         side_lung[sl], side_eff[sl] = lungs[sl] | effusion[sl], effusion[sl]
         sides.append(measure_effusion_fraction(side_lung, side_eff))
-    return {"ctr": float(ctr), "effusion_fraction": float(max(sides))}
+    return {"ctr": float(ctr), "thoracic_width_px": float(thorax_w), "effusion_fraction": float(max(sides)),
+            "effusion_fraction_right": float(sides[0]), "effusion_fraction_left": float(sides[1])}
 
 
 def _augment(x: torch.Tensor, shift_px: tuple[int, int], g: torch.Generator) -> torch.Tensor:
-    """Shift, contrast/brightness jitter and noise: robustness to generated-image statistics.
-    No flips: laterality (the heart on the image right) is anatomy."""
+    """Shift, blur (half the batches, sigma up to 1 px), contrast/brightness jitter and noise: robustness to
+    generated and decoded images, which are smoother than the phantoms. No flips: laterality (the heart on the image
+    right) is anatomy."""
     b = x.shape[0]
     x = torch.roll(x, shifts=shift_px, dims=(2, 3))
+    if float(torch.rand(1, generator=g)) < 0.5:
+        sigma = 0.2 + 0.8 * float(torch.rand(1, generator=g))
+        r = torch.arange(-3, 4, dtype=x.dtype)
+        k = torch.exp(-0.5 * (r / sigma) ** 2)
+        k = k / k.sum()
+        x = F.conv2d(F.pad(x, (3, 3, 0, 0), mode="replicate"), k.view(1, 1, 1, 7))
+        x = F.conv2d(F.pad(x, (0, 0, 3, 3), mode="replicate"), k.view(1, 1, 7, 1))
     scale = 1 + 0.1 * (torch.rand(b, 1, 1, 1, generator=g) * 2 - 1)
     shift = 0.05 * (torch.rand(b, 1, 1, 1, generator=g) * 2 - 1)
     return (x * scale + shift + 0.02 * torch.randn(x.shape, generator=g)).clamp(0, 1)

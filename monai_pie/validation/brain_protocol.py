@@ -14,7 +14,6 @@ stages. Every edit runs through the ``brain_mri_progression`` bundle; every effe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -34,8 +33,16 @@ from ..engines import ProgressionSummary
 from ..metrics import BrainMarkers
 from ..metrics.brain_readers import TensorBasedMorphometry, TissueEM
 from ..utils import atomic_write_text
+from .protocol import (
+    check_lines,
+    check_not_frozen,
+    freeze_settings,
+    read_frozen,
+    validation_modes,
+    write_evaluation,
+)
 from .settings import ProgressionSettings
-from .stats import corr, median_ci, r_squared, spearman
+from .stats import corr, format_ci, r_squared, seed_cv, spearman, subject_medians
 
 __all__ = ["READERS", "THRESHOLDS", "evaluate_brain", "tune_brain"]
 
@@ -76,10 +83,12 @@ class Subject:
 
 def make_subjects(base_seed: int, num_subjects: int, num_seeds: int, work: Path,
                   stages: tuple[float, ...] = (SOURCE_STAGE, *DOSE_STAGES)) -> list[Subject]:
-    """Synthesise the split's subjects (ages 60-85 and sexes drawn from ``base_seed``), write each CN image."""
+    """Synthesise the split's subjects and write each CN image. Subject ``i``'s age (60-85) and sex come from its
+    own stream ``(base_seed, i)``, so a subject is the same whatever ``num_subjects`` is."""
     template = load_brain_template()
-    rng = np.random.default_rng(base_seed)
-    ages, sexes = rng.uniform(60.0, 85.0, num_subjects).round(1), rng.integers(0, 2, num_subjects)
+    draws = [np.random.default_rng([base_seed, i]) for i in range(num_subjects)]
+    ages = [round(float(g.uniform(60.0, 85.0)), 1) for g in draws]
+    sexes = [int(g.integers(0, 2)) for g in draws]
     work.mkdir(parents=True, exist_ok=True)
     out = []
     for i in tqdm(range(num_subjects), desc="subjects", leave=False):
@@ -275,7 +284,7 @@ def measure(results: dict[str, EditResult], subjects: list[Subject], readers: di
             ae: dict[tuple[str, float], np.ndarray] | None) -> dict[str, Any]:
     """Every measure of one method over the subjects (per subject: averaged over noise seeds)."""
     per: dict[str, Any] = {}
-    edit_maps, truth_maps, finals = {}, {}, {}
+    edit_maps, truth_maps = {}, {}
     for s in tqdm(subjects, desc="measures", leave=False):
         res, x0 = results[s.key], s.images[SOURCE_STAGE]
         final = res.dose[TARGET_STAGE]
@@ -306,7 +315,7 @@ def measure(results: dict[str, EditResult], subjects: list[Subject], readers: di
         row["specificity"] = float(np.abs(edit)[ctx.deep_wm].mean() / max(np.abs(edit)[ctx.rois["ventricle"]].mean(),
                                                                            1e-12))
         per.setdefault(s.index, []).append(row)
-        edit_maps[s.key], truth_maps[s.key], finals[s.key] = edit, true_map, final
+        edit_maps[s.key], truth_maps[s.key] = edit, true_map
     # identity: each subject's own part (minus the mean over subjects) against its own truth's, and retrieval
     keys = list(edit_maps)
     mean_edit = np.mean([edit_maps[k] for k in keys], 0)
@@ -316,7 +325,9 @@ def measure(results: dict[str, EditResult], subjects: list[Subject], readers: di
         s = by_key[k]
         row = next(r for r in per[s.index] if r["noise"] == s.noise)
         row["identity_corr"] = corr((edit_maps[k] - mean_edit)[ctx.brain], (truth_maps[k] - mean_truth)[ctx.brain])
-        dists = {j: float(((finals[k] - by_key[j].images[TARGET_STAGE])[ctx.brain] ** 2).mean())
+        # retrieval on change maps, not frames: a frame is nearest its own subject's truth whatever the edit did (the
+        # anatomy dominates), so only the change can fail to be the subject's own
+        dists = {j: float(((edit_maps[k] - truth_maps[j])[ctx.brain] ** 2).mean())
                  for j in keys if by_key[j].noise == s.noise}
         row["retrieved_self"] = float(by_key[min(dists, key=dists.get)].index == s.index)
     return summarise(per)
@@ -324,15 +335,8 @@ def measure(results: dict[str, EditResult], subjects: list[Subject], readers: di
 
 def summarise(per: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
     """Subject means over seeds, then medians with bootstrap intervals, seed variability and the pass checks."""
-    subjects = {i: {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0] if k not in ("subject", "noise")}
-                for i, rows in per.items()}
-    keys = next(iter(subjects.values())).keys()
-    stats = {k: median_ci([v[k] for v in subjects.values()]) for k in keys}
-    seed_cv = {}
-    for m in MARKERS:
-        cvs = [np.std([r[f"{m}_corrected"] for r in rows]) / max(abs(np.mean([r[f"{m}_corrected"] for r in rows])),
-                                                                  1e-12) for rows in per.values() if len(rows) > 1]
-        seed_cv[m] = float(np.median(cvs)) if cvs else float("nan")
+    subjects, stats = subject_medians(per, ("subject", "noise"))
+    cv = {m: seed_cv(per, f"{m}_corrected") for m in MARKERS}
     th = THRESHOLDS
     checks = {}
     for m in MARKERS:
@@ -343,7 +347,7 @@ def summarise(per: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
         flags = [v[f"{m}_dose_monotone"] for v in subjects.values() if np.isfinite(v[f"{m}_dose_monotone"])]
         dose_share = float(np.mean(flags)) if flags else float("nan")
         checks[f"dose-response {m}"] = (dose_share, bool(flags) and dose_share >= th["dose_share"])
-        checks[f"seed CV {m}"] = (seed_cv[m], bool(np.isfinite(seed_cv[m])) and seed_cv[m] <= th["seed_cv_max"])
+        checks[f"seed CV {m}"] = (cv[m], bool(np.isfinite(cv[m])) and cv[m] <= th["seed_cv_max"])
     checks["null whole brain"] = (stats["null_whole_brain_ratio"][0],
                                   stats["null_whole_brain_ratio"][0] <= th["null_whole_brain_ratio"])
     checks["R^2"] = (stats["r2"][0], stats["r2"][0] >= th["r2_min"])
@@ -351,7 +355,7 @@ def summarise(per: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
     retrieval = float(np.mean([v["retrieved_self"] for v in subjects.values()]))
     checks["retrieval"] = (retrieval, retrieval >= th["retrieval_min"])
     checks["specificity"] = (stats["specificity"][0], stats["specificity"][0] <= th["specificity_max"])
-    return {"subjects": subjects, "stats": stats, "seed_cv": seed_cv, "checks": checks,
+    return {"subjects": subjects, "stats": stats, "seed_cv": cv, "checks": checks,
             "num_subjects": len(subjects), "num_seeds": max(len(r) for r in per.values())}
 
 
@@ -389,14 +393,6 @@ def linear_results(slope: np.ndarray, subjects: list[Subject]) -> dict[str, Edit
 
 
 # ------------------------------------------------------------------------------------------ tune / evaluate
-def _modes(progression: Path | None, frozen: dict[str, Any] | None = None) -> dict[str, ProgressionSettings]:
-    """The frozen file's modes, or (tuning) the bundle's PIE setting and PIE's published one."""
-    if frozen is not None:
-        return {name: ProgressionSettings(**values) for name, values in frozen["modes"].items()}
-    bundle = ProgressionSettings.from_config(parse_bundle(progression).config)
-    return {"PIE, bundle defaults": bundle, "PIE, published setting": ProgressionSettings.published()}
-
-
 def tune_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_settings.json",
                work_dir: str = "outputs/validation/brain_tune", num_subjects: int = 4, model_path: str | None = None,
                progression_bundle: str = "brain_mri_progression", overwrite: bool = False,
@@ -423,10 +419,7 @@ def tune_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_sett
     """
     t0 = time.perf_counter()
     load_datalist(Path(cohort_dir) / "datalist.json", "training", cohort_dir)  # the cohort exists: fail now
-    path = Path(settings_file)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists: settings are frozen once tuned. Pass --overwrite True to re-tune (and "
-                              "then re-run the evaluation).")
+    path = check_not_frozen(settings_file, overwrite)
     progression, work, ctx = bundle_dir(progression_bundle), Path(work_dir), Context.build()
     subjects = make_subjects(TUNING_SEED, num_subjects, 1, work / "subjects")
     ae = autoencoder_round_trips(progression, model_path, subjects, work / "subjects", overrides=overrides)
@@ -445,17 +438,11 @@ def tune_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_sett
                            "ratios": {m: summary["stats"][f"{m}_ratio"][0] for m in MARKERS},
                            "r2": summary["stats"]["r2"][0]})
     best = min(tried, key=lambda c: c["score"])
-    modes = {name: s.replace(**(settings_overrides or {})).as_dict() for name, s in _modes(progression).items()}
-    modes["counterfactual (tuned)"] = best["settings"]
-    frozen = {
-        "protocol": "monai_pie.validation.brain_protocol", "frozen_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "splits": {"tuning_seed": TUNING_SEED, "evaluation_seed": EVALUATION_SEED, "tuning_subjects": num_subjects},
-        "stages": {"source": SOURCE_STAGE, "target": TARGET_STAGE, "dose": list(DOSE_STAGES)},
-        "readers": chosen, "modes": modes, "thresholds": THRESHOLDS,
-        "tuning": {"reader_validation": reader_validation, "counterfactual_candidates": tried,
-                   "seconds": round(time.perf_counter() - t0, 1)},
-    }
-    atomic_write_text(path, json.dumps(frozen, indent=1, default=float) + "\n")
+    frozen = freeze_settings(
+        path, "monai_pie.validation.brain_protocol", progression, best["settings"], settings_overrides,
+        {"tuning_seed": TUNING_SEED, "evaluation_seed": EVALUATION_SEED, "tuning_subjects": num_subjects}, THRESHOLDS,
+        {"reader_validation": reader_validation, "counterfactual_candidates": tried}, t0,
+        stages={"source": SOURCE_STAGE, "target": TARGET_STAGE, "dose": list(DOSE_STAGES)}, readers=chosen)
     return {"settings_file": str(path), "readers": chosen, "counterfactual": best,
             "seconds": frozen["tuning"]["seconds"]}
 
@@ -469,12 +456,7 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
     t0 = time.perf_counter()
     load_datalist(Path(cohort_dir) / "datalist.json", "training", cohort_dir)  # the baseline's cohort: fail now
     path = Path(settings_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run `monai-pie validate brain COHORT --stage tune` first, which "
-                                "freezes the settings on the tuning split.")
-    raw = path.read_bytes()
-    frozen = json.loads(raw)
-    digest = hashlib.sha256(raw).hexdigest()
+    frozen, digest = read_frozen(path, "brain")
     progression, work, ctx = bundle_dir(progression_bundle), Path(work_dir), Context.build()
     readers = frozen["readers"]
     subjects = make_subjects(EVALUATION_SEED, num_subjects, num_seeds, work / "subjects")
@@ -482,7 +464,7 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
     methods: dict[str, Any] = {}
     timing: dict[str, float] = {}
     shown: dict[str, EditResult] = {}  # the first subject's edits, for the figure
-    for name, settings in _modes(progression, frozen).items():
+    for name, settings in validation_modes(progression, frozen).items():
         t = time.perf_counter()
         slug = "".join(c if c.isalnum() else "_" for c in name)
         res = edit_subjects(progression, model_path, settings, subjects, work / slug, overrides)
@@ -505,14 +487,8 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
                                                                 max(gap_r2, gap_r) <= THRESHOLDS["baseline_margin"])
     params = {"settings_file": str(path), "settings_sha256": digest, "num_subjects": num_subjects,
               "num_seeds": num_seeds, "model_path": model_path or "the bundle's models/model.pt",
-              "seconds": round(time.perf_counter() - t0, 1), "seconds_per_mode": timing,
-              "command": f"monai-pie validate brain {cohort_dir} --stage evaluate --num_subjects {num_subjects} "
-                         f"--num_seeds {num_seeds}"}
-    out = Path(output_dir) / "validation"
-    report = write_report(methods, frozen, params, out / "brain_progression.md")
-    atomic_write_text(out / "brain_progression.json",
-                      json.dumps({"methods": methods, "params": params}, indent=1, default=float) + "\n")
-    return {"report": str(out / "brain_progression.md"), "seconds": params["seconds"], "lines": len(report)}
+              "seconds_per_mode": timing, "cohort_dir": cohort_dir}
+    return write_evaluation("brain", methods, frozen, params, t0, output_dir, write_report)
 
 
 # ------------------------------------------------------------------------------------------------- report
@@ -527,11 +503,6 @@ def methods_figure(subject: Subject, shown: dict[str, EditResult], path: Path) -
         labels += [f"{name}: AD", f"{name}: null"]
     truth = np.abs(subject.images[TARGET_STAGE] - subject.images[SOURCE_STAGE])
     save_png(frame_strip(frames, labels, height=110, amplitude=float(np.percentile(truth, 99.9))), path)
-
-
-def _ci(stat: tuple[float, float, float], nd: int = 2) -> str:
-    med, lo, hi = stat
-    return "n/a" if not np.isfinite(med) else f"{med:.{nd}f} [{lo:.{nd}f}, {hi:.{nd}f}]"
 
 
 def write_report(methods: dict[str, Any], frozen: dict[str, Any], params: dict[str, Any], path: Path) -> str:
@@ -569,17 +540,11 @@ def write_report(methods: dict[str, Any], frozen: dict[str, Any], params: dict[s
         "dose-response ventricle_ml": f"Spearman = 1 in >= {th['dose_share']} of subjects",
         "dose-response hippocampal_gm_ml": f"Spearman = 1 in >= {th['dose_share']} of subjects",
         "identity": f"median subject-specific corr >= {th['identity_corr_min']}",
-        "retrieval": f"own follow-up nearest in >= {th['retrieval_min']}",
+        "retrieval": f"the edit's change map is nearest its own true change in >= {th['retrieval_min']}",
         "specificity": f"deep WM / ventricle ROI mean abs change <= {th['specificity_max']}",
         "no worse than the linear baseline": f"R^2 and abs(r - 1) within {th['baseline_margin']}",
     }
-    for check, text in described.items():
-        cells = []
-        for n in names:
-            value = methods[n]["checks"].get(check)
-            cells.append("-" if value is None else ("n/a" if not np.isfinite(value[0]) else
-                                                    f"{value[0]:.2f} {'PASS' if value[1] else 'FAIL'}"))
-        lines.append(f"| {check} | {text} | " + " | ".join(cells) + " |")
+    lines += check_lines(methods, described)
     lines += ["", "## Sizes against truth (median [95 % CI] over subjects)", "",
               "| measure | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for key, label in (("ventricle_ml_true", "true ventricle change (ml)"),
@@ -593,12 +558,12 @@ def write_report(methods: dict[str, Any], frozen: dict[str, Any], params: dict[s
                        ("r2_autoencoder_limit", "R^2 of the autoencoder's own round trip of the truth (limit)"),
                        ("null_whole_brain_ratio", "null / AD whole-brain change"),
                        ("identity_corr", "subject-specific correlation"), ("specificity", "deep WM / ventricle ROI")):
-        lines.append(f"| {label} | " + " | ".join(_ci(methods[n]["stats"].get(key, (np.nan,) * 3)) for n in names)
+        lines.append(f"| {label} | " + " | ".join(format_ci(methods[n]["stats"].get(key, (np.nan,) * 3)) for n in names)
                      + " |")
     slopes = {m: frozen["tuning"]["reader_validation"][r][m]["slope"] for m, r in frozen["readers"].items()}
     for m, slope in slopes.items():
         lines.append(f"| {m.split('_')[0]} r / the reader's slope on the truth ladder ({slope:.2f}) | " + " | ".join(
-            _ci(tuple(v / slope for v in methods[n]["stats"][f"{m}_ratio"])) for n in names) + " |")
+            format_ci(tuple(v / slope for v in methods[n]["stats"][f"{m}_ratio"])) for n in names) + " |")
     lines += ["", "The ratio r divides the reader's null-corrected change by the *true* volume change; the reader itself "
               "over- or under-reads true changes by its slope (tuning split, table below), so the last rows divide it "
               "out. Pass checks use r as defined (not divided).", ""]

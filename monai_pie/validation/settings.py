@@ -88,3 +88,4 @@ SWEEP_SETTINGS: tuple[tuple[float, float, str], ...] = (
     (0.5, 0.75, "original"), (0.3, 0.75, "original"), (0.3, 0.3, "original"), (0.4, 0.5, "previous"),
     (0.3, 0.3, "previous"),
 )
+

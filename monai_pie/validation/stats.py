@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["corr", "median_ci", "r_squared", "spearman"]
+__all__ = ["corr", "format_ci", "median_ci", "r_squared", "seed_cv", "spearman", "subject_medians"]
 
 
 def median_ci(values: Sequence[float], num_resamples: int = 2000, level: float = 0.95,
@@ -52,3 +53,31 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     from scipy.stats import rankdata
 
     return corr(rankdata(x), rankdata(y))
+
+
+def format_ci(stat: tuple[float, float, float], nd: int = 2) -> str:
+    """``median [low, high]`` of a :func:`median_ci` result with ``nd`` decimals, or ``n/a``."""
+    med, lo, hi = stat
+    return "n/a" if not np.isfinite(med) else f"{med:.{nd}f} [{lo:.{nd}f}, {hi:.{nd}f}]"
+
+
+def subject_medians(per: Mapping[Any, Sequence[Mapping[str, Any]]], index_keys: Sequence[str]) -> tuple[
+        dict[Any, dict[str, float]], dict[str, tuple[float, float, float]]]:
+    """Per-subject means over seeds of every measure (the keys of a subject's rows except ``index_keys``), then each
+    measure's median over subjects with its bootstrap interval (:func:`median_ci`).
+
+    Returns:
+        tuple: ``({subject: {measure: mean}}, {measure: (median, low, high)})``.
+    """
+    subjects = {i: {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0] if k not in index_keys}
+                for i, rows in per.items()}
+    keys = next(iter(subjects.values())).keys()
+    return subjects, {k: median_ci([v[k] for v in subjects.values()]) for k in keys}
+
+
+def seed_cv(per: Mapping[Any, Sequence[Mapping[str, Any]]], key: str) -> float:
+    """Median over subjects (with more than one seed) of the seed SD of ``key`` over the absolute seed mean; NaN
+    when no subject has two seeds."""
+    cvs = [np.std([r[key] for r in rows]) / max(abs(np.mean([r[key] for r in rows])), 1e-12)
+           for rows in per.values() if len(rows) > 1]
+    return float(np.median(cvs)) if cvs else float("nan")

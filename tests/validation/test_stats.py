@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from monai_pie.validation.stats import corr, median_ci, r_squared, spearman
+from monai_pie.validation.stats import corr, format_ci, median_ci, r_squared, spearman
 
 
 def test_median_ci_brackets_the_median_and_drops_nans():
@@ -34,3 +34,9 @@ def test_correlations():
     assert math.isnan(corr(x, np.ones(10)))
     assert spearman([0.3, 0.5, 0.7, 0.9], [1.0, 2.0, 2.5, 10.0]) == pytest.approx(1.0)
     assert spearman([0.3, 0.5, 0.7, 0.9], [1.0, 3.0, 2.0, 4.0]) < 1.0
+
+
+def test_format_ci_prints_the_median_and_interval_or_na():
+    assert format_ci((0.5, 0.25, 0.75)) == "0.50 [0.25, 0.75]"
+    assert format_ci((0.1234, 0.1, 0.2), nd=3) == "0.123 [0.100, 0.200]"
+    assert format_ci((float("nan"),) * 3) == "n/a"

@@ -1,0 +1,94 @@
+"""What the validation protocols share (``brain_protocol``, ``cxr_protocol``): the modes they compare, the frozen
+settings file's life cycle, and the evaluation's outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..utils import atomic_write_text
+from .settings import ProgressionSettings
+
+__all__ = ["check_lines", "check_not_frozen", "freeze_settings", "read_frozen", "validation_modes", "write_evaluation"]
+
+
+def validation_modes(progression: str | Path | None,
+                     frozen: Mapping[str, Any] | None = None) -> dict[str, ProgressionSettings]:
+    """The modes a protocol compares: those of a frozen settings file, or (tuning) the progression bundle's own PIE
+    setting and PIE's published one."""
+    if frozen is not None:
+        return {name: ProgressionSettings(**values) for name, values in frozen["modes"].items()}
+    from ..bundle_tools import parse_bundle
+
+    bundle = ProgressionSettings.from_config(parse_bundle(progression).config)
+    return {"PIE, bundle defaults": bundle, "PIE, published setting": ProgressionSettings.published()}
+
+
+def read_frozen(path: str | Path, task: str) -> tuple[dict[str, Any], str]:
+    """A frozen settings file and its SHA-256; a ``FileNotFoundError`` that says to run ``monai-pie validate <task>
+    COHORT --stage tune`` first when it is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `monai-pie validate {task} COHORT --stage tune` first, which "
+                                "freezes the settings on the tuning split.")
+    raw = path.read_bytes()
+    return json.loads(raw), hashlib.sha256(raw).hexdigest()
+
+
+def check_not_frozen(path: str | Path, overwrite: bool) -> Path:
+    """``path`` if a tuning run may write it: settings are frozen once tuned, so an existing file is refused unless
+    ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists: settings are frozen once tuned. Pass --overwrite True to re-tune (and "
+                              "then re-run the evaluation).")
+    return path
+
+
+def write_evaluation(task: str, methods: dict[str, Any], frozen: dict[str, Any], params: dict[str, Any], t0: float,
+                     output_dir: str | Path, write_report: Callable[..., str]) -> dict[str, Any]:
+    """Finish ``params`` (seconds since ``t0``, the command line) and write ``<output_dir>/validation/
+    <task>_progression.md`` with ``write_report(methods, frozen, params, path)`` and its ``.json`` beside it."""
+    params["seconds"] = round(time.perf_counter() - t0, 1)
+    params["command"] = (f"monai-pie validate {task} {params.pop('cohort_dir')} --stage evaluate --num_subjects "
+                         f"{params['num_subjects']} --num_seeds {params['num_seeds']}")
+    out = Path(output_dir) / "validation"
+    report = write_report(methods, frozen, params, out / f"{task}_progression.md")
+    atomic_write_text(out / f"{task}_progression.json",
+                      json.dumps({"methods": methods, "params": params}, indent=1, default=float) + "\n")
+    return {"report": str(out / f"{task}_progression.md"), "seconds": params["seconds"], "lines": len(report)}
+
+
+def freeze_settings(path: Path, protocol: str, progression: str | Path, counterfactual: dict[str, Any],
+                    settings_overrides: Mapping[str, Any] | None, splits: dict[str, Any], thresholds: dict[str, Any],
+                    tuning: dict[str, Any], t0: float, **extra: Any) -> dict[str, Any]:
+    """Write the frozen settings file: the bundle's PIE setting, PIE's published one (both with
+    ``settings_overrides``) and the tuned ``counterfactual`` setting, with the splits, ``extra`` entries (readers,
+    stages), the thresholds and the ``tuning`` numbers that chose them (plus the seconds since ``t0``)."""
+    modes = {name: s.replace(**(settings_overrides or {})).as_dict()
+             for name, s in validation_modes(progression).items()}
+    modes["counterfactual (tuned)"] = counterfactual
+    frozen = {"protocol": protocol, "frozen_at": time.strftime("%Y-%m-%d %H:%M:%S"), "splits": splits, **extra,
+              "modes": modes, "thresholds": thresholds,
+              "tuning": {**tuning, "seconds": round(time.perf_counter() - t0, 1)}}
+    atomic_write_text(path, json.dumps(frozen, indent=1, default=float) + "\n")
+    return frozen
+
+
+def check_lines(methods: Mapping[str, Any], described: Mapping[str, str]) -> list[str]:
+    """The pass-check table's rows: per check its threshold text and each method's value with PASS / FAIL ("-" where
+    a method has no such check, "n/a" where its value is not finite)."""
+    lines = []
+    for check, text in described.items():
+        cells = []
+        for n in methods:
+            value = methods[n]["checks"].get(check)
+            cells.append("-" if value is None else ("n/a" if not math.isfinite(value[0]) else
+                                                    f"{value[0]:.2f} {'PASS' if value[1] else 'FAIL'}"))
+        lines.append(f"| {check} | {text} | " + " | ".join(cells) + " |")
+    return lines
