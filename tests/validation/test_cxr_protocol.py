@@ -13,6 +13,7 @@ from PIL import Image
 from monai_pie.data.io import save_png16
 from monai_pie.metrics.cxr_readers import MASK_CHANNELS, soft_ctr
 from monai_pie.validation import cxr_protocol as cp
+from monai_pie.validation.settings import ProgressionSettings
 
 
 def _row(subject, seed, ratio=1.0, r2=0.6, corrected=0.2, null_pass=1.0, off_target=0.02, side=1.0):
@@ -139,3 +140,32 @@ def test_tune_then_evaluate_end_to_end(generalist, cxr_trained, tmp_path):
     assert all(s["null_ctr_max"] < 1e-4 and abs(s["cardiomegaly_null"]) < 1e-4 for s in cf["subjects"].values())
     assert data["methods"]["counterfactual (tuned)"]["num_seeds"] == 2
     assert (tmp_path / "docs" / "figures" / "cxr_progression_methods.png").is_file()
+
+
+def test_finished_runs_are_reused_until_the_items_settings_or_weights_change(tmp_path, monkeypatch):
+    progression = tmp_path / "bundle"
+    (progression / "models").mkdir(parents=True)
+    (progression / "models" / "model.pt").write_bytes(b"weights v1")
+    calls = []
+
+    class Summary:
+        def __init__(self, n):
+            self.summaries = [{"frames": [f"frame_{i}.png"]} for i in range(n)]
+
+    monkeypatch.setattr(cp, "run_bundle", lambda bundle, overrides: calls.append(overrides) or overrides)
+    monkeypatch.setattr(cp, "find_handler", lambda overrides, kind: Summary(len(overrides["datalist"])))
+    subjects = [cp.Subject(0, 1, "right", path="s.png"), cp.Subject(1, 2, "left", path="t.png")]
+    rois = {"thorax": "t.png", "right": "r.png", "left": "l.png"}
+    settings = ProgressionSettings.published()
+    first = cp.run_edits(progression, None, settings, subjects, 2, rois, tmp_path / "out")
+    assert len(calls) == 2 and len(first) == 2 * 2 * 3  # one bundle run per seed; 3 runs per subject
+    assert first[("s001", 1, "null")] == ["frame_5.png"]
+    tally = {}
+    assert cp.run_edits(progression, None, settings, subjects, 2, rois, tmp_path / "out", tally=tally) == first
+    assert len(calls) == 2 and tally == {"reused": 2}  # nothing re-ran
+    cp.run_edits(progression, None, settings.replace(strength=0.3), subjects, 2, rois, tmp_path / "out")
+    assert len(calls) == 4  # other settings: run again
+    (progression / "models" / "model.pt").write_bytes(b"weights v2")
+    cp.run_edits(progression, None, settings.replace(strength=0.3), subjects, 1, rois, tmp_path / "out")
+    assert len(calls) == 5  # other weights: run again
+    assert all(c["dataloader#batch_size"] == 16 for c in calls)
