@@ -173,10 +173,10 @@ def test_an_output_folder_holding_the_input_is_not_overwritten(brain_trained, tm
 
 def test_the_validation_runs_the_bundle_settings_and_the_class_keeps_pies():
     from monai_pie.validation import ProgressionSettings
-    from monai_pie.validation.brain_protocol import _modes
+    from monai_pie.validation.protocol import validation_modes
 
     conf = json.loads((BRAIN_PROG / "configs" / "inference.json").read_text())
-    modes = _modes(BRAIN_PROG)
+    modes = validation_modes(BRAIN_PROG)
     bundle = modes["PIE, bundle defaults"]
     assert bundle == ProgressionSettings.from_config(conf)  # the bundle's own setting, stated once in its JSON
     assert (bundle.strength, bundle.blend_in, bundle.anchor) == (conf["strength"], conf["blend_in"], conf["anchor"])
