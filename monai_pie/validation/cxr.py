@@ -346,7 +346,7 @@ def _command(args: dict[str, Any]) -> str:
     defaults = {k: v.default for k, v in inspect.signature(validate_cxr).parameters.items()}
     opts = "".join(f" --{k} {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in args.items()
                    if k != "cohort_dir" and v != defaults.get(k))
-    return f"monai-pie validate cxr {args['cohort_dir']}{opts}"
+    return f"monai-pie validate cxr {args['cohort_dir']} --stage generation{opts}"
 
 
 def validate_cxr(
