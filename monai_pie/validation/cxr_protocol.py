@@ -40,7 +40,7 @@ from ..metrics.cxr_readers import (
     soft_ctr,
 )
 from ..utils import atomic_write_text
-from ..vocabulary import CXR_FINDINGS, CXR_REPORT_PREFIX, finding_key
+from ..vocabulary import CXR_FINDINGS, cxr_report, finding_key
 from .protocol import (
     check_lines,
     check_not_frozen,
@@ -55,7 +55,7 @@ from .stats import corr, format_ci, r_squared, seed_cv, subject_medians
 __all__ = ["THRESHOLDS", "evaluate_cxr", "tune_cxr"]
 
 TUNING_SEED, EVALUATION_SEED = 810_000, 910_000
-NULL_PROMPT = f"{CXR_REPORT_PREFIX}, no finding"
+NULL_PROMPT = cxr_report([])  # "A chest X-ray image, no finding"
 #: target finding -> the marker that sizes it (read on the side asked for, for effusion)
 TARGETS = {"cardiomegaly": "ctr", "pleural effusion": "effusion"}
 SIDES = ("right", "left")  # patient sides; subject i asks for effusion on SIDES[i % 2]
@@ -69,10 +69,6 @@ THRESHOLDS = {
     "off_target_probability_max": 0.1, "specificity_max": 0.25, "side_share_min": 0.9, "baseline_margin": 0.05,
 }
 COUNTERFACTUAL_CANDIDATES = ({"strength": 0.3}, {"strength": 0.5}, {"strength": 0.7}, {"strength": 0.9})
-
-
-def prompt(finding: str) -> str:
-    return f"{CXR_REPORT_PREFIX}, {finding}"
 
 
 # --------------------------------------------------------------------------------------------------- subjects
@@ -138,8 +134,8 @@ def edit_items(subjects: list[Subject], seed: int, rois: dict[str, str],
     subject's side) and toward "no finding" (thorax ROI); and the ``(subject key, seed, run)`` key of each item."""
     items, keys = [], []
     for s in subjects:
-        for run, (text, roi) in {"cardiomegaly": (prompt("cardiomegaly"), "thorax"),
-                                 "pleural effusion": (prompt("pleural effusion"), s.side),
+        for run, (text, roi) in {"cardiomegaly": (cxr_report(["cardiomegaly"]), "thorax"),
+                                 "pleural effusion": (cxr_report(["pleural effusion"]), s.side),
                                  "null": (NULL_PROMPT, "thorax")}.items():
             item = {"image": s.path, "roi": rois[roi], "prompt": text, "seed": seed}
             if settings.edit_mode == "counterfactual":
@@ -259,11 +255,9 @@ def validate_readers(subjects: list[Subject], ae: dict[tuple[str, str], np.ndarr
                                                for t in TARGETS}
     for s in tqdm(subjects, desc="readers", leave=False):
         x0 = s.images["source"]
-        names = ["source", "darker", "blur", "ae_source"] + [k for k in s.images if k != "source"] + [
-            f"ae:{t}" for t in TARGETS]
-        imgs = [x0, x0 * 0.98, ndimage.gaussian_filter(x0, 0.7), ae[(s.key, "source")]] + [
-            s.images[k] for k in names[4:4 + len(s.images) - 1]] + [ae[(s.key, t)] for t in TARGETS]
-        got = dict(zip(names, readers.read(imgs)))
+        imgs = {**s.images, "darker": x0 * 0.98, "blur": ndimage.gaussian_filter(x0, 0.7),
+                "ae_source": ae[(s.key, "source")], **{f"ae:{t}": ae[(s.key, t)] for t in TARGETS}}
+        got = dict(zip(imgs, readers.read(list(imgs.values()))))
         for t, name in TARGETS.items():
             r, full = rows[t], s.true_change(t)
             base = marker(got["source"], name, s.side)
