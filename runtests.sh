@@ -10,7 +10,10 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q -c constraints.txt -e ".[test]"
+python -m pip install -q -c constraints.txt -e ".[test,label]"
+# MONAI Label without its declared requirements (they pull torchvision, sam2 and a CUDA torch); `.[label]` has what
+# its server imports. Same two commands as docs/slicer_and_monailabel.md.
+python -m pip install -q -c constraints.txt --no-deps monailabel pydicom-seg
 # Keep each test process to the cores it was given; tiny nets are slower with oversubscription.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1

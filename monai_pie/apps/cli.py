@@ -6,6 +6,9 @@
     monai-pie synth generalist OUTPUT_DIR [--num_cxr 800] [--num_brain_subjects 60] [--size 64]
     monai-pie validate brain COHORT_DIR --stage tune|evaluate|generation [--num_subjects 20] [--model_path ...]
     monai-pie validate cxr COHORT_DIR --stage tune|evaluate|generation [--num_subjects 32] [--model_path ...]
+    monai-pie label app [--output_dir DIR]          # write the MONAI Label app folder, print its path
+    monai-pie label serve STUDIES [--port 8000] [--host 127.0.0.1] [--tasks a,b] [--device cpu]
+    monai-pie slicer modules OUTPUT_DIR [--tasks a,b]   # 3D Slicer CLI modules (add OUTPUT_DIR to Slicer)
     monai-pie schema            # path of the offline bundle-metadata schema
 """
 
@@ -69,12 +72,60 @@ class Validate:
         return json.dumps(stages[stage](cohort_dir, **kwargs), indent=2, default=str)
 
 
+class Label:
+    """MONAI Label: the monai-pie app (needs ``pip install -e .[label]``, see docs/slicer_and_monailabel.md)."""
+
+    def app(self, output_dir: str | None = None) -> str:
+        """Write the app folder (its ``main.py`` imports the app from the package) and print its path. MONAI Label
+        creates ``model/ lib/ logs/ bin/`` in it, so it lives outside the package: default
+        ``~/.monai-pie/label_app``."""
+        from pathlib import Path
+
+        from monai_pie.serving import app_source
+
+        out = Path(output_dir).expanduser() if output_dir else Path.home() / ".monai-pie" / "label_app"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "main.py").write_text(app_source().read_text())
+        return str(out)
+
+    def serve(self, studies: str, port: int = 8000, host: str = "127.0.0.1", tasks: str | None = None,
+              device: str | None = None, app_dir: str | None = None) -> None:
+        """Start ``monailabel start_server`` with the app on ``host:port`` (local only by default) over the
+        ``studies`` folder; ``--tasks`` limits the served tasks, ``--device`` picks where models run."""
+        import shutil
+        import subprocess
+
+        if shutil.which("monailabel") is None:
+            raise FileNotFoundError("`monailabel` is not installed: pip install -c constraints.txt -e '.[label]' "
+                                    "&& pip install -c constraints.txt --no-deps monailabel pydicom-seg")
+        command = ["monailabel", "start_server", "--app", self.app(app_dir), "--studies", studies, "--host", host,
+                   "--port", str(port)]
+        for key, value in (("tasks", tasks), ("device", device)):
+            if value:
+                command += ["--conf", key, str(value)]
+        sys.exit(subprocess.call(command))
+
+
+class Slicer:
+    """3D Slicer CLI modules for every task."""
+
+    def modules(self, output_dir: str, tasks: str | None = None) -> str:
+        """Write ``MONAIPIE<Task>.xml`` + ``.py`` per task into ``output_dir``; add that folder in Slicer (Edit >
+        Application Settings > Modules > Additional module paths) and restart Slicer."""
+        from monai_pie.serving.slicer import write_modules
+
+        names = [t.strip() for t in tasks.split(",")] if tasks else None
+        return "\n".join(str(p) for p in write_modules(output_dir, names))
+
+
 class Cli:
     """monai-pie: generative medical imaging on MONAI."""
 
     def __init__(self) -> None:
         self.synth = Synth()
         self.validate = Validate()
+        self.label = Label()
+        self.slicer = Slicer()
 
     def version(self) -> str:
         """Package, MONAI and torch versions."""

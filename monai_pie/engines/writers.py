@@ -30,6 +30,7 @@ from ..visualize import frame_strip, save_gif, save_png
 
 __all__ = [
     "ProgressionToInputGridd",
+    "as_input_nifti",
     "SaveFramesd",
     "SaveProgressionPicturesd",
     "SaveProgressionSummaryd",
@@ -173,14 +174,14 @@ class SaveFramesd(MapTransform):
                     full = F.interpolate(roi, size=tuple(frames[0].shape), mode="nearest")[0, 0].numpy()
                     d["roi_png"] = str(save_png((full > 0.5).astype(np.uint8) * 255, _check_not_input(out / "roi.png", d)))
                 final = out / f"frame_{len(frames) - 1:02d}.nii.gz"  # the result 3D Slicer loads: a one-slice volume
-                array, affine = _as_input_nifti(frames[-1], _input_path(d, "image"))
+                array, affine = as_input_nifti(frames[-1], _input_path(d, "image"))
                 save_nifti_like(array, affine, _check_not_input(final, d))
             _make_newest(out / f"frame_{len(frames) - 1:02d}.nii.gz")
             d["frame_paths"] = paths
         return d
 
 
-def _as_input_nifti(frame: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
+def as_input_nifti(frame: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
     """A 2D frame ``(H, W)`` in [0, 1] as a one-slice NIfTI array: when the input was a NIfTI of the same size, laid
     out like it (its axes, its affine) and in its intensity units (undoing the min-max scaling of
     :func:`~monai_pie.data.load_2d_image`), so it overlays the input in a viewer; else ``(W, H, 1)`` in [0, 1] with an

@@ -21,6 +21,15 @@ except ImportError:  # pragma: no cover - optional dependency
 needs_pydicom = pytest.mark.skipif(pydicom is None, reason="pydicom is not installed (DICOM reading is optional)")
 
 
+def _save_dicom(ds, path):
+    """Write a conformant DICOM file with pydicom 3 (``enforce_file_format``) or 2.4 (``write_like_original``), the
+    version the ``label`` extra holds for MONAI Label."""
+    try:
+        ds.save_as(path, enforce_file_format=True)
+    except TypeError:
+        ds.save_as(path, write_like_original=False)
+
+
 def _write_png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
     Image.fromarray(arr, mode=mode).save(path)
     return path
@@ -97,7 +106,7 @@ def _write_dicom(path: Path, pixels: np.ndarray, photometric: str, slope: float,
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
     ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    _save_dicom(ds, path)
     return path
 
 

@@ -1,0 +1,107 @@
+"""MONAI Label serving latency on this machine: server start-up (to the first ``/info/`` answer) and per-task request
+latency over HTTP, with tiny settings and with the bundle defaults.
+
+Cases run round-robin (every task once per repeat, tiny before defaults) so machine load spreads over all of them;
+the table reports median and min over repeats, the load average before and after, and flags rows whose repeats
+spread by more than 25 % of the median.
+
+    python benchmarks/bench_serving.py [--repeats 3] [--default_repeats 1] [--output benchmarks/results/serving.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"brain_progression": {"num_inference_steps": 3, "num_rounds": 1},
+        "brain_generation": {"num_inference_steps": 3},
+        "cxr_text_to_image": {"num_inference_steps": 3},
+        "cxr_progression": {"num_inference_steps": 3, "num_rounds": 1}}
+IMAGES = {"brain_progression": "t1", "brain_generation": "t1", "cxr_text_to_image": "cxr", "cxr_progression": "cxr"}
+SPREAD = 0.25
+
+
+def request(url: str, task: str, params: dict) -> float:
+    body = f"--b\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{json.dumps(params)}\r\n--b--\r\n".encode()
+    req = urllib.request.Request(f"{url}/infer/{task}?image={IMAGES[task]}&output=json", data=body, method="POST",
+                                 headers={"Content-Type": "multipart/form-data; boundary=b"})
+    start = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=3600) as r:
+        r.read()
+    return time.perf_counter() - start
+
+
+def row(name: str, times: list[float]) -> str:
+    med = statistics.median(times)
+    flag = "spread > 25 %" if len(times) > 1 and (max(times) - min(times)) > SPREAD * med else ""
+    return f"| {name} | {len(times)} | {med:.2f} | {min(times):.2f} | {flag} |"
+
+
+def main() -> None:
+    from monai_pie.serving.server import start_local_server
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--default_repeats", type=int, default=1)
+    parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "serving.md"))
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench_serving_"))
+    studies = work / "studies"
+    studies.mkdir()
+    shutil.copy(ROOT / "bundles" / "brain_mri_progression" / "docs" / "example_t1.nii.gz", studies / "t1.nii.gz")
+    shutil.copy(ROOT / "bundles" / "cxr_progression" / "docs" / "example_cxr.png", studies / "cxr.png")
+    app = subprocess.run([sys.executable, "-m", "monai_pie.apps.cli", "label", "app", "--output_dir",
+                          str(work / "app")], capture_output=True, text=True, check=True).stdout.strip()
+    env = {"MONAI_LABEL_SESSION_PATH": str(work / "sessions")}
+    load_before = os.getloadavg()
+    starts = []
+    for _ in range(args.starts):
+        server = start_local_server(app, studies, env=env)
+        starts.append(server.startup_s)
+        server.stop()
+    server = start_local_server(app, studies, env=env)
+    tiny: dict[str, list[float]] = {t: [] for t in TINY}
+    defaults: dict[str, list[float]] = {t: [] for t in TINY}
+    try:
+        for task in TINY:  # warm-up, excluded
+            request(server.url, task, TINY[task])
+        for r in range(max(args.repeats, args.default_repeats)):
+            for task in TINY:
+                if r < args.repeats:
+                    tiny[task].append(request(server.url, task, TINY[task]))
+                if r < args.default_repeats:
+                    defaults[task].append(request(server.url, task, {}))
+                    print(f"{task}: defaults {defaults[task][-1]:.1f} s", flush=True)
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    lines = ["# MONAI Label serving latency", "",
+             f"`python benchmarks/bench_serving.py --repeats {args.repeats} --default_repeats {args.default_repeats}`"
+             f" on {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU; "
+             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average "
+             f"{load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after.", "",
+             "Seconds, HTTP request to answer (JSON output), the model already loaded; tiny = "
+             "3 sampler steps (and 1 PIE round); defaults = the bundle's own settings.", "",
+             "| case | repeats | median s | min s | note |", "|---|---|---|---|---|",
+             row("server start-up (to the first `/info/` answer, 4 tasks loaded)", starts)]
+    lines += [row(f"{task}, tiny", tiny[task]) for task in TINY]
+    lines += [row(f"{task}, bundle defaults", defaults[task]) for task in TINY if defaults[task]]
+    text = "\n".join(lines) + "\n"
+    Path(args.output).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

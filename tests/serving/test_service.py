@@ -1,0 +1,138 @@
+"""A task loaded once and run per request, on the shipped weights and example images with tiny settings: results
+on the input's grid, every frame as a 4D NIfTI, errors that name the problem, nothing left behind, inputs untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from helpers.bundle_helpers import BRAIN_LDM, BRAIN_PROG, CXR_PROG
+
+from monai_pie.data import load_2d_image
+from monai_pie.serving import RequestError, TaskService
+
+FAST = {"num_inference_steps": 4, "num_rounds": 2}
+
+
+@pytest.fixture(scope="module")
+def brain_progression():
+    return TaskService("brain_progression", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def cxr_progression():
+    return TaskService("cxr_progression", device="cpu")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _leftovers(task: str) -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob(f"monai_pie_{task}_*")}
+
+
+def test_brain_progression_final_frame_and_all_frames_on_the_input_grid(brain_progression, tmp_path):
+    image = tmp_path / "t1.nii.gz"
+    shutil.copy(BRAIN_PROG / "docs" / "example_t1.nii.gz", image)
+    before, runs_before = _digest(image), _leftovers("brain_progression")
+    final = brain_progression.run(image, {**FAST, "target_diagnosis": "AD"})
+    every = brain_progression.run(image, {**FAST, "target_diagnosis": "AD", "frames": "all"})
+    x = nib.load(image)
+    out = nib.load(final.path)
+    assert out.shape == x.shape and np.allclose(out.affine, x.affine)
+    assert final.frames is None and final.path == final.final
+    change = np.abs(out.get_fdata() - x.get_fdata())
+    assert np.isfinite(change).all() and change.max() > 0.01 * np.ptp(x.get_fdata())
+    stack = nib.load(every.path)
+    assert stack.shape == (*x.shape, FAST["num_rounds"] + 1) and np.allclose(stack.affine, x.affine)
+    assert np.allclose(stack.get_fdata()[..., -1], nib.load(every.final).get_fdata(), atol=1e-4)  # same seed
+    assert np.allclose(stack.get_fdata()[..., -1], out.get_fdata(), atol=1e-4)
+    assert final.info["params"]["target_diagnosis"] == "AD" and final.info["summary"]["target"]["stage"] == 0.9
+    assert "frames" not in final.info["summary"]  # no paths into the removed run folder
+    assert _digest(image) == before and _leftovers("brain_progression") == runs_before
+    for result in (final, every):
+        for f in result.files():
+            f.unlink()
+
+
+def test_the_network_is_loaded_once_and_reused(brain_progression, monkeypatch, tmp_path):
+    from monai_pie.engines import weights
+
+    calls = []
+    monkeypatch.setattr(weights, "load_weights", lambda *a, **k: calls.append(a) or {})
+    network = brain_progression.network
+    params_before = {k: v.clone() for k, v in network.state_dict().items()}
+    result = brain_progression.run(BRAIN_PROG / "docs" / "example_t1.nii.gz", {**FAST, "num_rounds": 1})
+    assert calls == [] and brain_progression.network is network  # no weight file read per request
+    assert all(torch.equal(v, params_before[k]) for k, v in network.state_dict().items())
+    result.final.unlink()
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"num_rounds": 0}, r"`num_rounds` must be in \[1, 50\]"),
+    ({"age": 20}, r"`age` must be in \[40, 100\]"),  # the conditioner's trained range
+    ({"target_diagnosis": "dementia"}, r"`target_diagnosis` must be one of \['CN', 'MCI', 'AD'\]"),
+    ({"num_round": 2}, "did you mean 'num_rounds'"),
+    ({"colour": "red"}, "has no parameter 'colour'"),
+])
+def test_bad_parameters_are_request_errors(brain_progression, params, words):
+    with pytest.raises(RequestError, match=words):
+        brain_progression.run(BRAIN_PROG / "docs" / "example_t1.nii.gz", params)
+
+
+def test_lenient_parsing_ignores_foreign_keys_but_not_typos(brain_progression):
+    values = brain_progression.parse({"model": "x", "client_id": "y", "num_rounds": "3"}, strict=False)
+    assert values["num_rounds"] == 3
+    with pytest.raises(RequestError, match="did you mean 'strength'"):
+        brain_progression.parse({"strenght": 0.5}, strict=False)
+
+
+def test_bad_images_are_request_errors(brain_progression, tmp_path):
+    with pytest.raises(RequestError, match="not found"):
+        brain_progression.run(tmp_path / "missing.nii.gz", FAST)
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a nifti")
+    with pytest.raises(RequestError, match="broken.nii.gz"):
+        brain_progression.run(broken, FAST)
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((40, 40), np.float32), np.eye(4)), flat)
+    with pytest.raises(RequestError):
+        brain_progression.run(flat, FAST)
+
+
+def test_cxr_progression_on_a_png_and_its_frames(cxr_progression):
+    image = CXR_PROG / "docs" / "example_cxr.png"
+    result = cxr_progression.run(image, {**FAST, "frames": "all", "prompt": "A chest X-ray image, pleural effusion"})
+    x = load_2d_image(image)
+    final = load_2d_image(result.final)
+    assert result.final.suffix == ".png" and final.shape == x.shape and 0 < np.abs(final - x).max()
+    stack = nib.load(result.frames).get_fdata()
+    assert stack.shape == (x.shape[1], x.shape[0], 1, FAST["num_rounds"] + 1)
+    assert np.allclose(stack[..., 0, -1].T, final, atol=1e-4) and np.allclose(stack[..., 0, 0].T, x, atol=1e-4)
+    with pytest.raises(RequestError, match="unknown finding 'fracture'"):
+        cxr_progression.run(image, {**FAST, "prompt": "A chest X-ray image, fracture"})
+    for f in result.files():
+        f.unlink()
+
+
+def test_generation_tasks():
+    brain = TaskService("brain_generation", device="cpu")
+    result = brain.run(BRAIN_LDM / "docs" / "example_t1.nii.gz", {"num_inference_steps": 3, "age": 80, "stage": 0.9})
+    img = nib.load(result.path)
+    assert img.shape == (64, 80, 64) and np.isfinite(img.get_fdata()).all() and img.get_fdata().std() > 0.01
+    assert result.info["summary"]["covariates"] == {"age": 80.0, "sex": 0, "stage": 0.9}
+    cxr = TaskService("cxr_text_to_image", device="cpu")
+    a = cxr.run(None, {"num_inference_steps": 3, "prompt": "A chest X-ray image, cardiomegaly", "seed": 1})
+    b = cxr.run(None, {"num_inference_steps": 3, "prompt": "A chest X-ray image, cardiomegaly", "seed": 1})
+    c = cxr.run(None, {"num_inference_steps": 3, "prompt": "A chest X-ray image, cardiomegaly", "seed": 2})
+    xa, xb, xc = (load_2d_image(r.path) for r in (a, b, c))
+    assert xa.shape == (64, 64) and np.array_equal(xa, xb) and not np.array_equal(xa, xc)  # the seed decides
+    for r in (result, a, b, c):
+        r.path.unlink()
