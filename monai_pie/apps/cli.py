@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["main"]
@@ -72,6 +73,16 @@ class Validate:
         return json.dumps(stages[stage](cohort_dir, **kwargs), indent=2, default=str)
 
 
+def _names(tasks: str | Sequence[str] | None) -> list[str] | None:
+    """``--tasks a,b`` (fire passes a comma list as a tuple) as checked task names."""
+    if not tasks:
+        return None
+    from monai_pie.serving import get_task
+
+    parts = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+    return [get_task(str(t).strip()).name for t in parts if str(t).strip()]
+
+
 class Label:
     """MONAI Label: the monai-pie app (needs ``pip install -e .[label]``, see docs/slicer_and_monailabel.md)."""
 
@@ -88,7 +99,7 @@ class Label:
         (out / "main.py").write_text(app_source().read_text())
         return str(out)
 
-    def serve(self, studies: str, port: int = 8000, host: str = "127.0.0.1", tasks: str | None = None,
+    def serve(self, studies: str, port: int = 8000, host: str = "127.0.0.1", tasks: str | Sequence[str] | None = None,
               device: str | None = None, app_dir: str | None = None) -> None:
         """Start ``monailabel start_server`` with the app on ``host:port`` (local only by default) over the
         ``studies`` folder; ``--tasks`` limits the served tasks, ``--device`` picks where models run."""
@@ -100,7 +111,7 @@ class Label:
                                     "&& pip install -c constraints.txt --no-deps monailabel pydicom-seg")
         command = ["monailabel", "start_server", "--app", self.app(app_dir), "--studies", studies, "--host", host,
                    "--port", str(port)]
-        for key, value in (("tasks", tasks), ("device", device)):
+        for key, value in (("tasks", ",".join(_names(tasks) or [])), ("device", device)):
             if value:
                 command += ["--conf", key, str(value)]
         sys.exit(subprocess.call(command))
@@ -109,13 +120,12 @@ class Label:
 class Slicer:
     """3D Slicer CLI modules for every task."""
 
-    def modules(self, output_dir: str, tasks: str | None = None) -> str:
+    def modules(self, output_dir: str, tasks: str | Sequence[str] | None = None) -> str:
         """Write ``MONAIPIE<Task>.xml`` + ``.py`` per task into ``output_dir``; add that folder in Slicer (Edit >
         Application Settings > Modules > Additional module paths) and restart Slicer."""
         from monai_pie.serving.slicer import write_modules
 
-        names = [t.strip() for t in tasks.split(",")] if tasks else None
-        return "\n".join(str(p) for p in write_modules(output_dir, names))
+        return "\n".join(str(p) for p in write_modules(output_dir, _names(tasks)))
 
 
 class Cli:

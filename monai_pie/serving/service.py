@@ -44,7 +44,8 @@ class TaskResult:
     Attributes:
         path: the result the request asked for (``frames="all"``: :attr:`frames`, else :attr:`final`).
         info: JSON-able summary: task, the settings used, the bundle's own summary, seconds taken.
-        final: the final frame (progressions) or the generated image, in a fresh temporary file the caller owns.
+        final: the final frame (or the frame asked for by number) of a progression, or the generated image, in a
+            fresh temporary file the caller owns.
         frames: (``frames="all"``) every frame as one 4D NIfTI, a temporary file the caller owns; else ``None``.
     """
 
@@ -127,6 +128,9 @@ class TaskService:
             RequestError: the request cannot be run as given; the message names the problem.
         """
         values = self.parse(params or {}, strict)
+        if isinstance(values.get("frames"), int) and values["frames"] > values["num_rounds"]:
+            raise RequestError(f"`frames` {values['frames']} does not exist: {values['num_rounds']} rounds give frames "
+                               f"0 to {values['num_rounds']}.")
         overrides: dict[str, Any] = dict(self.spec.fixed)
         for p in self.spec.parameters:
             if p.key is not None:
@@ -169,7 +173,8 @@ class TaskService:
                 raise RuntimeError(f"the {self.spec.bundle} bundle wrote no frames in {work}.")
             stacked = _stack_frames(sorted(work.glob("frame_*.png")) or frames, image) \
                 if values.get("frames") == "all" else None
-            return _take(frames[-1]), stacked, summary
+            chosen = values.get("frames")
+            return _take(frames[chosen if isinstance(chosen, int) else -1]), stacked, summary
         samples = sorted(work.rglob("sample_*.*"))
         if not samples:
             raise RuntimeError(f"the {self.spec.bundle} bundle wrote no sample in {work}.")

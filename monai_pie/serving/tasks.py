@@ -20,7 +20,8 @@ from ..vocabulary import DIAGNOSES
 
 __all__ = ["FRAMES", "TASKS", "Parameter", "RequestError", "TaskSpec", "get_task"]
 
-#: what a progression request returns: the final frame, or every frame as one 4D NIfTI (a Slicer sequence)
+#: what a progression request returns: the final frame, or every frame as one 4D NIfTI (a Slicer sequence); a frame
+#: number is allowed too
 FRAMES: tuple[str, ...] = ("final", "all")
 _MAX_SEED = 2**31 - 1
 
@@ -47,6 +48,7 @@ class Parameter:
         nullable: the bundle accepts ``null`` (e.g. ``target_stage``: the diagnosis decides); a request may send
             ``null`` or ``""``, a Slicer module a negative number.
         as_list: the config holds a list of such values (``prompts``); a request sets a one-element list.
+        numbered: besides ``choices``, a whole number >= 0 is allowed (``frames``: one frame by its number).
     """
 
     name: str
@@ -58,6 +60,7 @@ class Parameter:
     default: Any = None
     nullable: bool = False
     as_list: bool = False
+    numbered: bool = False
 
     def parse(self, value: Any, bounds: tuple[float, float] | None = None) -> Any:
         """``value`` converted to ``kind`` and checked, or a :class:`RequestError` naming the parameter.
@@ -69,6 +72,8 @@ class Parameter:
         if self.nullable and (value is None or value == ""):
             return None
         low_high = bounds if bounds is not None else (self.bounds if isinstance(self.bounds, tuple) else None)
+        if self.numbered and not isinstance(value, bool) and str(value).strip().isdigit():
+            return int(str(value).strip())
         if self.kind is str:
             if not isinstance(value, str) or not value.strip():
                 raise RequestError(f"`{self.name}` must be non-empty text, got {value!r}.")
@@ -91,7 +96,8 @@ class Parameter:
             if low_high is not None and not low_high[0] <= parsed <= low_high[1]:
                 raise RequestError(f"`{self.name}` must be in [{low_high[0]:g}, {low_high[1]:g}], got {value!r}.")
         if self.choices is not None and parsed not in self.choices:
-            raise RequestError(f"`{self.name}` must be one of {list(self.choices)}, got {value!r}.")
+            number = " or a whole number >= 0" if self.numbered else ""
+            raise RequestError(f"`{self.name}` must be one of {list(self.choices)}{number}, got {value!r}.")
         return parsed
 
 
@@ -110,8 +116,8 @@ def _sampling(rounds: bool) -> tuple[Parameter, ...]:
         Parameter("strength", float, "share of the noise range each round re-noises", "strength", (0.01, 1.0)),
         Parameter("edit_mode", str, "'pie' (progressive rounds) or 'counterfactual' (a null target is the "
                   "identity; see docs/pie.md)", "edit_mode", choices=EDIT_MODES),
-        Parameter("frames", str, "'final': the last frame; 'all': every frame as one 4D NIfTI (a Slicer sequence)",
-                  default="final", choices=FRAMES),
+        Parameter("frames", str, "'final': the last frame; 'all': every frame as one 4D NIfTI (a Slicer sequence); "
+                  "a number: that frame (0 = the input)", default="final", choices=FRAMES, numbered=True),
     )
 
 

@@ -31,3 +31,18 @@ def test_validate_with_a_missing_cohort_fails_at_once_with_one_line(capsys, tmp_
             main(["validate", task, str(tmp_path / "absent"), "--output_dir", str(tmp_path / "out")])
         assert exc.value.code == 2 and "datalist not found" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_label_app_is_written_outside_the_package_and_slicer_modules_for_every_task(capsys, tmp_path):
+    from monai_pie.serving import TASKS, app_source
+
+    main(["label", "app", "--output_dir", str(tmp_path / "app")])
+    app = Path(capsys.readouterr().out.strip())
+    assert app == tmp_path / "app" and (app / "main.py").read_text() == app_source().read_text()
+    assert "MonaiPieApp" in (app / "main.py").read_text()
+    main(["slicer", "modules", str(tmp_path / "slicer"), "--tasks", "cxr_progression,brain_generation"])
+    written = sorted(Path(p).name for p in capsys.readouterr().out.split())
+    assert written == ["MONAIPIEBrainGeneration.py", "MONAIPIECxrProgression.py"] and len(TASKS) == 4
+    with pytest.raises(SystemExit) as exc:
+        main(["slicer", "modules", str(tmp_path / "slicer"), "--tasks", "tau"])
+    assert exc.value.code == 2 and "no task 'tau'" in capsys.readouterr().err

@@ -54,6 +54,10 @@ def test_brain_progression_final_frame_and_all_frames_on_the_input_grid(brain_pr
     assert stack.shape == (*x.shape, FAST["num_rounds"] + 1) and np.allclose(stack.affine, x.affine)
     assert np.allclose(stack.get_fdata()[..., -1], nib.load(every.final).get_fdata(), atol=1e-4)  # same seed
     assert np.allclose(stack.get_fdata()[..., -1], out.get_fdata(), atol=1e-4)
+    first = brain_progression.run(image, {**FAST, "target_diagnosis": "AD", "frames": "1"})
+    assert np.allclose(nib.load(first.path).get_fdata(), stack.get_fdata()[..., 1], atol=1e-4)  # a chosen frame
+    assert not np.allclose(stack.get_fdata()[..., 1], stack.get_fdata()[..., 2], atol=1e-4)
+    first.path.unlink()
     assert final.info["params"]["target_diagnosis"] == "AD" and final.info["summary"]["target"]["stage"] == 0.9
     assert "frames" not in final.info["summary"]  # no paths into the removed run folder
     assert _digest(image) == before and _leftovers("brain_progression") == runs_before
@@ -81,6 +85,8 @@ def test_the_network_is_loaded_once_and_reused(brain_progression, monkeypatch, t
     ({"target_diagnosis": "dementia"}, r"`target_diagnosis` must be one of \['CN', 'MCI', 'AD'\]"),
     ({"num_round": 2}, "did you mean 'num_rounds'"),
     ({"colour": "red"}, "has no parameter 'colour'"),
+    ({"frames": "last"}, r"`frames` must be one of \['final', 'all'\] or a whole number >= 0"),
+    ({"frames": 3, "num_rounds": 2}, "`frames` 3 does not exist: 2 rounds give frames 0 to 2"),
 ])
 def test_bad_parameters_are_request_errors(brain_progression, params, words):
     with pytest.raises(RequestError, match=words):
