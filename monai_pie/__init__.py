@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 from . import conditioning, data, engines, inferers, metrics, networks, utils  # noqa: F401  (registration)
 from .conditioning import DiffusionCondition
-from .inferers import DiffusionSampler, GenerationInferer, ProgressionInferer, ProgressionResult
+from .inferers import AnomalyInferer, DiffusionSampler, GenerationInferer, ProgressionInferer, ProgressionResult
 from .networks import LatentDiffusionModel
 from .utils.errors import install_bundle_excepthook
 
@@ -19,6 +19,7 @@ install_bundle_excepthook()  # under `python -m monai.bundle`: the real error is
 
 __all__ = [
     "__version__",
+    "AnomalyInferer",
     "DiffusionCondition",
     "DiffusionSampler",
     "GenerationInferer",

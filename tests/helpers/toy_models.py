@@ -13,7 +13,10 @@ class GaussianToyDenoiser(nn.Module):
     """Exact denoiser for data ``x0 ~ N(mean, var)`` element-wise, for any schedule and prediction type.
 
     The condition chooses the distribution: ``class_labels`` index ``means``/``variances`` (label 0 is used when
-    no condition is given), or a ``context`` ``(B, 1, 1)`` gives the mean directly with ``context_var``.
+    no condition is given), or a ``context`` ``(B, 1, 1)`` gives the mean directly with ``context_var``. ``means``
+    may also be mean images ``(K, C, *spatial)``, one per class (a spatial pattern per class). Class label ``K``
+    (one past the last) is the equal-weight mixture of the ``K`` classes, element-wise (an unconditional model
+    trained with every class: use it as the ``null_class_label``).
     """
 
     def __init__(self, schedule: NoiseSchedule, means=(0.0,), variances=(1.0,), context_var: float = 1.0):
@@ -33,21 +36,41 @@ class GaussianToyDenoiser(nn.Module):
             var = torch.full_like(mu, self.context_var)
         else:
             idx = torch.zeros(x.shape[0], dtype=torch.long) if class_labels is None else class_labels
-            mu, var = self.means[idx].reshape(shape), self.variances[idx].reshape(shape)
+            if class_labels is not None and bool((idx == len(self.means)).any()):
+                return self._mixture(x, a, s)
+            var = self.variances[idx].reshape(shape)
+            mu = self.means[idx] if self.means.ndim > 1 else self.means[idx].reshape(shape)
         xd = x.double()
         total = a * a * var + s * s
         eps = s * (xd - a * mu) / total
         x0 = mu + a * var * (xd - a * mu) / total
+        return self._output(x0, eps, a, s).to(x.dtype)
+
+    def _mixture(self, x, a, s):
+        """Exact posterior mean of the equal-weight mixture of the classes, element-wise."""
+        xd = x.double()
+        shape = (1,) + (1,) * (x.ndim - 1)
+        posts, logw = [], []
+        for k in range(len(self.means)):
+            mu = self.means[k][None] if self.means.ndim > 1 else self.means[k].reshape(shape)
+            var = self.variances[k].reshape(shape)
+            total = a * a * var + s * s
+            posts.append(mu + a * var * (xd - a * mu) / total)
+            logw.append(-0.5 * (xd - a * mu) ** 2 / total - 0.5 * torch.log(total))
+        w = torch.softmax(torch.stack(logw), dim=0)
+        x0 = (w * torch.stack(posts)).sum(0)
+        eps = (xd - a * x0) / max(s, 1e-12)
+        return self._output(x0, eps, a, s).to(x.dtype)
+
+    def _output(self, x0, eps, a, s):
         ptype = self.schedule.prediction_type
         if ptype == "epsilon":
-            out = eps
-        elif ptype == "sample":
-            out = x0
-        elif self.schedule.kind == "vp":
-            out = a * eps - s * x0
-        else:
-            out = x0 - eps
-        return out.to(x.dtype)
+            return eps
+        if ptype == "sample":
+            return x0
+        if self.schedule.kind == "vp":
+            return a * eps - s * x0
+        return x0 - eps
 
 
 def tiny_unet(spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 1, context_dim: int | None = None,
