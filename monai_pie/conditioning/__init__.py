@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from .condition import DiffusionCondition
 from .covariates import CovariateConditioner
+from .structure import StructureLabelConditioner
 from .text import FindingsTextEncoder, PretrainedTextEncoder
 
-__all__ = ["CovariateConditioner", "DiffusionCondition", "FindingsTextEncoder", "PretrainedTextEncoder"]
+__all__ = [
+    "CovariateConditioner",
+    "DiffusionCondition",
+    "FindingsTextEncoder",
+    "PretrainedTextEncoder",
+    "StructureLabelConditioner",
+]

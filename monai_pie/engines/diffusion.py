@@ -29,8 +29,9 @@ def _unwrap(module: Any) -> Any:
 def collect_condition(batch: dict, keys: Sequence[str], device: torch.device) -> dict[str, torch.Tensor] | list[str] | None:
     """The raw condition for the conditioner from a collated batch dict (``None`` if no keys).
 
-    Numeric keys give ``{key: (B,) float tensor}`` (covariates); a single key holding strings (a prompt or report
-    column) gives the list of ``B`` strings, for a text conditioner.
+    Numeric keys give ``{key: (B,) float tensor}`` (covariates), image keys ``{key: (B, C, *spatial)}`` (a structure
+    channel); a single key holding strings (a prompt or report column) gives the list of ``B`` strings, for a text
+    conditioner.
     """
     if not keys:
         return None
@@ -42,7 +43,13 @@ def collect_condition(batch: dict, keys: Sequence[str], device: torch.device) ->
         if len(keys) != 1:
             raise ValueError(f"a text condition must be the only condition key; got text keys {texts} among {list(keys)}.")
         return [str(t) for t in batch[texts[0]]]
-    return {k: torch.as_tensor(batch[k], dtype=torch.float32).reshape(-1).to(device) for k in keys}
+    out = {}
+    for k in keys:
+        value = batch[k]
+        value = value.as_tensor() if hasattr(value, "as_tensor") else value
+        t = torch.as_tensor(value, dtype=torch.float32).to(device)
+        out[k] = t if t.ndim >= 3 else t.reshape(-1)  # an image condition (B, C, *spatial) stays an image
+    return out
 
 
 class LatentDiffusionPrepareBatch:
