@@ -126,3 +126,43 @@ def labelled_grid(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str] | 
     blank = np.zeros((height, height, 3), np.uint8)
     return np.concatenate([np.concatenate(row + [blank] * (width - len(row)), axis=1) for row in tiles], axis=0)
 
+
+
+def anomaly_overlay(volume: np.ndarray, amap: np.ndarray, others: Sequence[tuple[str, np.ndarray]] = (),
+                    height: int = 128, amplitude: float | None = None, center: Sequence[int] | None = None) -> np.ndarray:
+    """One RGB picture of an anomaly map: mid-slices of ``volume`` in grey, then the same slices with ``amap`` in a
+    hot colour scale over them, then any ``others`` (e.g. the pseudo-healthy reconstruction) in the volume's window.
+
+    Args:
+        volume: ``(X, Y, Z)`` image (or ``(H, W)``).
+        amap: the anomaly map on the same grid (>= 0).
+        others: ``(label, volume)`` rows to add below.
+        height: pixel height of each tile.
+        amplitude: the map value shown at full colour; default its 99.5th percentile.
+        center: voxel where the mid-slices cross; default the map's maximum (so the slices show the finding).
+    """
+    vol, m = np.asarray(volume, dtype=np.float32), np.clip(np.asarray(amap, dtype=np.float32), 0, None)
+    if center is None and vol.ndim == 3 and m.max() > 0:
+        center = [int(c) for c in np.unravel_index(int(np.argmax(m)), m.shape)]
+    lo, hi = np.percentile(vol, [0.5, 99.5])
+    amp = float(amplitude) if amplitude is not None else float(np.percentile(m[m > 0], 99.5)) if (m > 0).any() else 1.0
+    amp = max(amp, 1e-6)
+
+    def slices(v: np.ndarray) -> list[np.ndarray]:
+        return mid_slices(v, center) if v.ndim == 3 else [v]
+
+    gray = _row([to_uint8(s, lo, hi) for s in slices(vol)], height)
+    heat = _row([to_uint8(s, 0, amp) for s in slices(m)], height).astype(np.float32) / 255.0
+    hot = np.stack([np.clip(3 * heat, 0, 1), np.clip(3 * heat - 1, 0, 1), np.clip(3 * heat - 2, 0, 1)], axis=-1)
+    alpha = np.clip(2 * heat, 0, 1)[..., None]
+    over = (gray[..., None] / 255.0) * (1 - alpha) + hot * alpha
+    rows = [("input", np.stack([gray] * 3, axis=-1)), (f"anomaly (full colour at {amp:.3g})",
+                                                      (over * 255).astype(np.uint8))]
+    rows += [(label, np.stack([_row([to_uint8(s, lo, hi) for s in slices(np.asarray(o, np.float32))], height)] * 3,
+                              axis=-1)) for label, o in others]
+    out = []
+    for label, tile in rows:
+        img = Image.fromarray(tile)
+        ImageDraw.Draw(img).text((4, 2), label, fill=(255, 255, 0))
+        out.append(np.asarray(img))
+    return np.concatenate(out, axis=0)

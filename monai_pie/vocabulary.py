@@ -20,9 +20,11 @@ __all__ = [
     "DIAGNOSIS_STAGE",
     "DIAGNOSIS_THRESHOLDS",
     "FINDINGS",
+    "IMPAIRED_DIAGNOSES",
     "MODALITY_PREFIXES",
     "NO_FINDING",
     "SYNONYMS",
+    "TAU_BRAAK_REGIONS",
     "canonical_finding",
     "check_stage",
     "cxr_report",
@@ -51,6 +53,19 @@ DIAGNOSIS_STAGE: dict[str, float] = {"CN": 0.15, "MCI": 0.5, "AD": 0.9}
 #: prompt finding of each diagnosis (generalist text-conditioned models)
 BRAIN_DIAGNOSIS_FINDING: dict[str, str] = {"CN": CXR_NO_FINDING, "MCI": "mild cognitive impairment",
                                            "AD": "alzheimer's disease"}
+
+# ----------------------------------------------------------------------------------------------- tau PET
+#: Braak-like stage regions of the synthetic tau-PET cohort in spread order (region ``k`` is label ``k + 1``)
+TAU_BRAAK_REGIONS: tuple[str, ...] = (
+    "entorhinal",
+    "hippocampus",
+    "fusiform",
+    "inferior_middle_temporal",
+    "parietal_precuneus",
+    "frontal",
+)
+#: diagnoses a tau-PET reader calls "impaired" (binary label 1; ``CN`` is 0)
+IMPAIRED_DIAGNOSES: tuple[str, ...] = ("MCI", "AD")
 
 # ----------------------------------------------------------------------------------------------- prompts
 #: every finding a prompt may name, in slot order for text encoders

@@ -11,10 +11,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers.bundle_helpers import BRAIN_LDM, BRAIN_TINY, CXR_LDM, CXR_TINY, cfg  # noqa: E402
+from helpers.bundle_helpers import BRAIN_LDM, BRAIN_TINY, CXR_LDM, CXR_TINY, TAU, TAU_TINY, cfg  # noqa: E402
 from monai.bundle import run as bundle_run  # noqa: E402
 
-from monai_pie.data.synthetic import synthesize_brain_cohort, synthesize_generalist_cohort  # noqa: E402
+from monai_pie.data.synthetic import (  # noqa: E402
+    synthesize_brain_cohort,
+    synthesize_generalist_cohort,
+    synthesize_tau_cohort,
+)
 
 
 @pytest.fixture(scope="session")
@@ -51,4 +55,22 @@ def cxr_trained(generalist, tmp_path_factory) -> Path:
                   bundle_root=str(CXR_LDM), max_epochs=1, val_interval=1, train_batch_size=4)
     bundle_run(config_file=cfg(CXR_LDM, "inference.json", "train_autoencoder.json"), **common)
     bundle_run(config_file=cfg(CXR_LDM, "inference.json", "train_diffusion.json"), **common)
+    return ckpt
+
+
+@pytest.fixture(scope="session")
+def tau_cohort(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tau_cohort") / "tau"
+    synthesize_tau_cohort(out, num_subjects=12, num_preclinical=6, seed=5, split=(0.5, 0.25, 0.25), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tau_trained(tau_cohort, tmp_path_factory) -> Path:
+    """The tau bundle's two stages trained for one epoch with tiny networks; returns the checkpoint folder."""
+    ckpt = tmp_path_factory.mktemp("tau_run") / "models"
+    common = dict(TAU_TINY, dataset_dir=str(tau_cohort), ckpt_dir=str(ckpt), tf_dir=str(ckpt.parent / "runs"),
+                  bundle_root=str(TAU), max_epochs=1, val_interval=1)
+    bundle_run(config_file=cfg(TAU, "inference.json", "train_autoencoder.json"), **common)
+    bundle_run(config_file=cfg(TAU, "inference.json", "train_diffusion.json"), **{**common, "train_batch_size": 4})
     return ckpt

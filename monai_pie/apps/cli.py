@@ -2,10 +2,12 @@
 
     monai-pie version
     monai-pie synth brain OUTPUT_DIR [--num_subjects 40] [--seed 0] ...
+    monai-pie synth tau OUTPUT_DIR [--num_subjects 120] [--num_preclinical 60] [--seed 0] ...
     monai-pie synth cxr OUTPUT_DIR [--num_images 200] [--size 128] [--seed 0] ...
     monai-pie synth generalist OUTPUT_DIR [--num_cxr 800] [--num_brain_subjects 60] [--size 64]
     monai-pie validate brain COHORT_DIR --stage tune|evaluate|generation [--num_subjects 20] [--model_path ...]
     monai-pie validate cxr COHORT_DIR --stage tune|evaluate|generation [--num_subjects 32] [--model_path ...]
+    monai-pie validate tau COHORT_DIR --stage tune|evaluate [--model_path ...]
     monai-pie label app [--output_dir DIR]          # write the MONAI Label app folder, print its path
     monai-pie label serve STUDIES [--port 8000] [--host 127.0.0.1] [--tasks a,b] [--device cpu]
     monai-pie slicer modules OUTPUT_DIR [--tasks a,b]   # 3D Slicer CLI modules (add OUTPUT_DIR to Slicer)
@@ -30,6 +32,13 @@ class Synth:
         from monai_pie.data.synthetic.brain import synthesize_brain_cohort
 
         return json.dumps(synthesize_brain_cohort(output_dir, **kwargs), indent=2, default=str)
+
+    def tau(self, output_dir: str, **kwargs: Any) -> str:
+        """Tau-PET SUVR cohort with Braak-like spread and off-target binding (2.5 mm model grid); keyword options as
+        in ``synthesize_tau_cohort``."""
+        from monai_pie.data.synthetic.tau import synthesize_tau_cohort
+
+        return json.dumps(synthesize_tau_cohort(output_dir, **kwargs), indent=2, default=str)
 
     def cxr(self, output_dir: str, **kwargs: Any) -> str:
         """Chest X-ray phantom cohort with findings; keyword options as in ``synthesize_cxr_cohort``."""
@@ -56,6 +65,17 @@ class Validate:
 
         stages = {"tune": brain_protocol.tune_brain, "evaluate": brain_protocol.evaluate_brain,
                   "generation": brain.validate_brain}
+        if stage not in stages:
+            raise ValueError(f"`--stage` must be one of {sorted(stages)}, got {stage!r}.")
+        return json.dumps(stages[stage](cohort_dir, **kwargs), indent=2, default=str)
+
+    def tau(self, cohort_dir: str, stage: str = "evaluate", **kwargs: Any) -> str:
+        """Tau PET anomaly detection on the synthetic tau cohort: ``--stage tune`` picks the start level on the
+        validation split and freezes it; ``--stage evaluate`` scores TauAD, L_H and the Z-score map on the test split
+        and the preclinical cohort (options as in ``tune_tau`` / ``evaluate_tau``)."""
+        from monai_pie.validation import tau
+
+        stages = {"tune": tau.tune_tau, "evaluate": tau.evaluate_tau}
         if stage not in stages:
             raise ValueError(f"`--stage` must be one of {sorted(stages)}, got {stage!r}.")
         return json.dumps(stages[stage](cohort_dir, **kwargs), indent=2, default=str)

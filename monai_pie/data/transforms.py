@@ -30,6 +30,7 @@ __all__ = [
     "MaskOnModelGridd",
     "PETStructured",
     "RegionRoid",
+    "ScaleIntensityFixedd",
     "ScaleIntensityPercentilesd",
     "foreground_roi",
     "image_2d_transforms",
@@ -140,20 +141,25 @@ def image_2d_transforms(image_size: Sequence[int], keys: KeysCollection = "image
 
 
 def volume_transforms(pixdim: Sequence[float], image_size: Sequence[int], keys: KeysCollection = "image",
-                      track_meta: bool = False) -> list:
+                      track_meta: bool = False, intensity_range: Sequence[float] | None = None) -> list:
     """Volumes to the model grid for training: load, check (3D, one channel, finite, not constant), RAS,
-    ``pixdim`` spacing, intensities scaled by their 0-99.5 percentiles to [0, 1], padded / cropped to ``image_size``.
+    ``pixdim`` spacing, intensities to [0, 1], padded / cropped to ``image_size``.
 
-    The inference configs spell the same steps out (plus ROI handling), so that a reader sees them in the JSON.
+    Intensities are scaled by each image's 0-99.5 percentiles (MRI, whose units are arbitrary), or, with
+    ``intensity_range = (low, high)``, by that fixed range, clipped (quantitative images such as PET SUVR, whose
+    values mean something across subjects). The inference configs spell the same steps out (plus ROI handling), so
+    that a reader sees them in the JSON.
     """
     from monai.transforms import EnsureTyped, Orientationd, ResizeWithPadOrCropd, Spacingd
 
+    scale: Any = ScaleIntensityPercentilesd(keys) if intensity_range is None else \
+        ScaleIntensityFixedd(keys, *intensity_range)
     return [
         LoadVolumed(keys),
         CheckImaged(keys, spatial_dims=3, channels=1),
         Orientationd(keys, axcodes="RAS"),
         Spacingd(keys, pixdim=pixdim, mode="bilinear"),
-        ScaleIntensityPercentilesd(keys),
+        scale,
         ResizeWithPadOrCropd(keys, spatial_size=image_size),
         EnsureTyped(keys, dtype=torch.float32, track_meta=track_meta),
     ]
@@ -210,6 +216,31 @@ class ScaleIntensityPercentilesd(MapTransform):
             out = ((img - lo) / (hi - lo)).clamp(0, 1)
             if hasattr(out, "meta"):
                 out.meta[SCALE_LOW], out.meta[SCALE_HIGH] = lo, hi
+            d[key] = out
+        return d
+
+
+class ScaleIntensityFixedd(MapTransform):
+    """Map intensities ``[low, high]`` to [0, 1], clipped, and record the range in the image's meta data like
+    :class:`ScaleIntensityPercentilesd`, so results map back to the input's units (quantitative images: PET SUVR).
+
+    Args:
+        keys: keys of ``MetaTensor`` images.
+        low, high: the values that map to 0 and 1.
+    """
+
+    def __init__(self, keys: KeysCollection, low: float, high: float, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if not float(high) > float(low):
+            raise ValueError(f"the intensity range must be (low, high) with high > low, got ({low}, {high}).")
+        self.low, self.high = float(low), float(high)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            out = ((d[key] - self.low) / (self.high - self.low)).clamp(0, 1)
+            if hasattr(out, "meta"):
+                out.meta[SCALE_LOW], out.meta[SCALE_HIGH] = self.low, self.high
             d[key] = out
         return d
 

@@ -3,6 +3,7 @@ inference workflow every bundle's ``evaluator`` runs (evaluator, batch preparati
 
 from __future__ import annotations
 
+from .anomaly_writers import AnomalyToInputGridd, SaveAnomalyd
 from .autoencoder import (
     AutoencoderKLTrainer,
     ReconstructionInferer,
@@ -13,6 +14,7 @@ from .autoencoder import (
 from .checkpoint import AtomicCheckpointSaver, RandomStates, ResumeFromCheckpoint, load_checkpoint
 from .diffusion import LatentDiffusionPrepareBatch, LatentScaleFactor, collect_condition
 from .evaluator import (
+    AnomalyPrepareBatch,
     CheckConditions,
     ConditionalPrepareBatch,
     GenerationSummary,
@@ -31,6 +33,8 @@ from .writers import (
 
 __all__ = [
     "SPARSE_KEEP_MODES",
+    "AnomalyPrepareBatch",
+    "AnomalyToInputGridd",
     "AtomicCheckpointSaver",
     "AutoencoderKLTrainer",
     "CheckConditions",
@@ -45,6 +49,7 @@ __all__ = [
     "RandomStates",
     "ReconstructionInferer",
     "ResumeFromCheckpoint",
+    "SaveAnomalyd",
     "SaveFramesd",
     "SaveProgressionPicturesd",
     "SaveProgressionSummaryd",

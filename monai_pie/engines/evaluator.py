@@ -25,8 +25,8 @@ from ..utils import atomic_write_text, json_safe
 from ..visualize import labelled_grid, save_png
 from .diffusion import collect_condition
 
-__all__ = ["CheckConditions", "ConditionalPrepareBatch", "GenerationSummary", "GenerativeEvaluator",
-           "ProgressionSummary"]
+__all__ = ["AnomalyPrepareBatch", "CheckConditions", "ConditionalPrepareBatch", "GenerationSummary",
+           "GenerativeEvaluator", "ProgressionSummary"]
 
 
 class GenerativeEvaluator(SupervisedEvaluator):
@@ -92,6 +92,50 @@ class ConditionalPrepareBatch:
         if self.source_keys and all(k in batchdata for k in self.source_keys.values()):
             source = {name: batchdata[key] for name, key in self.source_keys.items()}
             out["source_condition"] = collect_condition(source, list(source), torch.device(device or "cpu"))
+        if self.seed_key is not None and self.seed_key in batchdata:
+            seeds = {int(s) for s in torch.as_tensor(batchdata[self.seed_key]).reshape(-1).tolist()}
+            if len(seeds) != 1:
+                raise ValueError(f"the items of a batch have different seeds {sorted(seeds)}; use batch size 1 for "
+                                 "per-item seeds.")
+            out["seed"] = seeds.pop()
+        return image, None, (), out
+
+
+class AnomalyPrepareBatch:
+    """Batch -> ``(image, None, (), kwargs)`` for :class:`~monai_pie.inferers.AnomalyInferer`: the two conditions
+    (the same structure image with the healthy and the unhealthy label), the brain mask, the region labels and the
+    seed.
+
+    Args:
+        healthy_label, unhealthy_label: the class numbers the model was trained with.
+        image_key, structure_key, mask_key, labels_key, seed_key: batch keys (mask, labels and seed are optional).
+    """
+
+    def __init__(self, healthy_label: int = 0, unhealthy_label: int = 1, image_key: str = "image",
+                 structure_key: str = "structure", mask_key: str | None = "brain_mask",
+                 labels_key: str | None = "rois", seed_key: str | None = "seed") -> None:
+        if healthy_label == unhealthy_label:
+            raise ValueError(f"the healthy and unhealthy labels must differ, got {healthy_label} twice.")
+        self.healthy_label, self.unhealthy_label = int(healthy_label), int(unhealthy_label)
+        self.image_key, self.structure_key = image_key, structure_key
+        self.mask_key, self.labels_key, self.seed_key = mask_key, labels_key, seed_key
+
+    def __call__(self, batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False,
+                 **kwargs: Any) -> tuple[Any, None, tuple, dict[str, Any]]:
+        for key in (self.image_key, self.structure_key):
+            if key not in batchdata:
+                raise KeyError(f"the batch lacks {key!r}; it has {sorted(batchdata)}.")
+        image = batchdata[self.image_key].to(device, non_blocking=non_blocking)
+        structure = batchdata[self.structure_key].to(device, non_blocking=non_blocking)
+        batch = image.shape[0]
+
+        def condition(label: int) -> dict[str, torch.Tensor]:
+            return {"label": torch.full((batch,), label, dtype=torch.long, device=image.device), "structure": structure}
+
+        out: dict[str, Any] = {"healthy": condition(self.healthy_label), "unhealthy": condition(self.unhealthy_label)}
+        for arg, key in (("mask", self.mask_key), ("labels", self.labels_key)):
+            if key is not None and key in batchdata:
+                out[arg] = batchdata[key].to(device, non_blocking=non_blocking)
         if self.seed_key is not None and self.seed_key in batchdata:
             seeds = {int(s) for s in torch.as_tensor(batchdata[self.seed_key]).reshape(-1).tolist()}
             if len(seeds) != 1:

@@ -30,6 +30,7 @@ from ..visualize import frame_strip, save_gif, save_png
 
 __all__ = [
     "ProgressionToInputGridd",
+    "volume_to_input_grid",
     "as_input_nifti",
     "SaveFramesd",
     "SaveProgressionPicturesd",
@@ -59,6 +60,38 @@ def _output_dir(item: Mapping[Hashable, Any], key: str) -> Path:
     if item.get(key) in (None, ""):
         raise KeyError(f"the item has no {key!r}: build the dataset's data with monai_pie.data.as_items.")
     return Path(str(item[key]))
+
+
+def volume_to_input_grid(d: dict, image_key: str, transform: Any,
+                         volumes: torch.Tensor | Sequence[torch.Tensor]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Map model-grid differences back to the input's grid and units.
+
+    Args:
+        d: the item: ``image_key`` holds the model-grid ``MetaTensor`` with its applied operations and the intensity
+            range the scaling recorded (``scale_low`` / ``scale_high``); sets ``d["input_affine"]``.
+        image_key: the image key.
+        transform: the preprocessing ``Compose`` whose invertible spatial steps are undone.
+        volumes: ``(*model_spatial)`` differences in model-grid intensity units (a change, an anomaly map).
+
+    Returns:
+        The input volume ``(*input_spatial)`` and each of ``volumes`` on its grid, times the intensity range.
+    """
+    image = d[image_key]
+    original = read_volume(_input_path(d, image_key))
+    d["input_affine"] = np.asarray(original.affine, dtype=np.float64)
+    scale = float(image.meta[SCALE_HIGH]) - float(image.meta[SCALE_LOW])
+    back = []
+    for volume in volumes:
+        # each inverse pops the recorded operations: give it its own copy
+        delta = MetaTensor(torch.as_tensor(volume)[None] * scale, meta=copy.deepcopy(dict(image.meta)),
+                           applied_operations=copy.deepcopy(list(image.applied_operations)))
+        with allow_missing_keys_mode(transform):  # the ROI and other keys are absent here
+            delta = transform.inverse({image_key: delta})[image_key]
+        delta = torch.as_tensor(delta).float()
+        if tuple(delta.shape) != tuple(original.shape):
+            raise RuntimeError(f"mapping back gave shape {tuple(delta.shape)}, the input has {tuple(original.shape)}.")
+        back.append(delta[0].numpy())
+    return original.as_tensor().float()[0].numpy(), back
 
 
 class ProgressionToInputGridd(MapTransform):
@@ -107,22 +140,7 @@ class ProgressionToInputGridd(MapTransform):
         return d
 
     def _volume(self, d: dict, changes: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray]]:
-        image = d[self.image_key]
-        original = read_volume(_input_path(d, self.image_key))
-        d["input_affine"] = np.asarray(original.affine, dtype=np.float64)
-        scale = float(image.meta[SCALE_HIGH]) - float(image.meta[SCALE_LOW])
-        back = []
-        for change in changes:
-            # each inverse pops the recorded operations: give it its own copy
-            delta = MetaTensor(change[None] * scale, meta=copy.deepcopy(dict(image.meta)),
-                               applied_operations=copy.deepcopy(list(image.applied_operations)))
-            with allow_missing_keys_mode(self.transform):  # the ROI and other keys are absent here
-                delta = self.transform.inverse({self.image_key: delta})[self.image_key]
-            delta = torch.as_tensor(delta).float()
-            if tuple(delta.shape) != tuple(original.shape):
-                raise RuntimeError(f"mapping back gave shape {tuple(delta.shape)}, the input has {tuple(original.shape)}.")
-            back.append(delta[0].numpy())
-        return original.as_tensor().float()[0].numpy(), back
+        return volume_to_input_grid(d, self.image_key, self.transform, changes)
 
     def _image(self, d: dict, changes: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray]]:
         original = load_2d_image(_input_path(d, self.image_key))

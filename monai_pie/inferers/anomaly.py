@@ -115,6 +115,7 @@ class AnomalyInferer(Inferer):
         seed: seed of the partial noise and of stochastic samplers; both reconstructions get the same noise.
         method, eta, prediction_type, clip_sample: passed to the ``DiffusionSampler``.
         progress: progress bars.
+        device: where the result's tensors are put (default the inputs' device); 3D Slicer's bundle runner sets it.
 
     Call ``inferer(inputs, network, healthy=..., unhealthy=..., mask=None, labels=None)``: ``inputs`` ``(B, C,
     *spatial)`` images; ``healthy`` / ``unhealthy`` raw conditions the network's conditioner takes (e.g. ``{"class_labels":
@@ -137,8 +138,10 @@ class AnomalyInferer(Inferer):
         prediction_type: str | None = None,
         clip_sample: Sequence[float] | None = None,
         progress: bool = False,
+        device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
+        self.device = None if device is None else torch.device(device)
         check_in_range(t0, "t0", 1e-3, 1.0)
         for name, value, allowed in (("start", start, START_MODES), ("anomaly_map", anomaly_map, ANOMALY_MAPS),
                                      ("inversion_condition", inversion_condition, INVERSION_CONDITIONS)):
@@ -215,6 +218,10 @@ class AnomalyInferer(Inferer):
         loss_h = (x - x_h).abs().mean(1, keepdim=True) * binary
         loss_u = (x - x_u).abs().mean(1, keepdim=True) * binary
         regional = None if lab is None else regional_means(amap, lab * (binary > 0).long(), int(lab.max()))
+        if self.device is not None:
+            x_h, x_u, amap, loss_h, loss_u, binary = (t.to(self.device) for t in (x_h, x_u, amap, loss_h, loss_u,
+                                                                                 binary))
+            regional = None if regional is None else regional.to(self.device)
         return AnomalyResult(anomaly=amap, healthy=x_h, unhealthy=x_u, loss_healthy=loss_h, loss_unhealthy=loss_u,
                              mask=binary, regional=regional, params=self.params(),
                              seconds=time.perf_counter() - start_time)

@@ -14,6 +14,7 @@ BRAIN_LDM = BUNDLES / "brain_mri_ldm"
 BRAIN_PROG = BUNDLES / "brain_mri_progression"
 CXR_LDM = BUNDLES / "cxr_text_ldm"
 CXR_PROG = BUNDLES / "cxr_progression"
+TAU = BUNDLES / "tau_pet_anomaly"
 ALL_BUNDLES = (BRAIN_LDM, BRAIN_PROG, CXR_LDM, CXR_PROG)
 
 #: tiny networks (and training patches) for the brain bundles
@@ -24,6 +25,10 @@ BRAIN_NET = {k: BRAIN_TINY[k] for k in ("image_size", "ae_channels", "unet_chann
 CXR_TINY = {"image_size": [32, 32], "ae_channels": [16, 16, 16], "unet_channels": [32, 32, 32], "context_dim": 16,
             "num_workers": 0}
 CXR_NET = {k: CXR_TINY[k] for k in ("image_size", "ae_channels", "unet_channels", "context_dim")}
+#: tiny networks for the tau bundle (full 64x80x64 grid: its brain mask and Braak regions live there)
+TAU_TINY = {"ae_channels": [16, 16, 16], "unet_channels": [16, 16, 32], "ae_patch_size": [32, 40, 32],
+            "num_workers": 0, "train_batch_size": 2}
+TAU_NET = {k: TAU_TINY[k] for k in ("ae_channels", "unet_channels")}
 
 
 def cfg(bundle: Path, *names: str) -> list[str]:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from .brain import BrainRecipe, BrainTemplate, load_brain_template, synthesize_brain_cohort, synthesize_brain_subject
+from .brain import (
+    BrainRecipe,
+    BrainTemplate,
+    load_brain_template,
+    synthesize_brain_cohort,
+    synthesize_brain_subject,
+)
 from .cxr import (
     CXR_PRESENCE_THRESHOLD,
     CXRSubject,
@@ -11,13 +17,26 @@ from .cxr import (
     sample_cxr_subject,
     synthesize_cxr_cohort,
 )
-from .generalist import brain_slice_cohort, merge_datalists, synthesize_generalist_cohort
+from .generalist import (
+    brain_slice_cohort,
+    merge_datalists,
+    synthesize_generalist_cohort,
+)
+from .tau import (
+    TauRecipe,
+    braak_roi_labels,
+    synthesize_tau_cohort,
+    synthesize_tau_subject,
+    tau_grid_affine,
+)
 
 __all__ = [
     "CXR_PRESENCE_THRESHOLD",
     "BrainRecipe",
     "BrainTemplate",
     "CXRSubject",
+    "TauRecipe",
+    "braak_roi_labels",
     "brain_slice_cohort",
     "load_brain_template",
     "merge_datalists",
@@ -28,4 +47,7 @@ __all__ = [
     "synthesize_brain_subject",
     "synthesize_cxr_cohort",
     "synthesize_generalist_cohort",
+    "synthesize_tau_cohort",
+    "synthesize_tau_subject",
+    "tau_grid_affine",
 ]

@@ -596,7 +596,10 @@ def _split_counts(n: int, fractions: tuple[float, float, float]) -> list[int]:
     return counts
 
 
-def _prepare_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:
+def _prepare_output_dir(
+    output_dir: str | os.PathLike, overwrite: bool, subfolders: Sequence[str] = ("images", "tissue", "rois")
+) -> Path:
+    """Check that ``output_dir`` may be written (missing, empty, or ``overwrite``) and create ``subfolders``."""
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"`output_dir` {str(out)!r} exists and is not a folder.")
@@ -605,7 +608,7 @@ def _prepare_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:
             f"`output_dir` {str(out)!r} is not empty; choose an empty folder or pass overwrite=True "
             "(files with the same names are replaced, other files are left alone)."
         )
-    for sub in ("images", "tissue", "rois"):
+    for sub in subfolders:
         (out / sub).mkdir(parents=True, exist_ok=True)
     # cohort.json marks a complete cohort: drop an old one so an interrupted overwrite does not look complete.
     (out / "cohort.json").unlink(missing_ok=True)
