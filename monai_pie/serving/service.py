@@ -135,7 +135,7 @@ class TaskService:
         for p in self.spec.parameters:
             if p.key is not None:
                 overrides[p.key] = [values[p.name]] if p.as_list else values[p.name]
-        if self.spec.kind == "progression":
+        if self.spec.kind in ("progression", "anomaly"):
             overrides["image"] = str(_existing(image))
         elif self.reference_image is not None:
             overrides["reference_image"] = str(_existing(image)) if image else self.reference_image
@@ -163,8 +163,12 @@ class TaskService:
 
     def _collect(self, work: Path, values: Mapping[str, Any],
                  image: str | Path | None) -> tuple[Path, Path | None, Any]:
-        """Move the results out of the run folder (final frame or sample; the 4D frames when asked); read the
-        bundle's summary."""
+        """Move the results out of the run folder (final frame, anomaly map or sample; the 4D frames when asked);
+        read the bundle's summary."""
+        if self.spec.kind == "anomaly":
+            if not (work / "anomaly.nii.gz").is_file():
+                raise RuntimeError(f"the {self.spec.bundle} bundle wrote no anomaly map in {work}.")
+            return _take(work / "anomaly.nii.gz"), None, _read_json(work / "anomaly.json")
         if self.spec.kind == "progression":
             summary = _read_json(work / "progression.json")
             frames = sorted(work.glob("frame_*.nii.gz")) if str(image).lower().endswith(_NIFTI) else []

@@ -74,15 +74,16 @@ def module_xml(task: str | TaskSpec, describe: dict[str, Any]) -> str:
     spec = get_task(task) if isinstance(task, str) else task
     io = []
     index = 0
-    if spec.kind == "progression":
+    if spec.kind in ("progression", "anomaly"):
         io.append(_element("image", {"name": "inputVolume", "label": "Input volume", "channel": "input", "index": 0,
-                                     "description": "the image to edit"}, f' fileExtensions="{_NIFTI}"'))
+                                     "description": "the image to edit" if spec.kind == "progression" else
+                                     "the image to map"}, f' fileExtensions="{_NIFTI}"'))
         index = 1
     elif spec.dimension == 3:
         io.append(_element("image", {"name": "reference", "longflag": "--reference", "label": "Reference volume",
                                      "channel": "input", "description": "optional: the generated brain is placed on "
                                      "the model grid centred like this volume"}, f' fileExtensions="{_NIFTI}"'))
-    result_label = "Final frame" if spec.kind == "progression" else "Generated image"
+    result_label = {"progression": "Final frame", "anomaly": "Anomaly map"}.get(spec.kind, "Generated image")
     io.append(_element("image", {"name": "outputVolume", "label": result_label, "channel": "output", "index": index,
                                  "description": f"{result_label.lower()}, as a volume"}, f' fileExtensions="{_NIFTI}"'))
     if spec.kind == "progression":
@@ -155,6 +156,7 @@ def _parser(spec: TaskSpec) -> argparse.ArgumentParser:
         parser.add_argument(f"--{p.name}", help=p.help)
     if spec.kind == "progression":
         parser.add_argument("--frames_file", help="write every frame as one 4D NIfTI here")
+    if spec.kind in ("progression", "anomaly"):
         parser.add_argument("inputVolume")
     elif spec.dimension == 3:
         parser.add_argument("--reference", help="volume whose position the generated brain takes")

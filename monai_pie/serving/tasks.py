@@ -136,7 +136,8 @@ class TaskSpec:
         bundle: the bundle folder's name under ``bundles/``.
         title: a short human title.
         description: what the task does with the image it is given.
-        kind: ``"progression"`` (edits the image) or ``"generation"`` (the image only places the result).
+        kind: ``"progression"`` (edits the image), ``"anomaly"`` (maps what is abnormal in it) or ``"generation"``
+            (the image only places the result).
         dimension: 2 or 3 (MONAI Label's ``dimension``).
         parameters: what a request may set.
         fixed: config overrides every request gets (one sample per request, no progress bars).

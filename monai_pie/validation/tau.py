@@ -68,8 +68,10 @@ def _check_cohort(cohort_dir: str | Path) -> Path:
 
 
 def run_anomaly(items: Sequence[Mapping[str, Any]], work: Path, settings: Mapping[str, Any],
-                model_path: str | None = None, bundle: str = BUNDLE) -> dict[str, dict[str, Any]]:
+                model_path: str | None = None, bundle: str = BUNDLE,
+                overrides: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Run the bundle on ``items`` with ``settings`` (``t0``, ``num_inference_steps``, ...); one subfolder per subject.
+    ``overrides`` are other bundle settings (e.g. the network sizes of weights trained with other settings).
 
     A finished run leaves ``run.json`` (subjects, settings, weights SHA-256); a later call with the same record
     reuses it, so an interrupted validation resumes.
@@ -82,18 +84,18 @@ def run_anomaly(items: Sequence[Mapping[str, Any]], work: Path, settings: Mappin
     root = bundle_dir(bundle)
     weights = Path(model_path) if model_path else root / "models" / "model.pt"
     record = {"subjects": [i["subject"] for i in items], "settings": dict(settings),
-              "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+              "overrides": dict(overrides or {}), "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
     marker = work / "run.json"
     if marker.is_file() and json.loads(marker.read_text()).get("record") == record:
         return json.loads(marker.read_text())["results"]
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    overrides = {"datalist": [{"image": i["image"]} for i in items], "output_dir": str(work), "progress": False,
-                 "severity_path": None, "output_subfolders": True, **settings}
+    run = {**(overrides or {}), "datalist": [{"image": i["image"]} for i in items], "output_dir": str(work),
+           "progress": False, "severity_path": None, "output_subfolders": True, **settings}
     if model_path:
-        overrides["model_path"] = str(model_path)
-    summaries = find_handler(run_bundle(root, overrides), ProgressionSummary).summaries
+        run["model_path"] = str(model_path)
+    summaries = find_handler(run_bundle(root, run), ProgressionSummary).summaries
     by_input = {Path(s["input"]).resolve(): s for s in summaries}
     results = {}
     for item in items:
@@ -151,7 +153,7 @@ def score_subject(item: Mapping[str, Any], maps: Mapping[str, np.ndarray], brain
 
 def tune_tau(cohort_dir: str, settings_file: str = SETTINGS_FILE, model_path: str | None = None,
              work_dir: str | None = None, num_inference_steps: int | None = None, overwrite: bool = False,
-             candidates: Sequence[float] = T0_CANDIDATES) -> dict[str, Any]:
+             candidates: Sequence[float] = T0_CANDIDATES, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Choose ``t0`` on the validation split by median TauAD AUPRC and freeze it (with the steps) in
     ``settings_file``, which is never overwritten unless ``overwrite``."""
     start = time.perf_counter()
@@ -165,7 +167,7 @@ def tune_tau(cohort_dir: str, settings_file: str = SETTINGS_FILE, model_path: st
     tuning = {}
     for t0 in candidates:
         settings = {"t0": float(t0), **({"num_inference_steps": steps} if steps else {})}
-        results = run_anomaly(items, work / f"t0_{t0}", settings, model_path)
+        results = run_anomaly(items, work / f"t0_{t0}", settings, model_path, overrides=overrides)
         rows = [score_subject(i, subject_maps(i, results[i["subject"]], reference, brain), brain) for i in items]
         tuning[str(t0)] = float(np.nanmedian([r[METHODS[0]]["auprc"] for r in rows]))
     best = max(tuning, key=lambda k: tuning[k])
@@ -179,7 +181,7 @@ def tune_tau(cohort_dir: str, settings_file: str = SETTINGS_FILE, model_path: st
 
 def evaluate_tau(cohort_dir: str, settings_file: str = SETTINGS_FILE, model_path: str | None = None,
                  work_dir: str | None = None, output_dir: str = "docs", speed_subjects: int = 3,
-                 reference_steps: int = 1000) -> dict[str, Any]:
+                 reference_steps: int = 1000, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score every method on the test split and the preclinical cohort with the frozen settings; write
     ``<output_dir>/validation/tau_pet.md`` and ``.json`` and the fitted ``severity.json`` beside them."""
     start = time.perf_counter()
@@ -191,12 +193,13 @@ def evaluate_tau(cohort_dir: str, settings_file: str = SETTINGS_FILE, model_path
     brain = _load(cohort / "rois" / "brain_mask.nii.gz") > 0
     train, test, pre = (_items(cohort, s) for s in ("training", "test", "preclinical"))
     reference = zscore_reference(train)
-    runs = {name: run_anomaly(items, work / name, settings, model_path)
+    runs = {name: run_anomaly(items, work / name, settings, model_path, overrides=overrides)
             for name, items in (("training", train), ("test", test), ("preclinical", pre))}
     rows = [score_subject(i, subject_maps(i, runs["test"][i["subject"]], reference, brain), brain) for i in test]
     methods = {m: _summarise(rows, m) for m in METHODS}
     severity = _severity(train, test, pre, runs, Path(output_dir) / "validation" / "tau_severity.json")
-    speed = _speed(test[:speed_subjects], work / "speed", settings, model_path, reference, brain, reference_steps)
+    speed = _speed(test[:speed_subjects], work / "speed", settings, model_path, reference, brain, reference_steps,
+                   overrides)
     report = {"settings_file": settings_file, "settings_sha256": digest, "frozen": frozen, "methods": methods,
               "severity": severity, "speed": speed, "num_test": len(test), "num_preclinical": len(pre),
               "load_threshold": LOAD_THRESHOLD, "subjects": rows,
@@ -256,12 +259,13 @@ def _severity(train, test, pre, runs, path: Path) -> dict[str, Any]:
     return out
 
 
-def _speed(items, work: Path, settings, model_path, reference, brain, reference_steps: int) -> dict[str, Any]:
+def _speed(items, work: Path, settings, model_path, reference, brain, reference_steps: int,
+           overrides: dict[str, Any] | None) -> dict[str, Any]:
     out = {}
     for label, steps in (("bundle steps", settings.get("num_inference_steps")),
                          (f"reference: {reference_steps} steps", reference_steps)):
         cfg = {**settings, **({"num_inference_steps": steps} if steps else {})}
-        res = run_anomaly(items, work / str(steps or "default"), cfg, model_path)
+        res = run_anomaly(items, work / str(steps or "default"), cfg, model_path, overrides=overrides)
         rows = [score_subject(i, subject_maps(i, res[i["subject"]], reference, brain), brain) for i in items]
         out[label] = {"num_inference_steps": steps, "seconds_per_volume": float(np.median([r["seconds"] for r in
                                                                                           res.values()])),
