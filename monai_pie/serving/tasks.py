@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.transforms import CXR_ROI_REGIONS
+from ..inferers.anomaly import ANOMALY_MAPS, START_MODES
 from ..inferers.progression import EDIT_MODES
 from ..vocabulary import DIAGNOSES
 
@@ -199,6 +200,18 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
                    choices=tuple(CXR_ROI_REGIONS)),
          *_sampling(rounds=True)),
         {"progress": False, "datalist_file": None, "roi": None}),
+    TaskSpec(
+        "tau_anomaly", "tau_pet_anomaly", "Tau PET anomaly map",
+        "TauAD: where a tau PET SUVR image (in MNI space) departs from its pseudo-healthy reconstruction in a way "
+        "the unhealthy model explains; returns the anomaly map on the input's grid (SUVR units) and, in the JSON, "
+        "Braak-regional scores and severity.", "anomaly", 3,
+        (Parameter("t0", float, "start level as a share of the noise range", "t0", (0.05, 1.0)),
+         Parameter("start", str, "how the scan reaches t0: deterministic DDIM inversion or seeded partial noise",
+                   "start", choices=START_MODES),
+         Parameter("anomaly_map", str, "the map: complementary relu(L_H - L_U) (TauAD), healthy_excess, or "
+                   "healthy_residual L_H (a baseline)", "anomaly_map", choices=ANOMALY_MAPS),
+         *_sampling(rounds=False)),
+        {"progress": False, "datalist_file": None}),
 )}
 
 

@@ -198,8 +198,9 @@ def evaluate_tau(cohort_dir: str, settings_file: str = SETTINGS_FILE, model_path
     rows = [score_subject(i, subject_maps(i, runs["test"][i["subject"]], reference, brain), brain) for i in test]
     methods = {m: _summarise(rows, m) for m in METHODS}
     severity = _severity(train, test, pre, runs, Path(output_dir) / "validation" / "tau_severity.json")
-    speed = _speed(test[:speed_subjects], work / "speed", settings, model_path, reference, brain, reference_steps,
-                   overrides)
+    with_tau = [i for i in test if i["diagnosis"] != "CN"] or test  # AUPRC needs tau-positive voxels
+    speed = _speed(with_tau[:speed_subjects], work / "speed", settings, model_path, reference, brain,
+                   reference_steps, overrides)
     report = {"settings_file": settings_file, "settings_sha256": digest, "frozen": frozen, "methods": methods,
               "severity": severity, "speed": speed, "num_test": len(test), "num_preclinical": len(pre),
               "load_threshold": LOAD_THRESHOLD, "subjects": rows,
@@ -273,6 +274,31 @@ def _speed(items, work: Path, settings, model_path, reference, brain, reference_
     return out
 
 
+def _checks(m: Mapping[str, Any]) -> list[str]:
+    """The issue's pass checks, each printed as PASS or FAIL with its numbers."""
+    tau_ad, l_h, z = (m[k] for k in METHODS)
+
+    def verdict(ok: bool) -> str:
+        return "PASS" if ok else "FAIL"
+
+    above = tau_ad["auprc"][0] > max(l_h["auprc"][0], z["auprc"][0])
+    separated = tau_ad["auprc"][1] > max(l_h["auprc"][2], z["auprc"][2])
+    off = tau_ad["off_target_share"][0]
+    off_ok = off < 0.05 and off < min(l_h["off_target_share"][0], z["off_target_share"][0])
+    null_ratio = tau_ad["null_mean_in_brain"] / tau_ad["diseased_mean_in_brain"] \
+        if tau_ad["diseased_mean_in_brain"] > 0 else float("nan")
+    return [
+        "Checks:", "",
+        f"- {verdict(above)}: TauAD's median AUPRC ({tau_ad['auprc'][0]:.3f}) above L_H ({l_h['auprc'][0]:.3f}) and "
+        f"the Z-score map ({z['auprc'][0]:.3f}); intervals {'do not overlap' if separated else 'overlap'}.",
+        f"- {verdict(off_ok)}: TauAD's off-target share ({off:.3f}) below 0.05 and below both baselines "
+        f"({l_h['off_target_share'][0]:.3f}, {z['off_target_share'][0]:.3f}).",
+        f"- null control: on {tau_ad['num_null']} test subjects with no tau, TauAD's mean map in the brain is "
+        f"{tau_ad['null_mean_in_brain']:.4f}, {null_ratio:.2f} of its mean on subjects with tau "
+        f"({tau_ad['diseased_mean_in_brain']:.4f}).", "",
+    ]
+
+
 def _report_md(r: Mapping[str, Any]) -> str:
     m, sev, f = r["methods"], r["severity"], r["frozen"]
     lines = [
@@ -291,6 +317,7 @@ def _report_md(r: Mapping[str, Any]) -> str:
         + " | ".join(f"{m[k]['null_mean_in_brain']:.4f}" for k in METHODS) + " |",
         "| the same on subjects with tau | " + " | ".join(f"{m[k]['diseased_mean_in_brain']:.4f}" for k in METHODS)
         + " |", "",
+        *_checks(m),
         "## Severity", "",
         f"Linear SVM on the 6 Braak-regional mean anomaly scores, fitted on the training split (`{sev['model']}`).", "",
         f"- AUC CN vs MCI/AD, test split: {sev['auc_test']:.3f}",

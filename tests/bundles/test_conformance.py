@@ -69,7 +69,9 @@ def test_inference_workflow_has_every_property_and_the_usual_shape(bundle):
 
 @pytest.mark.parametrize(("bundle", "stage"), TRAINING, ids=[f"{b.name}-{s}" for b, s in TRAINING])
 def test_training_workflow_has_every_property(bundle, stage, request):
-    data = request.getfixturevalue("brain_cohort" if bundle.name.startswith("brain") else "generalist")
+    fixture = "brain_cohort" if bundle.name.startswith("brain") else "tau_cohort" if bundle.name.startswith("tau") \
+        else "generalist"
+    data = request.getfixturevalue(fixture)
     wf = ConfigWorkflow(config_file=[str(bundle / "configs" / "inference.json"),
                                      str(bundle / "configs" / f"train_{stage}.json")],
                         meta_file=str(bundle / "configs" / "metadata.json"),

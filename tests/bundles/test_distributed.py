@@ -1,4 +1,4 @@
-"""The progression bundles' inference scales out: torchrun with multi_gpu_inference.json splits the datalist across
+"""The image bundles' inference (progressions, tau anomaly maps) scales out: torchrun with multi_gpu_inference.json splits the datalist across
 ranks (gloo on CPU here, NCCL on GPUs), each image written once, the same as one process writes it."""
 
 from __future__ import annotations
@@ -10,7 +10,17 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers.bundle_helpers import BRAIN_NET, BRAIN_PROG, CXR_NET, CXR_PROG, cfg, run_cli, torchrun_bundle
+from helpers.bundle_helpers import (
+    BRAIN_NET,
+    BRAIN_PROG,
+    CXR_NET,
+    CXR_PROG,
+    TAU,
+    TAU_NET,
+    cfg,
+    run_cli,
+    torchrun_bundle,
+)
 from PIL import Image
 
 
@@ -23,19 +33,29 @@ def _cxr_items(folder: Path) -> list[str]:
     return names
 
 
-def _brain_items(folder: Path) -> list[str]:
-    example = nib.load(BRAIN_PROG / "docs" / "example_t1.nii.gz")
+def _scaled_copies(folder: Path, example: Path, prefix: str, step: float) -> list[str]:
+    """Three copies of an example volume at intensity scales 1, 1 + step, 1 + 2 step."""
+    img = nib.load(example)
     names = []
     for i in range(3):
-        data = example.get_fdata().astype(np.float32) * (1 + 0.1 * i)
-        nib.save(nib.Nifti1Image(data, example.affine), folder / f"t1_{i}.nii.gz")
-        names.append(f"t1_{i}.nii.gz")
+        nib.save(nib.Nifti1Image(img.get_fdata().astype(np.float32) * (1 + step * i), img.affine),
+                 folder / f"{prefix}_{i}.nii.gz")
+        names.append(f"{prefix}_{i}.nii.gz")
     return names
+
+
+def _brain_items(folder: Path) -> list[str]:
+    return _scaled_copies(folder, BRAIN_PROG / "docs" / "example_t1.nii.gz", "t1", 0.1)
+
+
+def _tau_items(folder: Path) -> list[str]:
+    return _scaled_copies(folder, TAU / "docs" / "example_tau_suvr.nii.gz", "suvr", 0.05)
 
 
 @pytest.mark.parametrize(("bundle", "net", "trained", "items", "frame"), [
     (CXR_PROG, CXR_NET, "cxr_trained", _cxr_items, "frame_01.png"),
     (BRAIN_PROG, BRAIN_NET, "brain_trained", _brain_items, "frame_01.nii.gz"),
+    (TAU, TAU_NET, "tau_trained", _tau_items, "anomaly.nii.gz"),
 ])
 def test_torchrun_splits_the_datalist_and_writes_each_image_once(bundle, net, trained, items, frame, tmp_path,
                                                                    request):

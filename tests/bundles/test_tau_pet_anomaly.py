@@ -52,6 +52,28 @@ def test_anomaly_maps_on_the_input_grid(tau_cohort, tau_trained, tmp_path):
     assert copy.read_bytes() == before  # the input is never touched
 
 
+def test_any_orientation_and_spacing_comes_back_on_its_own_grid(tau_cohort, tau_trained, tmp_path):
+    """A 2 mm LPS copy of a subject: mapped to the 2.5 mm RAS model grid (the template masks follow by world
+    coordinates) and back."""
+    from monai.transforms import Orientation, Spacing
+
+    image, _ = _subject(tau_cohort)
+    x = nib.load(image)
+    from monai.data import MetaTensor
+
+    t = MetaTensor(torch.as_tensor(x.get_fdata(), dtype=torch.float32)[None], affine=torch.as_tensor(x.affine))
+    t = Orientation(axcodes="LPS")(Spacing(pixdim=(2.0, 2.0, 2.0), mode="bilinear")(t))
+    nib.save(nib.Nifti1Image(t[0].numpy(), t.affine.numpy()), tmp_path / "lps_2mm.nii.gz")
+    out = tmp_path / "out"
+    run_bundle(TAU, {**FAST, "image": str(tmp_path / "lps_2mm.nii.gz"), "model_path": str(tau_trained / "model.pt"),
+                     "output_dir": str(out), "severity_path": None})
+    src, amap = nib.load(tmp_path / "lps_2mm.nii.gz"), nib.load(out / "anomaly.nii.gz")
+    assert amap.shape == src.shape and np.allclose(amap.affine, src.affine)
+    assert amap.get_fdata().min() >= 0 and np.isfinite(amap.get_fdata()).all()
+    mapped, pet = amap.get_fdata() > 1e-6, src.get_fdata()
+    assert mapped.any() and (pet[mapped] > 0.05 * pet.max()).mean() > 0.99  # the map sits on this input's head
+
+
 def test_severity_from_a_json_model_in_the_summary(tau_cohort, tau_trained, tmp_path):
     from monai_pie.metrics.severity import SeverityModel
 

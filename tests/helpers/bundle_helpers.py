@@ -15,7 +15,7 @@ BRAIN_PROG = BUNDLES / "brain_mri_progression"
 CXR_LDM = BUNDLES / "cxr_text_ldm"
 CXR_PROG = BUNDLES / "cxr_progression"
 TAU = BUNDLES / "tau_pet_anomaly"
-ALL_BUNDLES = (BRAIN_LDM, BRAIN_PROG, CXR_LDM, CXR_PROG)
+ALL_BUNDLES = (BRAIN_LDM, BRAIN_PROG, CXR_LDM, CXR_PROG, TAU)
 
 #: tiny networks (and training patches) for the brain bundles
 BRAIN_TINY = {"image_size": [32, 32, 32], "ae_channels": [16, 16, 16], "unet_channels": [16, 16, 32],

@@ -12,7 +12,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers.bundle_helpers import BRAIN_PROG, CXR_PROG
+from helpers.bundle_helpers import BRAIN_PROG, CXR_PROG, TAU
 
 from monai_pie.data import load_2d_image
 from monai_pie.serving.server import start_local_server
@@ -32,6 +32,7 @@ def server(tmp_path_factory):
     studies.mkdir()
     shutil.copy(BRAIN_PROG / "docs" / "example_t1.nii.gz", studies / "t1.nii.gz")
     shutil.copy(CXR_PROG / "docs" / "example_cxr.png", studies / "cxr.png")
+    shutil.copy(TAU / "docs" / "example_tau_suvr.nii.gz", studies / "tau.nii.gz")
     app = subprocess.run([sys.executable, "-m", "monai_pie.apps.cli", "label", "app", "--output_dir",
                           str(root / "app")], capture_output=True, text=True, check=True).stdout.strip()
     running = start_local_server(app, studies, env={"MONAI_LABEL_SESSION_PATH": str(root / "sessions")})
@@ -49,7 +50,8 @@ def _alive(server) -> None:
 def test_info_lists_every_task_with_its_parameters(server):
     info = requests.get(f"{server['url']}/info/", timeout=10).json()
     models = info["models"]
-    assert sorted(models) == ["brain_generation", "brain_progression", "cxr_progression", "cxr_text_to_image"]
+    assert sorted(models) == ["brain_generation", "brain_progression", "cxr_progression", "cxr_text_to_image",
+                              "tau_anomaly"]
     assert models["brain_progression"]["type"] == "others" and models["brain_progression"]["dimension"] == 3
     assert models["brain_progression"]["config"]["target_diagnosis"] == "AD"
     assert models["cxr_progression"]["parameters"]["num_rounds"]["range"] == [1, 50]
@@ -80,6 +82,10 @@ def test_every_task_through_the_client(server, tmp_path):
     path, _ = client.infer("cxr_text_to_image", "cxr", {"num_inference_steps": 3,
                                                          "prompt": "A chest X-ray image, cardiomegaly"})
     assert load_2d_image(path).shape == (64, 64)
+    path, params = client.infer("tau_anomaly", "tau", {"num_inference_steps": 5, "t0": 0.4})
+    pet, amap = nib.load(server["studies"] / "tau.nii.gz"), nib.load(path)
+    assert amap.shape == pet.shape and np.allclose(amap.affine, pet.affine) and amap.get_fdata().min() >= 0
+    assert len(params["summary"]["regional"]) == 6
 
 
 def test_plain_http_with_an_uploaded_file(server, tmp_path):

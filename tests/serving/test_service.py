@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers.bundle_helpers import BRAIN_LDM, BRAIN_PROG, CXR_PROG
+from helpers.bundle_helpers import BRAIN_LDM, BRAIN_PROG, CXR_PROG, TAU
 
 from monai_pie.data import load_2d_image
 from monai_pie.serving import RequestError, TaskService
@@ -142,3 +142,16 @@ def test_generation_tasks():
     assert xa.shape == (64, 64) and np.array_equal(xa, xb) and not np.array_equal(xa, xc)  # the seed decides
     for r in (result, a, b, c):
         r.path.unlink()
+
+
+def test_tau_anomaly_map_on_the_input_grid():
+    service = TaskService("tau_anomaly", device="cpu")
+    image = TAU / "docs" / "example_tau_suvr.nii.gz"
+    result = service.run(image, {"num_inference_steps": 5, "t0": 0.4})
+    pet, amap = nib.load(image), nib.load(result.path)
+    assert amap.shape == pet.shape and np.allclose(amap.affine, pet.affine)
+    assert amap.get_fdata().min() >= 0 and np.isfinite(amap.get_fdata()).all() and amap.get_fdata().max() > 0
+    assert set(result.info["summary"]["regional"]) >= {"entorhinal", "frontal"}
+    with pytest.raises(RequestError, match="`anomaly_map` must be one of"):
+        service.run(image, {"anomaly_map": "zscore"})
+    result.path.unlink()
