@@ -42,7 +42,7 @@ def test_label_app_is_written_outside_the_package_and_slicer_modules_for_every_t
     assert "MonaiPieApp" in (app / "main.py").read_text()
     main(["slicer", "modules", str(tmp_path / "slicer"), "--tasks", "cxr_progression,brain_generation"])
     written = sorted(Path(p).name for p in capsys.readouterr().out.split())
-    assert written == ["MONAIPIEBrainGeneration.py", "MONAIPIECxrProgression.py"] and len(TASKS) == 4
+    assert written == ["MONAIPIEBrainGeneration.py", "MONAIPIECxrProgression.py"] and "cxr_progression" in TASKS
     with pytest.raises(SystemExit) as exc:
         main(["slicer", "modules", str(tmp_path / "slicer"), "--tasks", "tau"])
     assert exc.value.code == 2 and "no task 'tau'" in capsys.readouterr().err
