@@ -50,6 +50,17 @@ class GenerativeEvaluator(SupervisedEvaluator):
             engine.state.output[Keys.PRED] = pred.batch_first()
 
 
+def _batch_seed(batchdata: dict, seed_key: str | None, out: dict[str, Any]) -> None:
+    """Put the batch's one seed into ``out["seed"]``; a batch whose items carry different seeds is an error."""
+    if seed_key is None or seed_key not in batchdata:
+        return
+    seeds = {int(s) for s in torch.as_tensor(batchdata[seed_key]).reshape(-1).tolist()}
+    if len(seeds) != 1:
+        raise ValueError(f"the items of a batch have different seeds {sorted(seeds)}; use batch size 1 for "
+                         "per-item seeds.")
+    out["seed"] = seeds.pop()
+
+
 class ConditionalPrepareBatch:
     """Batch -> ``(inputs, None, (), kwargs)`` for a generative inferer called by ``SupervisedEvaluator``.
 
@@ -92,12 +103,7 @@ class ConditionalPrepareBatch:
         if self.source_keys and all(k in batchdata for k in self.source_keys.values()):
             source = {name: batchdata[key] for name, key in self.source_keys.items()}
             out["source_condition"] = collect_condition(source, list(source), torch.device(device or "cpu"))
-        if self.seed_key is not None and self.seed_key in batchdata:
-            seeds = {int(s) for s in torch.as_tensor(batchdata[self.seed_key]).reshape(-1).tolist()}
-            if len(seeds) != 1:
-                raise ValueError(f"the items of a batch have different seeds {sorted(seeds)}; use batch size 1 for "
-                                 "per-item seeds.")
-            out["seed"] = seeds.pop()
+        _batch_seed(batchdata, self.seed_key, out)
         return image, None, (), out
 
 
@@ -136,12 +142,7 @@ class AnomalyPrepareBatch:
         for arg, key in (("mask", self.mask_key), ("labels", self.labels_key)):
             if key is not None and key in batchdata:
                 out[arg] = batchdata[key].to(device, non_blocking=non_blocking)
-        if self.seed_key is not None and self.seed_key in batchdata:
-            seeds = {int(s) for s in torch.as_tensor(batchdata[self.seed_key]).reshape(-1).tolist()}
-            if len(seeds) != 1:
-                raise ValueError(f"the items of a batch have different seeds {sorted(seeds)}; use batch size 1 for "
-                                 "per-item seeds.")
-            out["seed"] = seeds.pop()
+        _batch_seed(batchdata, self.seed_key, out)
         return image, None, (), out
 
 

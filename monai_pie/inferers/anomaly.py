@@ -19,7 +19,8 @@ import torch
 from monai.inferers import Inferer
 
 from ..networks import as_diffusion_model
-from ..utils.checks import check_finite, check_in_range, check_mask
+from ..utils.checks import check_in_range, check_mask
+from .progression import check_image_batch
 from .sampler import DiffusionSampler, make_generator
 
 __all__ = ["ANOMALY_MAPS", "START_MODES", "AnomalyInferer", "AnomalyResult", "anomaly_map", "regional_means"]
@@ -190,7 +191,7 @@ class AnomalyInferer(Inferer):
         if healthy is None or unhealthy is None:
             raise ValueError("give both conditions: `healthy` and `unhealthy` (e.g. class labels 0 and 1).")
         model = as_diffusion_model(network)
-        x = self._check_inputs(inputs, model)
+        x = check_image_batch(inputs, model)
         batch, spatial = x.shape[0], tuple(x.shape[2:])
         region = torch.ones((1, 1, *spatial), device=x.device) if mask is None else \
             check_mask(mask, spatial, batch, "mask").to(x.device)
@@ -238,17 +239,6 @@ class AnomalyInferer(Inferer):
         else:
             cond = cond_h if cond_h.is_empty else model.null_condition(cond_h)
         return self.sampler.invert(model, z, levels=levels, condition=cond, refine_steps=self.refine_steps)
-
-    @staticmethod
-    def _check_inputs(inputs: torch.Tensor, model: Any) -> torch.Tensor:
-        if not torch.is_tensor(inputs):
-            raise TypeError(f"`inputs` must be a tensor (B, C, H, W[, D]), got {type(inputs).__name__}.")
-        x = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
-        if x.ndim not in (4, 5):
-            raise ValueError(f"`inputs` must have shape (B, C, H, W) or (B, C, H, W, D), got {tuple(x.shape)}.")
-        check_finite(x, "inputs")
-        model.check_image(x, "inputs")
-        return x if x.is_floating_point() else x.float()
 
     @staticmethod
     def _check_labels(labels: torch.Tensor, spatial: tuple[int, ...], batch: int) -> torch.Tensor:

@@ -149,6 +149,19 @@ class ProgressionResult:
         return out
 
 
+def check_image_batch(inputs: torch.Tensor, model: Any) -> torch.Tensor:
+    """``inputs`` as a plain float tensor ``(B, C, H, W[, D])``, checked (finite, the model's channels and sizes);
+    the input check of every inferer that edits or maps an image."""
+    if not torch.is_tensor(inputs):
+        raise TypeError(f"`inputs` must be a tensor (B, C, H, W[, D]), got {type(inputs).__name__}.")
+    x = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
+    if x.ndim not in (4, 5):
+        raise ValueError(f"`inputs` must have shape (B, C, H, W) or (B, C, H, W, D), got {tuple(x.shape)}.")
+    check_finite(x, "inputs")
+    model.check_image(x, "inputs")
+    return x if x.is_floating_point() else x.float()
+
+
 class ProgressionInferer(Inferer):
     """Simulate progression toward a condition as a sequence of frames (PIE), for 2D/3D, pixel or latent models.
 
@@ -370,14 +383,7 @@ class ProgressionInferer(Inferer):
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _check_inputs(inputs: torch.Tensor, model: Any) -> torch.Tensor:
-        if not torch.is_tensor(inputs):
-            raise TypeError(f"`inputs` must be a tensor (B, C, H, W[, D]), got {type(inputs).__name__}.")
-        x0 = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
-        if x0.ndim not in (4, 5):
-            raise ValueError(f"`inputs` must have shape (B, C, H, W) or (B, C, H, W, D), got {tuple(x0.shape)}.")
-        check_finite(x0, "inputs")
-        model.check_image(x0, "inputs")
-        return x0 if x0.is_floating_point() else x0.float()
+        return check_image_batch(inputs, model)
 
     def _source_condition(self, model: DiffusionModel, cond: DiffusionCondition, source: Any, z: torch.Tensor,
                           repeats: int) -> DiffusionCondition:
