@@ -25,10 +25,20 @@ from .sampler import DiffusionSampler, make_generator
 
 __all__ = ["ANOMALY_MAPS", "START_MODES", "AnomalyInferer", "AnomalyResult", "anomaly_map", "regional_means"]
 
-#: the anomaly maps (REFERENCE.md, TauAD): ``complementary`` relu(L_H - L_U) (TauAD v1, the default);
-#: ``healthy_excess`` relu(x - x_H) where L_U < L_H (uptake above the healthy reconstruction that the unhealthy model
-#: explains better); ``healthy_residual`` L_H alone (AnoDDPM-style, the generative baseline)
-ANOMALY_MAPS: tuple[str, ...] = ("complementary", "healthy_excess", "healthy_residual")
+#: the anomaly maps (REFERENCE.md, TauAD; measured against each other in docs/validation/tau_pet.md):
+#:
+#: * ``complementary``: relu(L_H - L_U), TauAD v1's combination of the two loss maps;
+#: * ``healthy_excess``: relu(x - x_H) where L_U < L_H (uptake above the healthy reconstruction that the unhealthy
+#:   model explains better);
+#: * ``supported_difference``: min(relu(x_U - x_H), relu(x - x_H)): what the unhealthy reconstruction adds over the
+#:   healthy one, only as far as the image itself exceeds the healthy reconstruction. The difference of the two
+#:   reconstructions is free of the image noise and the autoencoder's error that dominate L_H - L_U; the second term
+#:   keeps it from marking disease the unhealthy model would add to a scan that has none;
+#: * ``difference``: relu(x_U - x_H) alone: where the model puts disease for this anatomy, present or not (a
+#:   location prior; scores well per subject and marks subjects without disease too);
+#: * ``healthy_residual``: L_H alone (AnoDDPM-style, the generative baseline).
+ANOMALY_MAPS: tuple[str, ...] = ("complementary", "healthy_excess", "supported_difference", "difference",
+                                 "healthy_residual")
 #: how the image reaches the start level: ``ddim_inversion`` (deterministic) or ``partial_noise`` (seeded)
 START_MODES: tuple[str, ...] = ("ddim_inversion", "partial_noise")
 #: the condition DDIM inversion runs under
@@ -45,6 +55,10 @@ def anomaly_map(x: torch.Tensor, healthy: torch.Tensor, unhealthy: torch.Tensor,
         out = torch.relu(loss_h - loss_u)
     elif kind == "healthy_excess":
         out = torch.relu(x - healthy) * (loss_u < loss_h)
+    elif kind == "supported_difference":
+        out = torch.minimum(torch.relu(unhealthy - healthy), torch.relu(x - healthy))
+    elif kind == "difference":
+        out = torch.relu(unhealthy - healthy)
     else:
         out = loss_h
     return out.mean(1, keepdim=True)

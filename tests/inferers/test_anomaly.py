@@ -88,8 +88,26 @@ def test_maps_alternatives_and_their_definitions():
     assert anomaly_map(x, h, u, "complementary").flatten().tolist() == [0.0, 1.0, 1.0]
     assert anomaly_map(x, h, u, "healthy_excess").flatten().tolist() == [0.0, 1.0, 0.0]  # only uptake above H
     assert anomaly_map(x, h, u, "healthy_residual").flatten().tolist() == [0.0, 1.0, 1.0]
+    assert anomaly_map(x, h, u, "difference").flatten().tolist() == [0.5, 1.0, 0.0]  # U above H, whatever x is
+    assert anomaly_map(x, h, u, "supported_difference").flatten().tolist() == [0.0, 1.0, 0.0]  # ... and x above H
     with pytest.raises(ValueError, match="`anomaly_map` must be one of"):
         anomaly_map(x, h, u, "zscore")
+
+
+def test_difference_marks_where_disease_would_be_supported_difference_needs_it_in_the_image():
+    """From pure noise the unhealthy reconstruction carries the disease blob whatever the image holds: the bare
+    difference marks it in a healthy image (a location prior), the supported difference does not, and both find it
+    in a diseased image."""
+    p = patterns()
+    model, disease = toy_model(p), region(p, "a")
+    healthy_x, sick_x = (p["b"] + p["o"])[None].float(), (p["b"] + p["o"] + p["a"])[None].float()
+    run = {"start": "partial_noise", "t0": 1.0}
+    prior = inferer(anomaly_map="difference", **run)(healthy_x, model, healthy=HEALTHY, unhealthy=UNHEALTHY)
+    gated = inferer(anomaly_map="supported_difference", **run)(healthy_x, model, healthy=HEALTHY, unhealthy=UNHEALTHY)
+    found = inferer(anomaly_map="supported_difference", **run)(sick_x, model, healthy=HEALTHY, unhealthy=UNHEALTHY)
+    assert prior.anomaly[disease].mean() > 0.3
+    assert gated.anomaly[disease].mean() < 0.2 * prior.anomaly[disease].mean()
+    assert found.anomaly[disease].mean() > 0.3
 
 
 def test_mask_and_regional_scores_in_3d():

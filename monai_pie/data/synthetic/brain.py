@@ -27,7 +27,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -642,6 +642,29 @@ def _save_text(text: str, path: Path, mode: int) -> None:
     _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), mode)
 
 
+def _finish_cohort(out: Path, rows: list[dict[str, Any]], columns: Sequence[str], datalist: dict[str, Any],
+                   cohort: dict[str, Any], summary: dict[str, Any], rois: Mapping[str, str], mode: int,
+                   start: float) -> dict[str, Any]:
+    """Write a cohort's ``ground_truth.csv``, ``datalist.json`` and, last (its presence marks a complete cohort),
+    ``cohort.json``; return the summary a ``synth`` command prints."""
+    buf = io.StringIO()
+    csv_writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    csv_writer.writeheader()
+    csv_writer.writerows(rows)
+    _save_text(buf.getvalue(), out / "ground_truth.csv", mode)
+    _save_text(json.dumps(datalist, indent=1) + "\n", out / "datalist.json", mode)
+    _save_text(json.dumps(cohort, indent=1) + "\n", out / "cohort.json", mode)
+    return {
+        "output_dir": str(out),
+        **summary,
+        "datalist": str(out / "datalist.json"),
+        "ground_truth": str(out / "ground_truth.csv"),
+        "cohort": str(out / "cohort.json"),
+        "rois": {k: str(out / v) for k, v in rois.items()},
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
 def _sample_schedule(
     rng: np.random.Generator, num_subjects: int, num_longitudinal: int, visits: int, recipe: BrainRecipe
 ) -> list[dict[str, Any]]:
@@ -853,12 +876,6 @@ def synthesize_brain_cohort(
         for f in pending:
             f.result()
 
-    buf = io.StringIO()
-    csv_writer = csv.DictWriter(buf, fieldnames=list(GROUND_TRUTH_COLUMNS), lineterminator="\n")
-    csv_writer.writeheader()
-    csv_writer.writerows(rows)
-    _save_text(buf.getvalue(), out / "ground_truth.csv", mode)
-    _save_text(json.dumps(datalist, indent=1) + "\n", out / "datalist.json", mode)
     summary = {
         "num_subjects": num_subjects,
         "num_longitudinal": num_longitudinal,
@@ -869,14 +886,4 @@ def synthesize_brain_cohort(
     }
     cohort = _cohort_record(root, num_subjects, num_longitudinal, visits, fractions, recipe, template)
     cohort.update(subjects=subject_records, summary=summary)
-    # Written last: its presence marks a complete cohort.
-    _save_text(json.dumps(cohort, indent=1) + "\n", out / "cohort.json", mode)
-    return {
-        "output_dir": str(out),
-        **summary,
-        "datalist": str(out / "datalist.json"),
-        "ground_truth": str(out / "ground_truth.csv"),
-        "cohort": str(out / "cohort.json"),
-        "rois": {k: str(out / v) for k, v in ROI_FILES.items()},
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
+    return _finish_cohort(out, rows, GROUND_TRUTH_COLUMNS, datalist, cohort, summary, ROI_FILES, mode, t0)

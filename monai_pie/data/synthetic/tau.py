@@ -20,9 +20,7 @@ Recipe (every constant in :class:`TauRecipe`; details and measured numbers in ``
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import json
 import math
 import os
@@ -46,6 +44,7 @@ from monai_pie.data.synthetic.brain import (
     _check_split,
     _child,
     _file_mode,
+    _finish_cohort,
     _prepare_output_dir,
     _sample_anatomy,
     _save_nifti,
@@ -682,12 +681,6 @@ def synthesize_tau_cohort(
         for f in pending:
             f.result()
 
-    buf = io.StringIO()
-    csv_writer = csv.DictWriter(buf, fieldnames=list(TAU_GROUND_TRUTH_COLUMNS), lineterminator="\n")
-    csv_writer.writeheader()
-    csv_writer.writerows(rows)
-    _save_text(buf.getvalue(), out / "ground_truth.csv", mode)
-    _save_text(json.dumps(datalist, indent=1) + "\n", out / "datalist.json", mode)
     summary = {
         "num_subjects": num_subjects,
         "num_preclinical": num_preclinical,
@@ -699,14 +692,4 @@ def synthesize_tau_cohort(
     params = {"num_subjects": num_subjects, "num_preclinical": num_preclinical, "split": list(fractions)}
     cohort = _cohort_record(root, params, recipe, template, geom)
     cohort.update(subjects=subject_records, summary=summary)
-    # Written last: its presence marks a complete cohort.
-    _save_text(json.dumps(cohort, indent=1) + "\n", out / "cohort.json", mode)
-    return {
-        "output_dir": str(out),
-        **summary,
-        "datalist": str(out / "datalist.json"),
-        "ground_truth": str(out / "ground_truth.csv"),
-        "cohort": str(out / "cohort.json"),
-        "rois": {k: str(out / v) for k, v in ROI_FILES.items()},
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
+    return _finish_cohort(out, rows, TAU_GROUND_TRUTH_COLUMNS, datalist, cohort, summary, ROI_FILES, mode, t0)
