@@ -544,17 +544,9 @@ def synthesize_brain_subject(
     _check_age(age)
     _check_sex(sex)
     check_positive_int(visit, "visit", minimum=0)
-    template = load_brain_template() if template is None else template
-    if not isinstance(template, BrainTemplate):
-        raise TypeError(
-            f"`template` must be a BrainTemplate (see load_brain_template()), got {type(template).__name__}."
-        )
+    template = _check_template(template)
     recipe = BrainRecipe() if recipe is None else recipe
-    if isinstance(rng_or_seed, np.random.Generator):
-        anat_rng = noise_rng = rng_or_seed
-    else:
-        ss = _seed_sequence(rng_or_seed, "rng_or_seed")
-        anat_rng, noise_rng = np.random.default_rng(_child(ss, 0)), np.random.default_rng(_child(ss, 1 + visit))
+    anat_rng, noise_rng = _subject_streams(rng_or_seed, visit)
     anat = _sample_anatomy(anat_rng, int(sex), template, recipe)
     out = _render(anat, float(stage), float(age), int(sex), noise_rng, template, recipe)
     if log_jacobian:
@@ -636,6 +628,25 @@ def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, mode: int, slo
     if slope is not None:
         img.header.set_slope_inter(slope, 0.0)
     _atomic_write(path, lambda tmp: nib.save(img, tmp), mode, suffix=".tmp.nii.gz")
+
+
+def _check_template(template: BrainTemplate | None) -> BrainTemplate:
+    """The given template, or the packaged one when ``None``."""
+    template = load_brain_template() if template is None else template
+    if not isinstance(template, BrainTemplate):
+        raise TypeError(
+            f"`template` must be a BrainTemplate (see load_brain_template()), got {type(template).__name__}."
+        )
+    return template
+
+
+def _subject_streams(rng_or_seed: Any, visit: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """A subject's anatomy stream and the noise stream of one visit: one generator used for both, or two child
+    streams of a seed (so a subject's visits share the anatomy and differ in noise)."""
+    if isinstance(rng_or_seed, np.random.Generator):
+        return rng_or_seed, rng_or_seed
+    ss = _seed_sequence(rng_or_seed, "rng_or_seed")
+    return np.random.default_rng(_child(ss, 0)), np.random.default_rng(_child(ss, 1 + visit))
 
 
 def _save_text(text: str, path: Path, mode: int) -> None:

@@ -42,6 +42,7 @@ from monai_pie.data.synthetic.brain import (
     BrainTemplate,
     _Anatomy,
     _check_split,
+    _check_template,
     _child,
     _file_mode,
     _finish_cohort,
@@ -51,6 +52,7 @@ from monai_pie.data.synthetic.brain import (
     _save_text,
     _seed_sequence,
     _split_counts,
+    _subject_streams,
     load_brain_template,
 )
 from monai_pie.utils.checks import check_positive_int
@@ -475,17 +477,9 @@ def synthesize_tau_subject(
     braak_time = _check_braak_time(braak_time)
     _check_sex(sex)
     check_positive_int(visit, "visit", minimum=0)
-    template = load_brain_template() if template is None else template
-    if not isinstance(template, BrainTemplate):
-        raise TypeError(
-            f"`template` must be a BrainTemplate (see load_brain_template()), got {type(template).__name__}."
-        )
+    template = _check_template(template)
     recipe = TauRecipe() if recipe is None else recipe
-    if isinstance(rng_or_seed, np.random.Generator):
-        subject_rng = noise_rng = rng_or_seed
-    else:
-        ss = _seed_sequence(rng_or_seed, "rng_or_seed")
-        subject_rng, noise_rng = np.random.default_rng(_child(ss, 0)), np.random.default_rng(_child(ss, 1 + visit))
+    subject_rng, noise_rng = _subject_streams(rng_or_seed, visit)
     sex = int(subject_rng.integers(0, 2)) if sex is None else int(sex)
     anat = _sample_anatomy(subject_rng, sex, template, recipe.anatomy())
     draws = _sample_draws(subject_rng, sex, recipe)
