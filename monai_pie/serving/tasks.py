@@ -208,8 +208,9 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
         (Parameter("t0", float, "start level as a share of the noise range", "t0", (0.05, 1.0)),
          Parameter("start", str, "how the scan reaches t0: deterministic DDIM inversion or seeded partial noise",
                    "start", choices=START_MODES),
-         Parameter("anomaly_map", str, "the map: complementary relu(L_H - L_U) (TauAD), healthy_excess, or "
-                   "healthy_residual L_H (a baseline)", "anomaly_map", choices=ANOMALY_MAPS),
+         Parameter("anomaly_map", str, "the map (see docs/validation/tau_pet.md): supported_difference, complementary "
+                   "relu(L_H - L_U), healthy_excess, difference (a location prior) or healthy_residual L_H (a "
+                   "baseline)", "anomaly_map", choices=ANOMALY_MAPS),
          *_sampling(rounds=False)),
         {"progress": False, "datalist_file": None}),
 )}
