@@ -46,11 +46,17 @@ __all__ = ["LOAD_THRESHOLD", "MAP_CANDIDATES", "NULL_RATIO_LIMIT", "RUN_CANDIDAT
 #: a voxel is tau positive where the true load exceeds this (load per unit GM; AD cortex reaches about 1)
 LOAD_THRESHOLD = 0.1
 #: sampling settings tried on the validation split: the start (DDIM inversion or partial noise), its level ``t0`` (a
-#: share of the noise range; TauAD 0.3-0.5) and the guidance of both reconstructions
+#: share of the noise range; TauAD 0.3-0.5; 1 is pure noise, the subject kept by its structure channel only) and the
+#: guidance of both reconstructions
 RUN_CANDIDATES: tuple[dict[str, Any], ...] = (
     {"start": "ddim_inversion", "t0": 0.5, "guidance_scale": 1.0},
     {"start": "ddim_inversion", "t0": 0.5, "guidance_scale": 3.0},
     {"start": "partial_noise", "t0": 0.8, "guidance_scale": 3.0},
+    {"start": "partial_noise", "t0": 0.8, "guidance_scale": 5.0},
+    {"start": "partial_noise", "t0": 1.0, "guidance_scale": 3.0},
+    {"start": "partial_noise", "t0": 1.0, "guidance_scale": 5.0},
+    {"start": "partial_noise", "t0": 0.8, "guidance_scale": 8.0},
+    {"start": "partial_noise", "t0": 1.0, "guidance_scale": 8.0},
 )
 #: the anomaly maps tried on each run (``inferers.ANOMALY_MAPS`` less the L_H baseline)
 MAP_CANDIDATES: tuple[str, ...] = ("complementary", "healthy_excess", "supported_difference", "difference")
