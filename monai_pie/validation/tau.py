@@ -362,6 +362,9 @@ def _severity(train, test, pre, runs, path: Path) -> dict[str, Any]:
         predicted, rule = p_pre > np.median(p_pre), "median of P(MCI/AD)"
     t = ttest_ind(cognition[~predicted], cognition[predicted], equal_var=False)
     out.update({"preclinical_spearman_load": spearman(p_pre, load),
+                # the untrained baseline beside the SVM: the mean of the regional scores, and each region alone
+                "preclinical_spearman_mean_score": spearman(x_pre.mean(1), load),
+                "preclinical_spearman_by_region": {n: spearman(x_pre[:, k], load) for k, n in enumerate(names)},
                 "preclinical_groups": rule, "preclinical_group_sizes": [int((~predicted).sum()), int(predicted.sum())],
                 "preclinical_cognition_low_vs_high": [float(cognition[~predicted].mean()),
                                                       float(cognition[predicted].mean())],
@@ -446,7 +449,9 @@ def _report_md(r: Mapping[str, Any]) -> str:
         "## Severity", "",
         f"Linear SVM on the 6 Braak-regional mean anomaly scores, fitted on the training split (`{sev['model']}`).", "",
         f"- AUC CN vs MCI/AD, test split: {sev['auc_test']:.3f}",
-        f"- preclinical cohort: Spearman rho(P(MCI/AD), true cortical load) = {sev['preclinical_spearman_load']:.3f}",
+        f"- preclinical cohort: Spearman rho(P(MCI/AD), true cortical load) = {sev['preclinical_spearman_load']:.3f}; "
+        f"the untrained mean of the six regional scores: {sev['preclinical_spearman_mean_score']:.3f}; each region "
+        "alone: " + ", ".join(f"{n} {v:.2f}" for n, v in sev["preclinical_spearman_by_region"].items()),
         f"- preclinical cognition by predicted group ({sev['preclinical_groups']}; n = "
         f"{sev['preclinical_group_sizes'][0]} / {sev['preclinical_group_sizes'][1]}): "
         f"{sev['preclinical_cognition_low_vs_high'][0]:.2f} vs {sev['preclinical_cognition_low_vs_high'][1]:.2f}, "
