@@ -7,18 +7,20 @@ decoded by the inferer and re-encoded at the start of every round (it has no way
 Ours: ``ProgressionInferer`` with the same networks, steps, strength, guidance and blend; latents stay latent and only
 the returned frames are decoded (residual decoding, one extra decode).
 
-Each case runs in its own process so peak RSS (CPU) / peak allocated memory (CUDA) is per case.
+Each case runs in its own process so peak RSS (CPU) / peak allocated memory (CUDA) is per case; the four cases run
+round-robin, ``--repeats`` times (benchmarks/_harness.py), and the table gives medians, minima and the ratio of
+medians beside the median of the per-repeat ratios.
 
-    python benchmarks/bench_progression.py            # full table (2D 64x64 latent, 3D 24^3 latent), ~3 min on 2 cores
-    python benchmarks/bench_progression.py --quick    # fewer rounds, smaller sizes
+    python benchmarks/bench_progression.py --repeats 3   # full table (2D 64x64 latent, 3D 24^3 latent), ~6 min on 2 cores
+    python benchmarks/bench_progression.py --quick       # smaller sizes
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -128,7 +130,8 @@ def run_case(name: str, method: str, rounds: int, quick: bool, device_name: str)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "progression.md"))
@@ -137,29 +140,35 @@ def main() -> None:
     if args.worker:
         print(json.dumps(run_case(args.worker[0], args.worker[1], args.rounds, args.quick, args.device)))
         return
-    rows = []
-    for name in CASES:
-        for method in ("monai", "ours"):
-            cmd = [sys.executable, __file__, "--worker", name, method, "--rounds", str(args.rounds), "--device", args.device]
-            cmd += ["--quick"] if args.quick else []
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-            rows.append(json.loads(out))
-            print(f"  measured {name} {method}: {rows[-1]['sec_per_round']:.2f} s/round", file=sys.stderr)
-    import torch
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _harness import header, interleaved, load_average, median_min_flag
 
-    lines = [
-        f"PIE round, {rows[0]['steps_per_round']} DDIM steps (50 at strength 0.5), guidance 7.5, batch 1, "
-        f"{args.rounds} rounds, device {args.device} ({platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads), torch {torch.__version__}",
-        "",
-        "| case | image | latent | MONAI loop s/round | ours s/round | speed-up | MONAI loop peak MB | ours peak MB |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    def worker(name: str, method: str):
+        cmd = [sys.executable, __file__, "--worker", name, method, "--rounds", str(args.rounds), "--device", args.device]
+        cmd += ["--quick"] if args.quick else []
+        return lambda: json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+                                  .splitlines()[-1])
+
+    before = load_average()
+    cases = {(name, method): worker(name, method) for name in CASES for method in ("monai", "ours")}
+    runs = interleaved({f"{n} {m}": run for (n, m), run in cases.items()}, args.repeats,
+                       log=lambda msg: print(f"  {msg[:120]}", file=sys.stderr))
+    first = runs[next(iter(runs))][0]
+    lines = header(f"PIE round, {first['steps_per_round']} DDIM steps (50 at strength 0.5), guidance 7.5, batch 1, "
+                   f"{args.rounds} rounds per process: ProgressionInferer against the MONAI loop", args.repeats,
+                   before, args.device)
+    lines += ["| case | image | latent | MONAI loop s/round (median / min) | ours s/round (median / min) | speed-up "
+              "(ratio of medians) | median of per-repeat ratios | MONAI loop peak MB | ours peak MB | note |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for name in CASES:
-        m = next(r for r in rows if r["case"] == name and r["method"] == "monai")
-        o = next(r for r in rows if r["case"] == name and r["method"] == "ours")
-        lines.append(f"| {name} | {m['image']} | {m['latent']} | {m['sec_per_round']:.2f} | {o['sec_per_round']:.2f} | "
-                     f"{m['sec_per_round'] / o['sec_per_round']:.2f}x | {m['peak_mem_mb']:.0f} | {o['peak_mem_mb']:.0f} |")
+        m, o = runs[f"{name} monai"], runs[f"{name} ours"]
+        tm, to = [r["sec_per_round"] for r in m], [r["sec_per_round"] for r in o]
+        (mm, mn, fm), (om, on, fo) = median_min_flag(tm), median_min_flag(to)
+        paired = statistics.median(a / b for a, b in zip(tm, to))
+        note = "; ".join(f"{who}: {f}" for who, f in (("MONAI loop", fm), ("ours", fo)) if f)
+        lines.append(f"| {name} | {m[0]['image']} | {m[0]['latent']} | {mm:.2f} / {mn:.2f} | {om:.2f} / {on:.2f} | "
+                     f"{mm / om:.2f}x | {paired:.2f}x | {max(r['peak_mem_mb'] for r in m):.0f} | "
+                     f"{max(r['peak_mem_mb'] for r in o):.0f} | {note} |")
     table = "\n".join(lines)
     print(table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

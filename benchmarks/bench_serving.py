@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,8 +28,6 @@ TINY = {"brain_progression": {"num_inference_steps": 3, "num_rounds": 1},
         "cxr_text_to_image": {"num_inference_steps": 3},
         "cxr_progression": {"num_inference_steps": 3, "num_rounds": 1}}
 IMAGES = {"brain_progression": "t1", "brain_generation": "t1", "cxr_text_to_image": "cxr", "cxr_progression": "cxr"}
-SPREAD = 0.25
-
 
 def request(url: str, task: str, params: dict) -> float:
     body = f"--b\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{json.dumps(params)}\r\n--b--\r\n".encode()
@@ -43,9 +40,11 @@ def request(url: str, task: str, params: dict) -> float:
 
 
 def row(name: str, times: list[float]) -> str:
-    med = statistics.median(times)
-    flag = "spread > 25 %" if len(times) > 1 and (max(times) - min(times)) > SPREAD * med else ""
-    return f"| {name} | {len(times)} | {med:.2f} | {min(times):.2f} | {flag} |"
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _harness import median_min_flag
+
+    med, low, flag = median_min_flag(times)
+    return f"| {name} | {len(times)} | {med:.2f} | {low:.2f} | {flag} |"
 
 
 def main() -> None:

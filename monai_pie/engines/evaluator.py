@@ -228,7 +228,9 @@ class ProgressionSummary:
             if rank is not None:
                 report = {"rank": rank, **report}
         if self.print_summary:
-            print(json.dumps(json_safe(report), indent=2))
+            # under torchrun every rank shares one stdout: one line each, flushed at once (a pipe write of under
+            # PIPE_BUF bytes is atomic), so the ranks' reports cannot interleave
+            print(json.dumps(json_safe(report), indent=None if rank is not None else 2), flush=True)
         return report
 
 
