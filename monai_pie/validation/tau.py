@@ -314,6 +314,9 @@ def evaluate_tau(cohort_dir: str, settings_file: str = SETTINGS_FILE, model_path
               "severity": severity, "speed": speed, "num_test": len(test), "num_preclinical": len(pre),
               "load_threshold": LOAD_THRESHOLD, "subjects": rows,
               "seconds": round(time.perf_counter() - start, 1),
+              # the inferer's own time over every subject of the three runs, also when they were resumed from cache
+              "runs_subjects": {name: len(run) for name, run in runs.items()},
+              "sampling_seconds": round(sum(float(v["seconds"]) for run in runs.values() for v in run.values()), 1),
               "command": f"monai-pie validate tau {cohort_dir} --stage evaluate"}
     out = Path(output_dir) / "validation"
     out.mkdir(parents=True, exist_ok=True)
@@ -430,7 +433,9 @@ def _report_md(r: Mapping[str, Any]) -> str:
         f"`{r['command']}`; settings frozen on the validation split in `{r['settings_file']}` "
         f"(SHA-256 `{r['settings_sha256'][:16]}...`: start = {f['start']}, t0 = {f['t0']}, guidance = "
         f"{f['guidance_scale']}, map = `{f['anomaly_map']}`; {f['selection']}); {r['num_test']} held-out test "
-        f"subjects, {r['num_preclinical']} preclinical subjects; {r['seconds'] / 60:.1f} min on this machine.",
+        f"subjects, {r['num_preclinical']} preclinical subjects; {r['seconds'] / 60:.1f} min for this invocation, "
+        f"{r['sampling_seconds'] / 60:.1f} min of sampling for its {sum(r['runs_subjects'].values())} subjects "
+        "(resumed runs included).",
         "**Synthetic subjects from the generator family the model was trained on; no claim about real scans.**", "",
         f"Tau positive: true load > {r['load_threshold']} inside the brain. Medians over subjects with [bootstrap 95 % "
         "interval]; per-subject AUPRC and off-target share over subjects with tau, pooled AUPRC over the voxels of "
