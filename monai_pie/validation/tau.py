@@ -208,9 +208,11 @@ def subject_maps(item: Mapping[str, Any], result: Mapping[str, Any], reference: 
             METHODS[3]: prior * brain}
 
 
-def score_subject(item: Mapping[str, Any], maps: Mapping[str, np.ndarray], brain: np.ndarray) -> dict[str, Any]:
-    """AUPRC, off-target share and mean map in the brain, per method, for one subject."""
-    load = _load(item["load"])
+def score_subject(item: Mapping[str, Any], maps: Mapping[str, np.ndarray], brain: np.ndarray,
+                  load: np.ndarray | None = None) -> dict[str, Any]:
+    """AUPRC, off-target share and mean map in the brain, per method, for one subject (``load``: its true load map,
+    read from ``item`` when not given)."""
+    load = _load(item["load"]) if load is None else load
     off = _load(item["off_target"]) > 0
     positive = load > LOAD_THRESHOLD
     row: dict[str, Any] = {"subject": item["subject"], "diagnosis": item["diagnosis"],
@@ -226,8 +228,9 @@ def score_subject(item: Mapping[str, Any], maps: Mapping[str, np.ndarray], brain
 def _score(items: Sequence[Mapping[str, Any]], maps: Sequence[Mapping[str, np.ndarray]], brain: np.ndarray,
            pooled_resamples: int = POOLED_RESAMPLES) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per-subject rows and the per-method summary of ``maps`` (one ``{method: map}`` per item)."""
-    rows = [score_subject(i, m, brain) for i, m in zip(items, maps)]
-    positives = [_load(i["load"]) > LOAD_THRESHOLD for i in items]
+    loads = [_load(i["load"]) for i in items]
+    rows = [score_subject(i, m, brain, load) for i, m, load in zip(items, maps, loads)]
+    positives = [load > LOAD_THRESHOLD for load in loads]
     summary = {name: {**_summarise(rows, name),
                       "pooled_auprc": pooled_auprc([m[name] for m in maps], positives, brain, pooled_resamples)}
                for name in maps[0]}
