@@ -4,14 +4,17 @@ Baseline ("MONAI loop"): MONAI's ``LatentDiffusionInferer.sample`` with ``DDIMSc
 at the strength (``set_timesteps(50)`` then ``timesteps[-25:]``), noise added with ``scheduler.add_noise``,
 classifier-free guidance through the inferer's ``cfg`` argument, the PIE blend in latent space, and the image
 decoded by the inferer and re-encoded at the start of every round (it has no way to stay in latent space).
+A second baseline runs the same loop on networks built with MONAI's ``use_flash_attention=True``.
 Ours: ``ProgressionInferer`` with the same networks, steps, strength, guidance and blend; latents stay latent and only
-the returned frames are decoded (residual decoding, one extra decode).
+the returned frames are decoded (residual decoding, one extra decode). Three settings: unaccelerated
+(``accelerate=False``, the inferer before fused attention and channels-last weights), the default, and
+``precision="bf16"``.
 
-Each case runs in its own process so peak RSS (CPU) / peak allocated memory (CUDA) is per case; the four cases run
+Each case runs in its own process so peak RSS (CPU) / peak allocated memory (CUDA) is per case; all cases run
 round-robin, ``--repeats`` times (benchmarks/_harness.py), and the table gives medians, minima and the ratio of
 medians beside the median of the per-repeat ratios.
 
-    python benchmarks/bench_progression.py --repeats 3   # full table (2D 64x64 latent, 3D 24^3 latent), ~6 min on 2 cores
+    python benchmarks/bench_progression.py --repeats 3   # full table (2D 64x64 latent, 3D 24^3, brain bundle), ~20 min on 2 cores
     python benchmarks/bench_progression.py --quick       # smaller sizes
 """
 
@@ -29,22 +32,48 @@ from pathlib import Path
 CASES = {
     "2D": {"spatial_dims": 2, "image": 128, "ae": (32, 64), "unet": (32, 64, 64), "ctx": 8},
     "3D": {"spatial_dims": 3, "image": 48, "ae": (16, 32), "unet": (16, 32, 32), "ctx": 8},
+    "brain bundle": {"bundle": "brain_mri_progression"},
 }
-QUICK = {"2D": {"image": 64}, "3D": {"image": 32}}
+QUICK = {"2D": {"image": 64}, "3D": {"image": 32}, "brain bundle": {}}
+#: what is compared: the MONAI loop on networks as configured (MONAI's defaults: einsum attention), the same loop on
+#: networks built with MONAI's ``use_flash_attention=True`` (the best a MONAI user can do by configuration), and our
+#: inferer without its acceleration (the inferer as it was), with it (the default), and with bf16 denoising
+METHODS = {"monai": "MONAI loop", "monai_sdpa": "MONAI loop, flash attention", "plain": "ours, unaccelerated",
+           "ours": "ours (default)", "bf16": "ours, bf16 denoiser"}
 
 
-def build(case: dict):
+def build(case: dict, flash: bool = False):
+    """``(LatentDiffusionModel, image (1, 1, *spatial), raw condition)`` of a case, random weights or the bundle's."""
     import torch
     from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 
+    from monai_pie import LatentDiffusionModel
+
     torch.manual_seed(0)
-    sd = case["spatial_dims"]
-    ae = AutoencoderKL(spatial_dims=sd, in_channels=1, out_channels=1, channels=case["ae"], latent_channels=3,
-                       attention_levels=(False,) * len(case["ae"]), num_res_blocks=1, norm_num_groups=16)
-    unet = DiffusionModelUNet(spatial_dims=sd, in_channels=3, out_channels=3, channels=case["unet"],
-                              attention_levels=(False, False, True), num_res_blocks=1, norm_num_groups=16,
-                              num_head_channels=16, with_conditioning=True, cross_attention_dim=case["ctx"])
-    return ae.eval(), unet.eval()
+    if "bundle" in case:
+        from monai_pie.bundle_tools import load_bundle_model
+
+        loaded = load_bundle_model(case["bundle"])
+        net = loaded["network"]
+        x = torch.rand((1, 1, *loaded["parser"]["image_size"]))
+        cond = {"age": torch.tensor([72.0]), "sex": torch.tensor([0.0]), "stage": torch.tensor([0.9])}
+    else:
+        sd = case["spatial_dims"]
+        ae = AutoencoderKL(spatial_dims=sd, in_channels=1, out_channels=1, channels=case["ae"], latent_channels=3,
+                           attention_levels=(False,) * len(case["ae"]), num_res_blocks=1, norm_num_groups=16)
+        unet = DiffusionModelUNet(spatial_dims=sd, in_channels=3, out_channels=3, channels=case["unet"],
+                                  attention_levels=(False, False, True), num_res_blocks=1, norm_num_groups=16,
+                                  num_head_channels=16, with_conditioning=True, cross_attention_dim=case["ctx"])
+        for p in unet.out.parameters():  # MONAI zero-initialises the output layer: an all-zero denoiser is no test
+            torch.nn.init.normal_(p, std=0.05)
+        net = LatentDiffusionModel(unet, ae)
+        x = torch.rand((1, 1) + (case["image"],) * sd)
+        cond = torch.randn(1, 1, case["ctx"])
+    if flash:
+        for m in net.modules():
+            if hasattr(m, "use_flash_attention"):
+                m.use_flash_attention = True
+    return net.eval(), x, cond
 
 
 def peak_memory_mb(device) -> float:
@@ -60,40 +89,38 @@ def run_case(name: str, method: str, rounds: int, quick: bool, device_name: str)
     from monai.inferers import LatentDiffusionInferer
     from monai.networks.schedulers import DDIMScheduler
 
-    from monai_pie import LatentDiffusionModel, ProgressionInferer
+    from monai_pie import ProgressionInferer
 
     case = dict(CASES[name], **(QUICK[name] if quick else {}))
     device = torch.device(device_name)
-    ae, unet = build(case)
-    ae, unet = ae.to(device), unet.to(device)
-    sd, size = case["spatial_dims"], case["image"]
-    x = torch.rand((1, 1) + (size,) * sd, device=device)
-    ctx = torch.randn(1, 1, case["ctx"], device=device)
+    net, x, cond = build(case, flash=method == "monai_sdpa")
+    net, x = net.to(device), x.to(device)
+    cond = cond.to(device) if torch.is_tensor(cond) else {k: v.to(device) for k, v in cond.items()}
     steps, strength, w, b_in = 50, 0.5, 7.5, 0.75
-    scale = 1.0
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    base_mem = peak_memory_mb(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with torch.no_grad():
-        if method == "ours":
-            model = LatentDiffusionModel(unet, ae, scale_factor=scale)
+        if method in ("plain", "ours", "bf16"):
             inferer = ProgressionInferer(DDIMScheduler(1000, clip_sample=False), num_rounds=rounds, strength=strength,
                                          num_inference_steps=steps, guidance_scale=w, blend_in=b_in,
-                                         reinject_background=False, progress=False)
-            inferer(x, model, condition=ctx, seed=0)  # warm-up (one full call)
+                                         reinject_background=False, progress=False, accelerate=method != "plain",
+                                         precision="bf16" if method == "bf16" else "fp32")
+            inferer(x, net, condition=cond, seed=0)  # warm-up (one full call)
             sync()
             t0 = time.perf_counter()
-            res = inferer(x, model, condition=ctx, seed=0)
+            res = inferer(x, net, condition=cond, seed=0)
             sync()
             elapsed = time.perf_counter() - t0
             assert res.frames.shape[0] == rounds + 1
         else:
             scheduler = DDIMScheduler(1000, clip_sample=False)
+            ae, unet, scale = net.autoencoder, net.unet, float(net.scale_factor)
+            ctx = net.make_condition(cond).context  # the context tensor the U-Net takes
             ldm = LatentDiffusionInferer(scheduler, scale_factor=scale)
 
             def monai_loop(n_rounds: int):
@@ -122,10 +149,11 @@ def run_case(name: str, method: str, rounds: int, quick: bool, device_name: str)
             sync()
             elapsed = time.perf_counter() - t0
             assert len(frames) == rounds + 1
-    latent = size // 2
-    return {"case": name, "method": method, "image": f"{size}^{sd}", "latent": f"{latent}^{sd}",
+    with torch.no_grad():
+        latent = "x".join(str(s) for s in net.encode(x).shape[2:])
+    return {"case": name, "method": method, "image": "x".join(str(s) for s in x.shape[2:]), "latent": latent,
             "steps_per_round": int(steps * strength), "rounds": rounds, "sec_per_round": elapsed / rounds,
-            "peak_mem_mb": peak_memory_mb(device), "base_mem_mb": base_mem}
+            "peak_mem_mb": peak_memory_mb(device)}
 
 
 def main() -> None:
@@ -150,25 +178,32 @@ def main() -> None:
                                   .splitlines()[-1])
 
     before = load_average()
-    cases = {(name, method): worker(name, method) for name in CASES for method in ("monai", "ours")}
-    runs = interleaved({f"{n} {m}": run for (n, m), run in cases.items()}, args.repeats,
-                       log=lambda msg: print(f"  {msg[:120]}", file=sys.stderr))
+    cases = {f"{name} {method}": worker(name, method) for name in CASES for method in METHODS}
+    runs = interleaved(cases, args.repeats, log=lambda msg: print(f"  {msg[:120]}", file=sys.stderr))
     first = runs[next(iter(runs))][0]
     lines = header(f"PIE round, {first['steps_per_round']} DDIM steps (50 at strength 0.5), guidance 7.5, batch 1, "
                    f"{args.rounds} rounds per process: ProgressionInferer against the MONAI loop", args.repeats,
                    before, args.device)
-    lines += ["| case | image | latent | MONAI loop s/round (median / min) | ours s/round (median / min) | speed-up "
-              "(ratio of medians) | median of per-repeat ratios | MONAI loop peak MB | ours peak MB | note |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["Speed-ups are ratios of medians, with the median of the per-repeat ratios in brackets. `2D` / `3D`: "
+              "random weights, MONAI's default autoencoder (non-local attention at the latent level); `brain bundle`: "
+              "the shipped brain_mri_progression network and weights (no autoencoder attention).", "",
+              "| case | image | latent | method | s/round (median / min) | peak MB | vs MONAI loop | vs MONAI loop, "
+              "flash attention | vs ours unaccelerated | note |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name in CASES:
-        m, o = runs[f"{name} monai"], runs[f"{name} ours"]
-        tm, to = [r["sec_per_round"] for r in m], [r["sec_per_round"] for r in o]
-        (mm, mn, fm), (om, on, fo) = median_min_flag(tm), median_min_flag(to)
-        paired = statistics.median(a / b for a, b in zip(tm, to))
-        note = "; ".join(f"{who}: {f}" for who, f in (("MONAI loop", fm), ("ours", fo)) if f)
-        lines.append(f"| {name} | {m[0]['image']} | {m[0]['latent']} | {mm:.2f} / {mn:.2f} | {om:.2f} / {on:.2f} | "
-                     f"{mm / om:.2f}x | {paired:.2f}x | {max(r['peak_mem_mb'] for r in m):.0f} | "
-                     f"{max(r['peak_mem_mb'] for r in o):.0f} | {note} |")
+        times = {m: [r["sec_per_round"] for r in runs[f"{name} {m}"]] for m in METHODS}
+
+        def versus(method: str, base: str) -> str:
+            if method == base:
+                return "1.00x"
+            paired = statistics.median(a / b for a, b in zip(times[base], times[method]))
+            return f"{statistics.median(times[base]) / statistics.median(times[method]):.2f}x ({paired:.2f}x)"
+
+        for method, label in METHODS.items():
+            med, low, flag = median_min_flag(times[method])
+            row = runs[f"{name} {method}"]
+            lines.append(f"| {name} | {row[0]['image']} | {row[0]['latent']} | {label} | {med:.2f} / {low:.2f} | "
+                         f"{max(r['peak_mem_mb'] for r in row):.0f} | {versus(method, 'monai')} | "
+                         f"{versus(method, 'monai_sdpa')} | {versus(method, 'plain')} | {flag} |")
     table = "\n".join(lines)
     print(table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

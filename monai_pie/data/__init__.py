@@ -7,6 +7,7 @@ from .cxr_readers import read_chexpert_csv, read_image_report_pairs, report_to_l
 from .datalist import as_items, generation_items, load_datalist, output_names
 from .io import (
     IMAGE_EXTENSIONS,
+    NiftiStorage,
     check_readable_file,
     image_extension,
     load_2d_image,
@@ -40,6 +41,7 @@ from .transforms import (
 __all__ = [
     "CXR_ROI_REGIONS",
     "IMAGE_EXTENSIONS",
+    "NiftiStorage",
     "CheckFieldOfViewd",
     "CheckImaged",
     "CheckMaskd",

@@ -8,6 +8,7 @@ empty, truncated, not an image, a degenerate affine) and, where it helps, the li
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from ..utils import atomic_write
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "NiftiStorage",
     "check_readable_file",
     "image_extension",
     "load_2d_image",
@@ -262,10 +264,64 @@ def save_png16(image: np.ndarray, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"), suffix=".tmp.png")
 
 
-def save_nifti_like(data: np.ndarray | torch.Tensor, affine: Any, path: str | os.PathLike) -> Path:
-    """Save ``(X, Y[, Z])`` or ``(1, X, Y[, Z])`` ``data`` as float32 NIfTI with ``affine`` (atomic write).
+@dataclass(frozen=True)
+class NiftiStorage:
+    """How a volume is stored in NIfTI: a data type and, for integer types, an optional fixed ``slope`` / ``inter``
+    (value = raw * slope + inter). ``float32`` keeps every bit; an integer type takes a half to a quarter of the
+    bytes before compression and, for smooth images, much less after.
 
-    ``affine`` is a ``(4, 4)`` array or tensor, or anything with an ``.affine`` (a ``MetaTensor``, a nibabel image).
+    ``NiftiStorage.like(path)`` reads an input file's type and scaling, so outputs can be written as the input was.
+    """
+
+    dtype: str = "float32"
+    slope: float | None = None
+    inter: float | None = None
+
+    @classmethod
+    def like(cls, path: str | os.PathLike) -> NiftiStorage:
+        """The storage of the NIfTI file at ``path`` (float32 for other formats and unreadable headers)."""
+        if not str(path).lower().endswith((".nii", ".nii.gz")):
+            return cls()
+        import nibabel as nib
+
+        try:
+            img = nib.load(str(path))
+        except Exception:  # the reader reports unreadable inputs; here only the output's type is at stake
+            return cls()
+        dtype = np.dtype(img.get_data_dtype())
+        if not (np.issubdtype(dtype, np.integer) or dtype == np.float32):
+            return cls()
+        # nibabel moves a loaded file's scaling from the header to the array proxy
+        slope, inter = getattr(img.dataobj, "slope", None), getattr(img.dataobj, "inter", None)
+        slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
+        inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+        return cls(str(dtype)) if dtype == np.float32 else cls(str(dtype), slope, inter)
+
+    def quantise(self, values: np.ndarray) -> np.ndarray | None:
+        """``values`` as raw integers of this storage's fixed scaling, or ``None`` when there is no fixed integer
+        scaling or a value falls outside the type's range."""
+        dtype = np.dtype(self.dtype)
+        if not np.issubdtype(dtype, np.integer) or self.slope is None:
+            return None
+        raw = np.round((values.astype(np.float64) - (self.inter or 0.0)) / self.slope)
+        info = np.iinfo(dtype)
+        if not np.isfinite(raw).all() or raw.min() < info.min or raw.max() > info.max:
+            return None
+        return raw.astype(dtype)
+
+
+def save_nifti_like(data: np.ndarray | torch.Tensor, affine: Any, path: str | os.PathLike,
+                    storage: NiftiStorage | None = None) -> Path:
+    """Save ``(X, Y[, Z])`` or ``(1, X, Y[, Z])`` ``data`` as NIfTI with ``affine`` (atomic write).
+
+    Args:
+        data: the values, in the units they should read back as.
+        affine: a ``(4, 4)`` array or tensor, or anything with an ``.affine`` (a ``MetaTensor``, a nibabel image).
+        path: the ``.nii.gz`` to write.
+        storage: the on-disk data type and scaling (``None``: float32). An integer type with a fixed ``slope`` /
+            ``inter`` is used when every value fits it (values are rounded to its step), else the volume is written
+            as float32 (re-fitting the scaling would shift every voxel); an integer type without them gets a slope
+            and intercept fitted by nibabel to the data's range.
     """
     import nibabel as nib
 
@@ -274,6 +330,14 @@ def save_nifti_like(data: np.ndarray | torch.Tensor, affine: Any, path: str | os
         arr = arr[0]
     aff = getattr(affine, "affine", affine)
     aff = aff.numpy() if torch.is_tensor(aff) else np.asarray(aff)
-    img = nib.Nifti1Image(arr, aff)
+    storage = storage or NiftiStorage()
+    dtype = np.dtype(storage.dtype)
+    raw = storage.quantise(arr)
+    img = nib.Nifti1Image(raw if raw is not None else arr, aff)
+    if raw is not None:
+        img.header.set_slope_inter(storage.slope, storage.inter)
+    elif storage.slope is None:
+        img.set_data_dtype(dtype)  # float32, or an integer type nibabel scales to the data's range
+    # else: values outside the fixed scaling's range stay float32, so no voxel is re-quantised
     img.header.set_xyzt_units("mm")
     return atomic_write(path, lambda tmp: nib.save(img, tmp), suffix=".tmp.nii.gz")

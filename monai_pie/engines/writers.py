@@ -23,12 +23,13 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, allow_missing_keys_mode
 
-from ..data.io import load_2d_image, read_volume, save_nifti_like, save_png16
+from ..data.io import NiftiStorage, load_2d_image, read_volume, save_nifti_like, save_png16
 from ..data.transforms import SCALE_HIGH, SCALE_LOW
 from ..utils import atomic_write_text, json_safe, round_rows
 from ..visualize import frame_strip, save_gif, save_png
 
 __all__ = [
+    "OUTPUT_DTYPES",
     "ProgressionToInputGridd",
     "volume_to_input_grid",
     "as_input_nifti",
@@ -40,6 +41,10 @@ __all__ = [
 
 #: item fields that hold input files; no writer may replace one
 INPUT_FILE_KEYS = ("image", "roi")
+#: how frames and change maps are stored: ``"input"`` frames as the input file was (its integer type and scaling, or
+#: float32), changes as int16 scaled to their range; ``"int16"`` frames too as int16 scaled to their range;
+#: ``"float32"`` everything as float32 (every bit kept, 2-4x the bytes)
+OUTPUT_DTYPES = ("input", "int16", "float32")
 
 
 def _input_path(item: Mapping[Hashable, Any], key: str = "image") -> str:
@@ -164,14 +169,27 @@ class SaveFramesd(MapTransform):
         output_dir_key: the item's output folder.
         format: ``"nifti"`` or ``"png16"``.
         roi_key: (``png16``) the model-grid ROI ``(1, H, W)`` to write as ``roi.png`` on the input's grid.
+        output_dtype: (``nifti``) one of :data:`OUTPUT_DTYPES`. The default ``"input"`` stores frames at the
+            input's own precision (frame 0 reads back as the input) and changes to 1 / 65535 of their range.
     """
 
     def __init__(self, keys: KeysCollection = "input_frames", changes_key: str = "input_changes",
-                 output_dir_key: str = "output_dir", format: str = "nifti", roi_key: str | None = None) -> None:
+                 output_dir_key: str = "output_dir", format: str = "nifti", roi_key: str | None = None,
+                 output_dtype: str = "input") -> None:
         super().__init__(keys)
         if format not in ("nifti", "png16"):
             raise ValueError(f"`format` must be 'nifti' or 'png16', got {format!r}.")
+        if output_dtype not in OUTPUT_DTYPES:
+            raise ValueError(f"`output_dtype` must be one of {OUTPUT_DTYPES}, got {output_dtype!r}.")
         self.changes_key, self.output_dir_key, self.format, self.roi_key = changes_key, output_dir_key, format, roi_key
+        self.output_dtype = output_dtype
+
+    def storages(self, source: str) -> tuple[NiftiStorage, NiftiStorage]:
+        """``(frames, changes)`` storage for an input file ``source``."""
+        if self.output_dtype == "float32":
+            return NiftiStorage(), NiftiStorage()
+        scaled = NiftiStorage("int16")
+        return (NiftiStorage.like(source) if self.output_dtype == "input" else scaled), scaled
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -180,10 +198,12 @@ class SaveFramesd(MapTransform):
             frames, paths = d[key], []
             if self.format == "nifti":
                 affine = d["input_affine"]
+                frame_storage, change_storage = self.storages(_input_path(d, "image"))
                 for n, change in enumerate(d[self.changes_key], start=1):
-                    save_nifti_like(change, affine, _check_not_input(out / f"change_{n:02d}.nii.gz", d))
+                    save_nifti_like(change, affine, _check_not_input(out / f"change_{n:02d}.nii.gz", d), change_storage)
                 for n, frame in enumerate(frames):
-                    paths.append(str(save_nifti_like(frame, affine, _check_not_input(out / f"frame_{n:02d}.nii.gz", d))))
+                    target = _check_not_input(out / f"frame_{n:02d}.nii.gz", d)
+                    paths.append(str(save_nifti_like(frame, affine, target, frame_storage)))
             else:
                 for n, frame in enumerate(frames):
                     paths.append(str(save_png16(frame, _check_not_input(out / f"frame_{n:02d}.png", d))))

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from monai.inferers import Inferer
 
-from ..networks import as_diffusion_model
 from ..utils.checks import check_in_range, check_mask
 from .progression import check_image_batch
 from .sampler import DiffusionSampler, make_generator
@@ -130,6 +129,8 @@ class AnomalyInferer(Inferer):
         seed: seed of the partial noise and of stochastic samplers; both reconstructions get the same noise.
         method, eta, prediction_type, clip_sample: passed to the ``DiffusionSampler``.
         progress: progress bars.
+        precision, accelerate: passed to the ``DiffusionSampler`` (``"bf16"`` denoiser autocast; fused attention and
+            channels-last weights).
         device: where the result's tensors are put (default the inputs' device); 3D Slicer's bundle runner sets it.
 
     Call ``inferer(inputs, network, healthy=..., unhealthy=..., mask=None, labels=None)``: ``inputs`` ``(B, C,
@@ -154,6 +155,8 @@ class AnomalyInferer(Inferer):
         clip_sample: Sequence[float] | None = None,
         progress: bool = False,
         device: torch.device | str | None = None,
+        precision: str = "fp32",
+        accelerate: bool = True,
     ) -> None:
         super().__init__()
         self.device = None if device is None else torch.device(device)
@@ -165,7 +168,7 @@ class AnomalyInferer(Inferer):
         if guidance_scale < 0:
             raise ValueError(f"`guidance_scale` must be >= 0, got {guidance_scale}.")
         self.sampler = DiffusionSampler(scheduler, num_inference_steps, method, eta, prediction_type, clip_sample,
-                                        progress)
+                                        progress, precision, accelerate)
         self.t0, self.start, self.inversion_condition = float(t0), start, inversion_condition
         self.anomaly_map, self.guidance_scale, self.refine_steps = anomaly_map, float(guidance_scale), int(refine_steps)
         self.seed = seed
@@ -204,7 +207,7 @@ class AnomalyInferer(Inferer):
         start_time = time.perf_counter()
         if healthy is None or unhealthy is None:
             raise ValueError("give both conditions: `healthy` and `unhealthy` (e.g. class labels 0 and 1).")
-        model = as_diffusion_model(network)
+        model = self.sampler.prepare_model(network)
         x = check_image_batch(inputs, model)
         batch, spatial = x.shape[0], tuple(x.shape[2:])
         region = torch.ones((1, 1, *spatial), device=x.device) if mask is None else \

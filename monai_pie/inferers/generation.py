@@ -16,7 +16,7 @@ from monai.inferers import Inferer
 from torch import nn
 
 from ..conditioning import DiffusionCondition
-from ..networks import DiffusionModel, as_diffusion_model
+from ..networks import DiffusionModel
 from .sampler import DiffusionSampler, make_generator
 
 __all__ = ["GenerationInferer", "condition_batch_size"]
@@ -62,6 +62,8 @@ class GenerationInferer(Inferer):
         output_range: clamp of the decoded images (``None`` to keep them as decoded).
         device: where the images are put; default the network's device.
         progress: progress bar over steps.
+        precision, accelerate: passed to the ``DiffusionSampler`` (``"bf16"`` denoiser autocast; fused attention and
+            channels-last weights).
 
     Call ``inferer(conditions, network)`` -> ``(B, C, *image_size)``; ``conditions`` is what the network's conditioner
     takes for ``B`` images (a list of prompts, a dict of ``(B,)`` covariates), or an int ``B`` for an unconditional
@@ -82,6 +84,8 @@ class GenerationInferer(Inferer):
         output_range: tuple[float, float] | None = (0.0, 1.0),
         device: torch.device | str | None = None,
         progress: bool = True,
+        precision: str = "fp32",
+        accelerate: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
@@ -90,7 +94,7 @@ class GenerationInferer(Inferer):
         if not size or min(size) < 1 or len(size) not in (2, 3):
             raise ValueError(f"`image_size` must be 2 or 3 positive sides, got {list(image_size)}.")
         self.sampler = DiffusionSampler(scheduler, num_inference_steps, method, eta, prediction_type, clip_sample,
-                                        progress)
+                                        progress, precision, accelerate)
         self.image_size = size
         self.guidance_scale = float(guidance_scale)
         self.seed = seed
@@ -126,7 +130,7 @@ class GenerationInferer(Inferer):
     @torch.no_grad()
     def __call__(self, inputs: Any, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
         """Generate one image per condition in ``inputs``; see the class docstring."""
-        model = as_diffusion_model(network)
+        model = self.sampler.prepare_model(network)
         device = next(network.parameters(), torch.empty(0)).device
         batch = condition_batch_size(inputs)
         condition = None if isinstance(inputs, int) else inputs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .acceleration import PRECISIONS, accelerate_for_inference, inference_autocast, use_channels_last, use_fused_attention
 from .introspection import ConvSpec, first_conv_spec
 from .latent_diffusion import DiffusionModel, LatentDiffusionModel, as_diffusion_model
 from .sparse_backprop import (
@@ -18,19 +19,24 @@ from .sparse_backprop import (
 )
 
 __all__ = [
+    "PRECISIONS",
     "ConvSpec",
     "DiffusionModel",
     "LatentDiffusionModel",
     "SparseBackpropConv1d",
     "SparseBackpropConv2d",
     "SparseBackpropConv3d",
+    "accelerate_for_inference",
     "as_diffusion_model",
     "convert_to_sparse_backprop",
     "first_conv_spec",
     "get_sparse_keep",
+    "inference_autocast",
     "num_kept_channels",
     "revert_sparse_backprop",
     "set_sparse_keep",
     "sparse_backprop_conv",
     "sparse_backprop_modules",
+    "use_channels_last",
+    "use_fused_attention",
 ]

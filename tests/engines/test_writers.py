@@ -125,3 +125,54 @@ def test_save_samples_writes_nifti_and_png_under_their_names(tmp_path):
                                                           "output_name": "prompt_01/sample_002"})
     assert d["sample_path"].endswith(os.path.join("prompt_01", "sample_002.png"))
     assert np.allclose(load_2d_image(d["sample_path"]), 0.5, atol=1e-4)
+
+
+def _int16_item(tmp_path, slope: float = 0.5, inter: float = 10.0) -> tuple[dict, np.ndarray, Compose]:
+    """An int16 input with a non-trivial scaling, through the volume pipeline."""
+    rng = np.random.default_rng(1)
+    raw = rng.integers(0, 1600, (20, 24, 18)).astype(np.int16)
+    img = nib.Nifti1Image(raw, np.diag([2.0, 2.0, 2.0, 1.0]))
+    img.header.set_slope_inter(slope, inter)
+    nib.save(img, tmp_path / "t1_int16.nii.gz")
+    pre = volume_pipeline()
+    item = pre({"image": str(tmp_path / "t1_int16.nii.gz"), "output_dir": str(tmp_path / "out")})
+    return decollate_batch(list_data_collate([item]))[0], raw * slope + inter, pre
+
+
+@pytest.mark.parametrize("output_dtype", ["input", "int16", "float32"])
+def test_frames_and_changes_are_stored_as_asked(tmp_path, output_dtype):
+    item, values, pre = _int16_item(tmp_path)
+    x0 = item["image"].as_tensor()
+    d = ProgressionToInputGridd("pred", transform=pre)(dict(item, pred=prediction(torch.stack([x0, x0 + 0.01]))))
+    SaveFramesd(output_dtype=output_dtype)(d)
+    out = Path(item["output_dir"])
+    f0, f1, c1 = (nib.load(out / name) for name in ("frame_00.nii.gz", "frame_01.nii.gz", "change_01.nii.gz"))
+    want_frame = {"input": np.int16, "int16": np.int16, "float32": np.float32}[output_dtype]
+    want_change = np.float32 if output_dtype == "float32" else np.int16
+    assert f0.get_data_dtype() == want_frame and f1.get_data_dtype() == want_frame
+    assert c1.get_data_dtype() == want_change
+    if output_dtype in ("input", "float32"):  # the input's own precision: frame 0 reads back as the input, exactly
+        assert np.array_equal(f0.get_fdata(dtype=np.float32), values.astype(np.float32))
+    if output_dtype == "input":
+        assert (f0.dataobj.slope, f0.dataobj.inter) == (0.5, 10.0)
+    change = d["input_changes"][0]
+    step = (change.max() - change.min()) / 65534  # int16 scaled to the change's own range
+    assert np.abs(c1.get_fdata() - change).max() <= step + 1e-6 * np.abs(change).max()
+    # the changed frame is within half the input's step of what was asked (or exact in float32)
+    tol = {"input": 0.25 + 1e-3, "int16": (values.max() + 0.01 * 1600) / 32767, "float32": 1e-3}[output_dtype]
+    assert np.abs(f1.get_fdata() - d["input_frames"][1]).max() <= tol
+
+
+def test_storage_keeps_values_exact_when_they_leave_the_input_range(tmp_path):
+    from monai_pie.data import NiftiStorage, save_nifti_like
+
+    storage = NiftiStorage("uint8", 1.0, 0.0)
+    assert storage.quantise(np.array([0.0, 255.0])) is not None
+    assert storage.quantise(np.array([-3.0, 300.0])) is None  # out of uint8
+    values = np.array([[[-3.0, 300.0, 7.0]]], np.float32)
+    back = nib.load(save_nifti_like(values, np.eye(4), tmp_path / "x.nii.gz", storage))
+    assert back.get_data_dtype() == np.float32 and np.array_equal(back.get_fdata(), values[0])  # none re-quantised
+    fitted = nib.load(save_nifti_like(values, np.eye(4), tmp_path / "y.nii.gz", NiftiStorage("int16")))
+    assert fitted.get_data_dtype() == np.int16 and np.allclose(fitted.get_fdata(), values[0], atol=303 / 65535)
+    with pytest.raises(ValueError, match="output_dtype"):
+        SaveFramesd(output_dtype="float16")
