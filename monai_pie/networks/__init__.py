@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .acceleration import PRECISIONS, accelerate_for_inference, inference_autocast, use_channels_last, use_fused_attention
 from .introspection import ConvSpec, first_conv_spec
+from .slab_execution import DEFAULT_SLAB_VOXELS, slab_execution_modules, use_slab_execution
 from .latent_diffusion import DiffusionModel, LatentDiffusionModel, as_diffusion_model
 from .sparse_backprop import (
     SparseBackpropConv1d,
@@ -19,6 +20,7 @@ from .sparse_backprop import (
 )
 
 __all__ = [
+    "DEFAULT_SLAB_VOXELS",
     "PRECISIONS",
     "ConvSpec",
     "DiffusionModel",
@@ -35,8 +37,10 @@ __all__ = [
     "num_kept_channels",
     "revert_sparse_backprop",
     "set_sparse_keep",
+    "slab_execution_modules",
     "sparse_backprop_conv",
     "sparse_backprop_modules",
     "use_channels_last",
     "use_fused_attention",
+    "use_slab_execution",
 ]

@@ -1,0 +1,89 @@
+"""Slab-wise inference computes what the whole-volume layers compute, with less memory, and leaves training alone."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from monai.networks.nets import AutoencoderKL
+
+from monai_pie.networks import accelerate_for_inference, slab_execution_modules, use_slab_execution
+
+
+def _autoencoder(spatial_dims: int = 3) -> AutoencoderKL:
+    """The brain bundle's autoencoder layout (no attention), scaled down, with perturbed weights and norms."""
+    torch.manual_seed(0)
+    ae = AutoencoderKL(spatial_dims=spatial_dims, in_channels=1, out_channels=1, channels=(8, 16, 16),
+                       latent_channels=3, attention_levels=(False, False, False), num_res_blocks=1, norm_num_groups=4,
+                       with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False)
+    for p in ae.parameters():
+        p.data += 0.05 * torch.randn_like(p)
+    return ae.eval()
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding", "dilation"),
+                         [(3, 1, 1, 1), (3, 2, 0, 1), (3, 2, 1, 1), (1, 1, 0, 1), (3, 1, 2, 2), (4, 2, 1, 1)])
+def test_slab_convolution_equals_whole(kernel, stride, padding, dilation):
+    conv = torch.nn.Conv3d(4, 5, kernel, stride=stride, padding=padding, dilation=dilation)
+    x = torch.randn(2, 4, 17, 9, 8)
+    with torch.no_grad():
+        ref = conv(x)
+        use_slab_execution(conv, slab_voxels=100)  # 1 row of 9 x 8 per slab: every slab needs a halo
+        out = conv(x)
+    assert type(conv).__name__ == "SlabConv3d"
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+
+
+def test_slab_group_norm_uses_whole_volume_statistics():
+    norm = torch.nn.GroupNorm(2, 4)
+    torch.nn.init.uniform_(norm.weight)
+    torch.nn.init.uniform_(norm.bias)
+    x = torch.randn(2, 4, 17, 9, 8) * 3 + 1
+    x[:, :, :4] += 10  # per-slab statistics would differ from the volume's
+    with torch.no_grad():
+        ref = norm(x)
+        use_slab_execution(norm, slab_voxels=100)
+        out = norm(x)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_slab_autoencoder_equals_whole_volume_decode_and_encode(spatial_dims):
+    ae = _autoencoder(spatial_dims)
+    size = (20, 24, 16)[:spatial_dims]
+    x = torch.randn(1, 1, *size)
+    z = torch.randn(1, 3, *(s // 4 for s in size))
+    lean = copy.deepcopy(ae)
+    use_slab_execution(lean, slab_voxels=64)  # far smaller than every layer: all run in slabs
+    names = {type(m).__name__ for m in slab_execution_modules(lean).values()}
+    assert {"SlabUpSample", "SlabAEKLResBlock", "SlabGroupNorm"} <= names
+    assert lean.state_dict().keys() == ae.state_dict().keys()
+    with torch.no_grad():
+        torch.testing.assert_close(lean.decode(z), ae.decode(z), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lean.encode(x)[0], ae.encode(x)[0], atol=1e-5, rtol=1e-5)
+        accelerate_for_inference(lean)  # channels-last weights on top
+        torch.testing.assert_close(lean.decode(z), ae.decode(z), atol=1e-5, rtol=1e-5)
+
+
+def test_slab_execution_leaves_training_and_inputs_alone():
+    ae = _autoencoder(3)
+    lean = use_slab_execution(copy.deepcopy(ae), slab_voxels=64)
+    z = torch.randn(1, 3, 5, 6, 4)
+    z_before = z.clone()
+    ae.decode(z).square().mean().backward()
+    lean.decode(z).square().mean().backward()
+    for (name, p), q in zip(ae.named_parameters(), lean.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-6, rtol=1e-5, msg=name)
+    with torch.no_grad():
+        lean.decode(z)
+    assert torch.equal(z, z_before)
+
+
+def test_slab_execution_rejects_bad_slab_size_and_updates_on_second_call():
+    conv = torch.nn.Conv2d(1, 1, 3)
+    with pytest.raises(ValueError, match="slab_voxels"):
+        use_slab_execution(conv, slab_voxels=0)
+    use_slab_execution(conv, slab_voxels=10)
+    use_slab_execution(conv, slab_voxels=20)
+    assert conv.slab_voxels == 20 and type(conv).__name__ == "SlabConv2d"
