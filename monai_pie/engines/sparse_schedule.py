@@ -140,6 +140,8 @@ class SparseBackpropHandler:
         max_epochs: Run length for ``linear``/``cosine``/``bar``; default: the engine's ``max_epochs``.
         start_keep: First value of ``linear``/``cosine``/``bar``.
         exclude: Module names or glob patterns kept dense when converting (e.g. the output convolution).
+        channel_multiple: Kept channels rounded up to a multiple of this when converting; None: ``CHANNEL_BLOCK``
+            (16, the block oneDNN and cuDNN compute in, so sparse steps are never slower than dense ones).
         name: Logger name.
     """
 
@@ -154,6 +156,7 @@ class SparseBackpropHandler:
         max_epochs: int | None = None,
         start_keep: float = 1.0,
         exclude: str | Sequence[str] | None = None,
+        channel_multiple: int | None = None,
         name: str | None = "monai_pie.SparseBackpropHandler",
     ) -> None:
         if not isinstance(network, nn.Module):
@@ -167,7 +170,7 @@ class SparseBackpropHandler:
         self.mode, self.keep, self.start_keep = mode, float(keep), float(start_keep)
         self.warmup_epochs, self.period, self.per_iteration, self.max_epochs = warmup_epochs, period, per_iteration, total
         if not sparse_backprop_modules(network):
-            convert_to_sparse_backprop(network, keep=1.0, exclude=exclude)
+            convert_to_sparse_backprop(network, keep=1.0, exclude=exclude, channel_multiple=channel_multiple)
             if not sparse_backprop_modules(network):
                 raise ValueError("`network` has no nn.Conv1d/2d/3d to convert to sparse back-propagation.")
         self.schedule: SparseKeepSchedule | None = None

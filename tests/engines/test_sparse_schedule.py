@@ -94,7 +94,9 @@ def _trainer(net: nn.Module, handler: SparseBackpropHandler, max_epochs: int, n_
 
 def test_handler_sets_keep_per_epoch_on_supervised_trainer():
     net = _net()
-    handler = SparseBackpropHandler(network=net, mode="interleave", keep=0.5, warmup_epochs=1, period=2)
+    # 8-channel layers: count channels exactly (the default rounds up to whole blocks of 16, i.e. dense here)
+    handler = SparseBackpropHandler(network=net, mode="interleave", keep=0.5, warmup_epochs=1, period=2,
+                                    channel_multiple=1)
     assert len(sparse_backprop_modules(net)) == 2  # converted at construction
     trainer = _trainer(net, handler, max_epochs=5)
     seen: list[tuple[int, float, int]] = []

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from monai_pie.networks import sparse_backprop
 from monai_pie.networks.sparse_backprop import (
     SparseBackpropConv1d,
     SparseBackpropConv2d,
@@ -44,6 +45,13 @@ CASES = [
     (3, dict(kernel_size=3, padding=1, groups=4)),
 ]
 CIN, COUT = 4, 8
+
+
+@pytest.fixture(autouse=True)
+def _exact_channel_counts(monkeypatch):
+    """These tests check the selection rule channel by channel on nets of a few channels, so the kept count is not
+    rounded up to whole channel blocks here; the rounding has its own tests (``test_channel_block_*``)."""
+    monkeypatch.setattr(sparse_backprop, "CHANNEL_BLOCK", 1)
 
 
 def _pair(dims: int, kwargs: dict, keep: float, cout: int = COUT, dtype=torch.float64):
@@ -365,6 +373,29 @@ def test_monai_unet_and_autoencoder_3d_train_after_conversion():
             assert m.weight.grad is not None and torch.isfinite(m.weight.grad).all()
             nonzero = int((m.weight.grad.flatten(1).abs().sum(1) > 0).sum())
             assert nonzero <= num_kept_channels(m.out_channels, 0.25)
+
+
+def test_channel_block_rounding_keeps_at_least_what_was_asked():
+    assert num_kept_channels(32, 0.6, channel_multiple=16) == 32  # 19 -> one full block more is dense
+    assert num_kept_channels(64, 0.6, channel_multiple=16) == 48  # 38 -> 48
+    assert num_kept_channels(64, 0.2, channel_multiple=16) == 16  # 12 -> 16
+    assert num_kept_channels(10, 0.2, channel_multiple=16) == 10  # never more than C_out
+    assert num_kept_channels(64, 0.25, channel_multiple=16) == 16  # already whole blocks
+    with pytest.raises(ValueError, match="channel_multiple"):
+        num_kept_channels(8, 0.5, channel_multiple=0)
+
+
+def test_channel_block_converted_modules_keep_whole_blocks(monkeypatch):
+    monkeypatch.setattr(sparse_backprop, "CHANNEL_BLOCK", 16)
+    conv = nn.Conv2d(3, 64, 3, padding=1)
+    convert_to_sparse_backprop(conv, keep=0.2)  # 12 channels asked, one block of 16 kept
+    conv(torch.randn(2, 3, 8, 8)).pow(2).sum().backward()
+    assert int((conv.weight.grad.flatten(1).abs().sum(1) > 0).sum()) == 16
+    assert "channel_multiple=16" in repr(conv)
+    conv.weight.grad = None
+    convert_to_sparse_backprop(conv, keep=0.2, channel_multiple=1)  # exact count on request
+    conv(torch.randn(2, 3, 8, 8)).pow(2).sum().backward()
+    assert int((conv.weight.grad.flatten(1).abs().sum(1) > 0).sum()) == 12
 
 
 def test_num_kept_channels():
