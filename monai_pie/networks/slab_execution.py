@@ -30,8 +30,9 @@ from torch import nn
 
 __all__ = ["DEFAULT_SLAB_VOXELS", "slab_execution_modules", "use_slab_execution"]
 
-#: spatial voxels per slab (rows x the other spatial sizes); 2^20 voxels of 64 float32 channels is a 256 MB slab
-DEFAULT_SLAB_VOXELS = 2**20
+#: spatial voxels per slab (rows x the other spatial sizes); 2^19 voxels of 64 float32 channels is a 128 MB slab,
+#: and the bundles' 2.5 mm grid (64 x 80 x 64 = 327,680 voxels) stays below it
+DEFAULT_SLAB_VOXELS = 2**19
 _AXIS = 2  # the first spatial axis of (B, C, *spatial)
 
 
@@ -208,6 +209,8 @@ class _SlabUpSampleMixin:
             return super().forward(x)  # type: ignore[misc]
         up, conv = pair
         factors = [int(v) for v in _scale_factors(up, x.ndim - 2)]
+        if math.prod(x.shape[_AXIS:]) * math.prod(factors) <= self.slab_voxels:
+            return super().forward(x)  # type: ignore[misc]
         f = factors[0]
 
         def upsampled_rows(lo: int, hi: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers.bundle_helpers import BRAIN_LDM, BRAIN_NET, BRAIN_TINY, cfg, torchrun_training
+from helpers.bundle_helpers import BRAIN_LDM, BRAIN_NET, BRAIN_PROG, BRAIN_TINY, cfg, torchrun_training
 from monai.bundle import ConfigParser
 from monai.bundle import run as bundle_run
 
@@ -152,3 +152,23 @@ def test_sparse_backprop_is_switchable_from_the_training_configs(stage, module):
         net = parser.get_parsed_content(module)
         assert (handler is not None) == enabled
         assert bool(sparse_backprop_modules(net)) == enabled  # converted only when switched on
+
+
+@pytest.mark.parametrize("bundle, configs", [
+    (BRAIN_LDM, ("inference.json", "train_autoencoder.json")),
+    (BRAIN_LDM, ("inference.json", "train_diffusion.json")),
+    (BRAIN_PROG, ("inference.json",)),
+])
+def test_1mm_overlay_gives_a_consistent_1mm_network(bundle, configs):
+    parser = ConfigParser()
+    parser.read_config(cfg(bundle, *configs, "pixdim_1mm.json"))
+    parser["bundle_root"] = str(bundle)
+    assert parser["pixdim"] == [1.0, 1.0, 1.0]
+    size = parser["image_size"]
+    assert all(s >= f for s, f in zip(size, (160, 200, 160)))  # at least the 2.5 mm grid's field of view (mm)
+    net = parser.get_parsed_content("network_def").eval()
+    latent = torch.randn(1, parser["latent_channels"], *(s // 4 for s in size))
+    context = torch.randn(1, 1, parser["context_dim"])
+    with torch.no_grad():  # the U-Net's two down/up-samplings fit the 1 mm latent (a size not divisible by 4 fails)
+        out = net.unet(latent, torch.tensor([500]), context)
+    assert out.shape == latent.shape

@@ -1,0 +1,209 @@
+"""Peak memory and time of the brain autoencoder's decode and encode against volume size: whole-volume layers (what
+MONAI does) against slab-wise execution (``monai_pie.networks.use_slab_execution``, part of the inferers' default
+acceleration), and the largest difference between the two outputs.
+
+Each measurement runs in its own process, so the peak is that of one decode or encode: peak RSS above the process's
+state after loading the network and input (CPU), or ``torch.cuda.max_memory_allocated`` above the same point (CUDA).
+Cases run round-robin over ``--repeats``; the table gives medians. The network is the shipped ``brain_mri_ldm``
+autoencoder (no attention); inputs are the bundle's example T1 (and its latent), resampled to each size.
+
+Usage::
+
+    python benchmarks/bench_memory.py             # 2.5 mm to 1 mm whole-head grids (~10 min on 2 CPU cores)
+    python benchmarks/bench_memory.py --quick     # up to 1.75 mm (~1 min)
+    python benchmarks/bench_memory.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+#: image grids (multiples of the autoencoder's 4x downsampling): the bundle's 2.5 mm grid up to a 1 mm whole head
+#: (MNI 197 x 233 x 189 padded to 200 x 236 x 192)
+SIZES = {"2.5 mm (bundle)": (64, 80, 64), "1.75 mm": (96, 112, 96), "1.25 mm": (128, 160, 128),
+         "1 mm brain crop": (160, 192, 160), "1 mm whole head": (200, 236, 192)}
+QUICK = ("2.5 mm (bundle)", "1.75 mm")
+MODES = ("whole", "slab")
+
+
+def _inputs(size: tuple[int, ...], device: str):
+    """The shipped autoencoder (eval) and, at ``size``, the example T1 and its latent (resampled)."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from monai_pie.bundle_tools import load_bundle_model
+
+    ae = load_bundle_model(REPO / "bundles" / "brain_mri_ldm", device=device)["network"].autoencoder
+    t1 = np.asarray(nib.load(REPO / "bundles" / "brain_mri_progression" / "docs" / "example_t1.nii.gz").dataobj,
+                    dtype=np.float32)
+    t1 = torch.from_numpy((t1 - t1.min()) / max(float(t1.max() - t1.min()), 1e-6))[None, None].to(device)
+    with torch.inference_mode():
+        small = F.interpolate(t1, size=(64, 80, 64), mode="trilinear")
+        z = ae.encode(small)[0]
+        image = F.interpolate(t1, size=size, mode="trilinear")
+        latent = F.interpolate(z, size=tuple(s // 4 for s in size), mode="trilinear")
+    return ae, image, latent
+
+
+def _rss_peak_reset() -> bool:
+    """Return freed heap to the OS and reset this process's peak RSS to its current RSS (Linux ``clear_refs``);
+    False where that is unavailable."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_bytes(field: str) -> int:
+    """``VmHWM`` (peak) or ``VmRSS`` (current) of this process from /proc, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def worker(size: tuple[int, ...], op: str, mode: str, device: str, out: str) -> None:
+    """One decode or encode in this process; prints a JSON line with the peak and the time, saves the output."""
+    import resource
+
+    import torch
+
+    from monai_pie.networks import use_channels_last, use_slab_execution
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    ae, image, latent = _inputs(size, device)
+    use_channels_last(ae)  # as the inferers run it
+    if mode == "slab":
+        use_slab_execution(ae)
+    run = (lambda: ae.decode(latent)) if op == "decode" else (lambda: ae.encode(image)[0])
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    elif _rss_peak_reset():
+        base = _rss_bytes("VmRSS")
+    else:  # no peak reset: the loading peak may hide a smaller run peak
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        y = run()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    elif Path("/proc/self/status").exists():
+        peak = _rss_bytes("VmHWM") - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    seconds = time.perf_counter() - t0
+    torch.save(y.float().cpu().contiguous(), out)
+    print(json.dumps({"peak_mb": peak / 2**20, "seconds": seconds, "out_mb": y.numel() * 4 / 2**20}))
+
+
+def _measure(size, op, mode, device, out) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "x".join(map(str, size)), op, mode, "--device", device, "--out", out]
+    # large blocks straight from mmap, so freed tensors leave RSS at once and the peak counts live tensors only
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"exit {proc.returncode}: {tail[0][:120]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the two smallest grids only")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default=None, help="table path (default benchmarks/results/memory.md)")
+    parser.add_argument("--worker", nargs=3, metavar=("SIZE", "OP", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        size, op, mode = args.worker
+        worker(tuple(int(v) for v in size.split("x")), op, mode, args.device, args.out)
+        return
+
+    import statistics
+
+    from _harness import header, interleaved, load_average
+
+    from monai_pie.networks import DEFAULT_SLAB_VOXELS
+
+    load_before = load_average()
+    names = QUICK if args.quick else tuple(SIZES)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_memory_"))
+    cases = {}
+    for name in names:
+        for op in ("decode", "encode"):
+            for mode in MODES:
+                path = str(tmp / f"{name.replace(' ', '_')}_{op}_{mode}.pt")
+                cases[(name, op, mode)] = (lambda s=SIZES[name], o=op, m=mode, p=path: _measure(s, o, m, args.device, p))
+    runs = interleaved({k: v for k, v in cases.items()}, args.repeats, log=lambda s: print(s, flush=True))
+
+    import torch
+
+    unit = "peak CUDA MB" if args.device == "cuda" else "peak RSS MB"
+    lines = header("# Autoencoder memory against volume size: whole-volume layers vs slab-wise execution",
+                   args.repeats, load_before, args.device)
+    lines += [
+        "Shipped `brain_mri_ldm` autoencoder (channels 16/32/64, no attention), channels-last weights in both "
+        f"columns; {unit}: above the process after loading the network and input (glibc told to mmap blocks over "
+        "128 kB, heap trimmed, peak RSS reset through /proc/self/clear_refs); slab: `use_slab_execution` with its "
+        f"default slab of {DEFAULT_SLAB_VOXELS:,} voxels (layers below that run whole). Error: largest "
+        "|slab - whole| over the output, and that over the output's standard deviation.", "",
+        f"| grid | size | op | whole: {unit} | slab: {unit} | slab vs whole | whole s | slab s | max abs error "
+        "| error / output std |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in names:
+        for op in ("decode", "encode"):
+            row = {}
+            for mode in MODES:
+                res = runs[(name, op, mode)]
+                errors = [r["error"] for r in res if "error" in r]
+                row[mode] = errors[0] if errors else {
+                    k: statistics.median(r[k] for r in res) for k in ("peak_mb", "seconds")}
+            size = "x".join(map(str, SIZES[name]))
+            if any(isinstance(v, str) for v in row.values()):
+                lines.append(f"| {name} | {size} | {op} | {row['whole']} | {row['slab']} | | | | | |"
+                             .replace("{", "").replace("}", ""))
+                continue
+            whole = torch.load(tmp / f"{name.replace(' ', '_')}_{op}_whole.pt")
+            slab = torch.load(tmp / f"{name.replace(' ', '_')}_{op}_slab.pt")
+            err = float((whole - slab).abs().max())
+            w, s = row["whole"], row["slab"]
+            lines.append(
+                f"| {name} | {size} | {op} | {w['peak_mb']:.0f} | {s['peak_mb']:.0f} | "
+                f"{(s['peak_mb'] / max(w['peak_mb'], 1e-9) - 1) * 100:+.0f} % | {w['seconds']:.2f} | "
+                f"{s['seconds']:.2f} | {err:.1e} | {err / float(whole.std()):.1e} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / (
+        "memory.md" if args.device == "cpu" else f"{args.device}/memory.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
