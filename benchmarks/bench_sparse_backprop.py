@@ -646,6 +646,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--batch", type=int, default=2, help="batch size of the FLOP and timing sections")
     parser.add_argument("--epochs", type=int, default=None, help="epochs of the quality run")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per keep (default 7; 3 with --quick)")
     parser.add_argument("--skip-flops", action="store_true")
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
@@ -656,6 +657,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     specs = _model_specs(args.batch)
     warmup, steps = (1, 3) if args.quick else (2, 7)
+    steps = args.repeats or steps
     report = header("# Sparse back-propagation (ssProp) benchmark", steps, load_average(), str(device)) + [
         f"{'Quick' if args.quick else 'Full'} run, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}. Converted "
         f"convolutions round the kept channels up to a multiple of {CHANNEL_BLOCK} (`CHANNEL_BLOCK`; the FLOPs below "

@@ -29,6 +29,8 @@ run "PIE rounds" "$PY" benchmarks/bench_progression.py --device "$DEVICE" --repe
     --out "$OUT/progression.md"
 run "ssProp FLOPs and step time" "$PY" benchmarks/bench_sparse_backprop.py --device "$DEVICE" --skip-quality \
     "${SIZE[@]}" --out "$OUT/sparse_backprop.md" --figures "$OUT"
+run "autoencoder memory vs volume size" "$PY" benchmarks/bench_memory.py --device "$DEVICE" --repeats "$REPEATS" \
+    "${SIZE[@]}" --out "$OUT/memory.md"
 run "latent cache" "$PY" benchmarks/bench_latent_cache.py --device "$DEVICE" --repeats "$REPEATS" "${SIZE[@]}" \
     --out "$OUT/latent_cache.md"
 echo "all tables in $OUT/ ($((SECONDS - START)) s)" >&2

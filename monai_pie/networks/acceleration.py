@@ -11,8 +11,8 @@ network to float rounding (the tests check it). Three changes, measured in ``ben
 - Convolution weights are put in channels-last memory format, which lets oneDNN (CPU) and cuDNN pick their fast
   kernels, and keeps PyTorch's CPU heuristic from sending batch-1 3D convolutions of small volumes to its slow
   reference kernel.
-- Layers of large volumes run slab by slab (``use_slab_execution``): exact, and a 1 mm brain decodes in about 40 %
-  less memory. Layers of at most ``DEFAULT_SLAB_VOXELS`` voxels run as before, so small volumes pay nothing.
+- Layers of large volumes run slab by slab (``use_slab_execution``): exact, and leaner at 1 mm
+  (``benchmarks/results/memory.md``). Layers of at most 2^19 voxels run as before, so small volumes pay nothing.
 
 ``precision="bf16"`` (``inference_autocast``) is the one change that alters outputs beyond rounding; it is opt-in and
 its error on the shipped brain bundle is stated in docs/performance.md.

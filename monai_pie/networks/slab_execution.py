@@ -28,16 +28,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DEFAULT_SLAB_VOXELS", "slab_execution_modules", "use_slab_execution"]
+__all__ = ["DEFAULT_SLAB_VOXELS", "SLABS_TO_ENGAGE", "slab_execution_modules", "use_slab_execution"]
 
-#: spatial voxels per slab (rows x the other spatial sizes); 2^19 voxels of 64 float32 channels is a 128 MB slab,
-#: and the bundles' 2.5 mm grid (64 x 80 x 64 = 327,680 voxels) stays below it
-DEFAULT_SLAB_VOXELS = 2**19
+#: spatial voxels per slab (rows x the other spatial sizes): 2^17 voxels of 32 float32 channels is a 16 MB slab
+DEFAULT_SLAB_VOXELS = 2**17
+#: a layer runs in slabs only when it holds more than this many slabs' worth of voxels: with fewer, each slab's
+#: temporaries are as large as what slabbing saves. With the default slab, layers above 2^19 voxels run in slabs;
+#: the bundles' 2.5 mm grid (64 x 80 x 64 = 327,680 voxels) runs as before.
+SLABS_TO_ENGAGE = 4
 _AXIS = 2  # the first spatial axis of (B, C, *spatial)
 
 
 def _no_autograd(*tensors: torch.Tensor | None) -> bool:
     return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)
+
+
+def _runs_whole(voxels: int, slab_voxels: int) -> bool:
+    """Whether a layer of ``voxels`` spatial voxels is small enough to run as the plain layer."""
+    return voxels <= SLABS_TO_ENGAGE * slab_voxels
 
 
 def _slab_rows(shape: torch.Size, slab_voxels: int) -> int:
@@ -99,7 +107,7 @@ class _SlabConvMixin:
             or isinstance(self.padding, str)  # type: ignore[attr-defined]
             or self.padding_mode != "zeros"  # type: ignore[attr-defined]
             or not _no_autograd(input, self.weight, self.bias)  # type: ignore[attr-defined]
-            or input.shape[_AXIS] * math.prod(input.shape[_AXIS + 1:]) <= self.slab_voxels
+            or _runs_whole(math.prod(input.shape[_AXIS:]), self.slab_voxels)
         ):
             return super().forward(input)  # type: ignore[misc]
         plane = math.prod(input.shape[_AXIS + 1:])
@@ -149,7 +157,7 @@ class SlabGroupNorm(nn.GroupNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if (input.ndim < 3 or not _no_autograd(input, self.weight, self.bias)
-                or math.prod(input.shape[_AXIS:]) <= self.slab_voxels):
+                or _runs_whole(math.prod(input.shape[_AXIS:]), self.slab_voxels)):
             return super().forward(input)
         scale, shift = _group_norm_affine(self, input, self.slab_voxels)
         out = torch.empty_like(input)
@@ -209,7 +217,7 @@ class _SlabUpSampleMixin:
             return super().forward(x)  # type: ignore[misc]
         up, conv = pair
         factors = [int(v) for v in _scale_factors(up, x.ndim - 2)]
-        if math.prod(x.shape[_AXIS:]) * math.prod(factors) <= self.slab_voxels:
+        if _runs_whole(math.prod(x.shape[_AXIS:]) * math.prod(factors), self.slab_voxels):
             return super().forward(x)  # type: ignore[misc]
         f = factors[0]
 
@@ -241,7 +249,7 @@ class _LeanResBlockMixin:
         return _slab_conv(conv, activated_rows, x.shape[_AXIS], math.prod(x.shape[_AXIS + 1:]), self.slab_voxels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _no_autograd(x, *self.parameters()) or math.prod(x.shape[_AXIS:]) <= self.slab_voxels:  # type: ignore[attr-defined]
+        if not _no_autograd(x, *self.parameters()) or _runs_whole(math.prod(x.shape[_AXIS:]), self.slab_voxels):  # type: ignore[attr-defined]
             return super().forward(x)  # type: ignore[misc]
         h = self._norm_silu_conv(self.norm1, self.conv1, x)  # type: ignore[attr-defined]
         h = self._norm_silu_conv(self.norm2, self.conv2, h)  # type: ignore[attr-defined]
@@ -270,8 +278,10 @@ def _swap(module: nn.Module, mixin: type | None, slab_voxels: int) -> None:
         swapped = _CONV_SWAPS.get(cls) or (SlabGroupNorm if cls is nn.GroupNorm else None)
         if swapped is None and mixin is not None:
             if (mixin, cls) not in _MIXED:
-                _MIXED[(mixin, cls)] = type(f"Slab{cls.__name__}", (mixin, cls), {"__module__": __name__})
-                _SLAB_CLASSES[_MIXED[(mixin, cls)]] = cls
+                name = f"Slab{cls.__name__}"
+                _MIXED[(mixin, cls)] = globals()[name] = type(name, (mixin, cls), {"__module__": __name__,
+                                                                                   "__qualname__": name})
+                _SLAB_CLASSES[_MIXED[(mixin, cls)]] = cls  # module-level name above: whole-model pickles load
             swapped = _MIXED[(mixin, cls)]
         module.__class__ = swapped
     module.slab_voxels = slab_voxels
@@ -281,13 +291,13 @@ def use_slab_execution(module: nn.Module, slab_voxels: int = DEFAULT_SLAB_VOXELS
     """Make ``module``'s convolutions, group norms, nearest upsampling and MONAI autoencoder residual blocks compute
     slab by slab at inference, in place (same parameters and outputs to float rounding; see the module docstring).
 
-    Calling it again only changes ``slab_voxels``. Layers whose input holds at most ``slab_voxels`` spatial voxels run
-    as before, so small volumes pay nothing.
+    Calling it again only changes ``slab_voxels``. Layers whose input holds at most ``SLABS_TO_ENGAGE`` slabs' worth of
+    voxels run as before, so small volumes pay nothing.
 
     Args:
         module: e.g. MONAI's ``AutoencoderKL`` or a ``LatentDiffusionModel``.
-        slab_voxels: Spatial voxels per slab (rows of the first spatial axis times the rest); smaller is leaner and
-            slower.
+        slab_voxels: Spatial voxels per slab (rows of the first spatial axis times the rest); smaller is leaner
+            (on this project's CPU 2^17-2^18 was also faster than 2^20; very thin slabs add per-slab overhead).
 
     Returns:
         nn.Module: ``module`` itself.

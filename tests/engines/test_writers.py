@@ -163,7 +163,7 @@ def test_frames_and_changes_are_stored_as_asked(tmp_path, output_dtype):
     assert np.abs(f1.get_fdata() - d["input_frames"][1]).max() <= tol
 
 
-def test_storage_keeps_values_exact_when_they_leave_the_input_range(tmp_path):
+def test_storage_when_values_leave_the_input_range(tmp_path):
     from monai_pie.data import NiftiStorage, save_nifti_like
 
     storage = NiftiStorage("uint8", 1.0, 0.0)
@@ -171,7 +171,10 @@ def test_storage_keeps_values_exact_when_they_leave_the_input_range(tmp_path):
     assert storage.quantise(np.array([-3.0, 300.0])) is None  # out of uint8
     values = np.array([[[-3.0, 300.0, 7.0]]], np.float32)
     back = nib.load(save_nifti_like(values, np.eye(4), tmp_path / "x.nii.gz", storage))
-    assert back.get_data_dtype() == np.float32 and np.array_equal(back.get_fdata(), values[0])  # none re-quantised
+    # out of the 8-bit input's range: int16 with a fitted slope, finer than the input's own step of 1
+    assert back.get_data_dtype() == np.int16 and np.allclose(back.get_fdata(), values[0], atol=303 / 65535)
+    wide = nib.load(save_nifti_like(values * 1e10, np.eye(4), tmp_path / "w.nii.gz", NiftiStorage("int32", 1.0, 0.0)))
+    assert wide.get_data_dtype() == np.float32 and np.array_equal(wide.get_fdata(), values[0] * 1e10)  # 32-bit: exact
     fitted = nib.load(save_nifti_like(values, np.eye(4), tmp_path / "y.nii.gz", NiftiStorage("int16")))
     assert fitted.get_data_dtype() == np.int16 and np.allclose(fitted.get_fdata(), values[0], atol=303 / 65535)
     with pytest.raises(ValueError, match="output_dtype"):

@@ -55,7 +55,7 @@ def test_slab_autoencoder_equals_whole_volume_decode_and_encode(spatial_dims):
     x = torch.randn(1, 1, *size)
     z = torch.randn(1, 3, *(s // 4 for s in size))
     lean = copy.deepcopy(ae)
-    use_slab_execution(lean, slab_voxels=64)  # far smaller than every layer: all run in slabs
+    use_slab_execution(lean, slab_voxels=64)  # every layer above 4 x 64 voxels runs in slabs
     names = {type(m).__name__ for m in slab_execution_modules(lean).values()}
     assert {"SlabUpSample", "SlabAEKLResBlock", "SlabGroupNorm"} <= names
     assert lean.state_dict().keys() == ae.state_dict().keys()
@@ -87,3 +87,14 @@ def test_slab_execution_rejects_bad_slab_size_and_updates_on_second_call():
     use_slab_execution(conv, slab_voxels=10)
     use_slab_execution(conv, slab_voxels=20)
     assert conv.slab_voxels == 20 and type(conv).__name__ == "SlabConv2d"
+
+
+def test_slab_modules_pickle_and_reload():
+    import pickle
+
+    lean = use_slab_execution(_autoencoder(2), slab_voxels=16)
+    z = torch.randn(1, 3, 5, 6)
+    again = pickle.loads(pickle.dumps(lean))  # whole-model torch.save / torch.load go through pickle
+    assert type(again.decoder.blocks[1]) is type(lean.decoder.blocks[1])
+    with torch.no_grad():
+        torch.testing.assert_close(again.decode(z), lean.decode(z))

@@ -1,0 +1,79 @@
+"""How far the inference speed-ups move the shipped brain progression: frames of the accelerated fp32 path (fused
+attention, channels-last, slab-wise large layers; the default) and of the bf16 denoiser, against the unaccelerated
+fp32 path, on the bundle's example T1 with the bundle's settings and seed. Sizes are given beside the edit itself
+(the mean |frame_k - frame_0|), so a difference reads as a share of what PIE changes.
+
+Usage::
+
+    python benchmarks/bench_fidelity.py              # 8 rounds (~2 min on 2 CPU cores)
+    python benchmarks/bench_fidelity.py --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+BUNDLE = REPO / "bundles" / "brain_mri_progression"
+SETTINGS = {"unaccelerated fp32": ("fp32", False), "accelerated fp32 (default)": ("fp32", True),
+            "accelerated bf16": ("bf16", True)}
+
+
+def frames(precision: str, accelerate: bool, rounds: int):
+    """``(frames (R + 1, 1, *spatial), seconds)`` of one progression with a freshly loaded network."""
+    import torch
+
+    from monai_pie.bundle_tools import load_bundle_model
+
+    loaded = load_bundle_model(BUNDLE, overrides={"bundle_root": str(BUNDLE), "precision": precision,
+                                                  "num_rounds": rounds, "progress": False})
+    parser = loaded["parser"]
+    inferer = parser.get_parsed_content("inferer")
+    inferer.sampler.accelerate = accelerate
+    item = parser.get_parsed_content("preprocessing")({"image": str(BUNDLE / "docs" / "example_t1.nii.gz")})
+    x = item["image"].as_tensor()[None] if hasattr(item["image"], "as_tensor") else item["image"][None]
+    cond = {"age": torch.tensor([float(parser["age"])]), "sex": torch.tensor([float(parser["sex"])]),
+            "stage": torch.tensor([float(parser.get_parsed_content("target_stage_value"))])}
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        res = inferer(x, loaded["network"], condition=cond, seed=int(parser["seed"]))
+    return res.frames[:, 0].float(), time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> None:
+    from _harness import header, load_average
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fidelity.md"))
+    args = parser.parse_args(argv)
+    load_before = load_average()
+    out = {name: frames(p, a, args.rounds) for name, (p, a) in SETTINGS.items()}
+    ref, _ = out["unaccelerated fp32"]
+    edit = (ref[1:] - ref[:1]).abs().mean()
+    lines = header(f"# Shipped brain progression: accelerated and bf16 frames against unaccelerated fp32 "
+                   f"({args.rounds} rounds, bundle settings, example T1)", 1, load_before)
+    lines += ["Intensities in [0, 1] (the bundle's preprocessing). Edit: mean |frame_k - frame_0| of the reference "
+              f"over rounds = {float(edit):.4f}. One run each, in order: the seconds are indicative only (speed "
+              "tables: progression.md).", "",
+              "| setting | s / progression | mean abs diff | max abs diff | mean abs diff / edit | "
+              "last frame: mean abs diff / edit |", "|---|---:|---:|---:|---:|---:|"]
+    for name, (f, seconds) in out.items():
+        d = (f - ref).abs()
+        last = d[-1].mean() / (ref[-1] - ref[0]).abs().mean()
+        lines.append(f"| {name} | {seconds:.1f} | {float(d.mean()):.2e} | {float(d.max()):.2e} | "
+                     f"{float(d[1:].mean() / edit):.2%} | {float(last):.2%} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(args.out).write_text(text)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
