@@ -34,7 +34,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 SIZES = {"2.5 mm (bundle)": (64, 80, 64), "1.75 mm": (96, 112, 96), "1.25 mm": (128, 160, 128),
          "1 mm brain crop": (160, 192, 160), "1 mm whole head": (200, 236, 192)}
 QUICK = ("2.5 mm (bundle)", "1.75 mm")
-MODES = ("whole", "slab")
+#: MONAI as is; channels-last weights only; our default (channels-last + slab-wise layers, accelerate_for_inference)
+MODES = {"monai": "MONAI (whole layers)", "channels_last": "channels-last only", "slab": "ours: channels-last + slabs"}
 
 
 def _inputs(size: tuple[int, ...], device: str):
@@ -92,7 +93,8 @@ def worker(size: tuple[int, ...], op: str, mode: str, device: str, out: str) -> 
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     ae, image, latent = _inputs(size, device)
-    use_channels_last(ae)  # as the inferers run it
+    if mode in ("channels_last", "slab"):
+        use_channels_last(ae)
     if mode == "slab":
         use_slab_execution(ae)
     run = (lambda: ae.decode(latent)) if op == "decode" else (lambda: ae.encode(image)[0])
@@ -163,39 +165,45 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     unit = "peak CUDA MB" if args.device == "cuda" else "peak RSS MB"
-    lines = header("# Autoencoder memory against volume size: whole-volume layers vs slab-wise execution",
+    lines = header("# Autoencoder memory against volume size: MONAI's whole-volume layers vs slab-wise execution",
                    args.repeats, load_before, args.device)
     lines += [
-        "Shipped `brain_mri_ldm` autoencoder (channels 16/32/64, no attention), channels-last weights in both "
-        f"columns; {unit}: above the process after loading the network and input (glibc told to mmap blocks over "
-        "128 kB, heap trimmed, peak RSS reset through /proc/self/clear_refs); slab: `use_slab_execution` with its "
-        f"default slab of {DEFAULT_SLAB_VOXELS:,} voxels (layers below that run whole). Error: largest "
-        "|slab - whole| over the output, and that over the output's standard deviation.", "",
-        f"| grid | size | op | whole: {unit} | slab: {unit} | slab vs whole | whole s | slab s | max abs error "
-        "| error / output std |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "Shipped `brain_mri_ldm` autoencoder (channels 16/32/64, no attention). "
+        f"{unit}: above the process after loading the network and input (glibc told to mmap blocks over "
+        "128 kB, heap trimmed, peak RSS reset through /proc/self/clear_refs). Settings: " + "; ".join(
+            f"`{k}` = {v}" for k, v in MODES.items())
+        + f" (`accelerate_for_inference`, the inferers' default; slabs of {DEFAULT_SLAB_VOXELS:,} voxels, layers "
+        "up to 4 slabs run whole). Error: largest |output - MONAI's output| over the volume, and that over the "
+        "output's standard deviation.", "",
+        "| grid | size | op | setting | " + unit + " | vs MONAI | s (median) | vs MONAI | max abs error | "
+        "error / output std |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in names:
         for op in ("decode", "encode"):
+            size = "x".join(map(str, SIZES[name]))
             row = {}
             for mode in MODES:
                 res = runs[(name, op, mode)]
                 errors = [r["error"] for r in res if "error" in r]
                 row[mode] = errors[0] if errors else {
                     k: statistics.median(r[k] for r in res) for k in ("peak_mb", "seconds")}
-            size = "x".join(map(str, SIZES[name]))
-            if any(isinstance(v, str) for v in row.values()):
-                lines.append(f"| {name} | {size} | {op} | {row['whole']} | {row['slab']} | | | | | |"
-                             .replace("{", "").replace("}", ""))
-                continue
-            whole = torch.load(tmp / f"{name.replace(' ', '_')}_{op}_whole.pt")
-            slab = torch.load(tmp / f"{name.replace(' ', '_')}_{op}_slab.pt")
-            err = float((whole - slab).abs().max())
-            w, s = row["whole"], row["slab"]
-            lines.append(
-                f"| {name} | {size} | {op} | {w['peak_mb']:.0f} | {s['peak_mb']:.0f} | "
-                f"{(s['peak_mb'] / max(w['peak_mb'], 1e-9) - 1) * 100:+.0f} % | {w['seconds']:.2f} | "
-                f"{s['seconds']:.2f} | {err:.1e} | {err / float(whole.std()):.1e} |")
+            ref = row["monai"]
+            ref_out = None if isinstance(ref, str) else torch.load(tmp / f"{name.replace(' ', '_')}_{op}_monai.pt")
+            for mode, label in MODES.items():
+                r = row[mode]
+                if isinstance(r, str):
+                    lines.append(f"| {name} | {size} | {op} | {label} | {r} | | | | | |")
+                    continue
+                err_cells = "- | - |"
+                if ref_out is not None and mode != "monai":
+                    out = torch.load(tmp / f"{name.replace(' ', '_')}_{op}_{mode}.pt")
+                    err = float((out - ref_out).abs().max())
+                    err_cells = f"{err:.1e} | {err / float(ref_out.std()):.1e} |"
+                vs_mem = "" if isinstance(ref, str) else f"{(r['peak_mb'] / max(ref['peak_mb'], 1e-9) - 1) * 100:+.0f} %"
+                vs_t = "" if isinstance(ref, str) else f"{ref['seconds'] / r['seconds']:.2f}x"
+                lines.append(f"| {name} | {size} | {op} | {label} | {r['peak_mb']:.0f} | {vs_mem} | "
+                             f"{r['seconds']:.2f} | {vs_t} | {err_cells}")
     text = "\n".join(lines) + "\n"
     print(text)
     out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / (

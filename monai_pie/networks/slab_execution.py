@@ -4,7 +4,7 @@ A 1 mm brain decoded at once holds several full-resolution feature maps at a tim
 output, its SiLU, the convolution output and the convolution's workspace). ``use_slab_execution`` changes how a
 network's layers compute, not what, so that the peak is about two full-resolution maps plus one slab:
 
-- convolutions (``nn.Conv1d/2d/3d``) compute their output in slabs along the first spatial axis, each from the input
+- convolutions (``nn.Conv1d/2d/3d``) compute their output in slabs along the last spatial axis, each from the input
   rows it needs (the halo is the kernel's reach, so the result is exact, not blended), into one preallocated output;
 - a nearest-neighbour ``UpSample`` followed by its convolution (MONAI's autoencoder decoder) upsamples one slab at a
   time, so the full-resolution upsampled map is never built;
@@ -36,7 +36,9 @@ DEFAULT_SLAB_VOXELS = 2**17
 #: temporaries are as large as what slabbing saves. With the default slab, layers above 2^19 voxels run in slabs;
 #: the bundles' 2.5 mm grid (64 x 80 x 64 = 327,680 voxels) runs as before.
 SLABS_TO_ENGAGE = 4
-_AXIS = 2  # the first spatial axis of (B, C, *spatial)
+# slabs are cut along the last spatial axis: PyTorch's CPU convolution heuristic looks at (B, C, first spatial
+# sizes) to pick oneDNN over its slow reference kernel, so thin slabs along the first axis would fall to the latter
+_AXIS = -1
 
 
 def _no_autograd(*tensors: torch.Tensor | None) -> bool:
@@ -49,9 +51,13 @@ def _runs_whole(voxels: int, slab_voxels: int) -> bool:
 
 
 def _slab_rows(shape: torch.Size, slab_voxels: int) -> int:
-    """Rows of the first spatial axis per slab so that a slab holds about ``slab_voxels`` spatial voxels."""
-    plane = math.prod(shape[_AXIS + 1:])
-    return max(1, slab_voxels // max(plane, 1))
+    """Rows of the slab axis per slab so that a slab holds about ``slab_voxels`` spatial voxels."""
+    return max(1, slab_voxels // max(_plane(shape), 1))
+
+
+def _plane(shape: torch.Size | list[int]) -> int:
+    """Product of the spatial sizes other than the slab axis."""
+    return math.prod(shape[2:-1])
 
 
 def _rows_with_zero_halo(source: Callable[[int, int], torch.Tensor], length: int, lo: int, hi: int) -> torch.Tensor:
@@ -59,28 +65,31 @@ def _rows_with_zero_halo(source: Callable[[int, int], torch.Tensor], length: int
     a, b = max(lo, 0), min(hi, length)
     rows = source(a, b)
     if lo < a or hi > b:
-        pad = [0, 0] * (rows.ndim - _AXIS - 1) + [a - lo, hi - b]
-        rows = F.pad(rows, pad)
+        rows = F.pad(rows, [a - lo, hi - b])  # F.pad lists the last axis first
     return rows
 
 
 def _slab_conv(conv: nn.modules.conv._ConvNd, source: Callable[[int, int], torch.Tensor], in_len: int, plane: int,
                slab_voxels: int) -> torch.Tensor:
-    """``conv`` applied to a map of ``in_len`` rows along the first spatial axis, read in slabs through
+    """``conv`` applied to a map of ``in_len`` rows along the slab (last spatial) axis, read in slabs through
     ``source(lo, hi)`` (rows ``lo:hi``, in range). ``plane`` is the product of the other spatial sizes.
 
     Returns:
         torch.Tensor: the full output ``(B, C_out, *out_spatial)``, equal to ``conv`` on the whole map.
     """
-    k, s, p, d = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
+    k, s, p, d = conv.kernel_size[-1], conv.stride[-1], conv.padding[-1], conv.dilation[-1]
     out_len = (in_len + 2 * p - d * (k - 1) - 1) // s + 1
-    padding = (0, *conv.padding[1:])  # the halo rows carry the first axis' zero padding
+    padding = (*conv.padding[:-1], 0)  # the halo rows carry the slab axis' zero padding
     conv_fn = (F.conv1d, F.conv2d, F.conv3d)[conv.weight.ndim - 3]
     step = max(1, slab_voxels // max(plane * s, 1))
     out = None
     for a in range(0, out_len, step):
         b = min(a + step, out_len)
         rows = _rows_with_zero_halo(source, in_len, a * s - p, (b - 1) * s - p + d * (k - 1) + 1)
+        if rows.ndim in (4, 5):
+            # channels-last slabs: PyTorch's CPU heuristic sends thin contiguous 3D inputs to its slow reference
+            # convolution (measured 2.5x slower decodes); channels-last ones always get oneDNN
+            rows = rows.contiguous(memory_format=torch.channels_last if rows.ndim == 4 else torch.channels_last_3d)
         y = conv_fn(rows, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
         del rows
         if out is None:
@@ -107,11 +116,11 @@ class _SlabConvMixin:
             or isinstance(self.padding, str)  # type: ignore[attr-defined]
             or self.padding_mode != "zeros"  # type: ignore[attr-defined]
             or not _no_autograd(input, self.weight, self.bias)  # type: ignore[attr-defined]
-            or _runs_whole(math.prod(input.shape[_AXIS:]), self.slab_voxels)
+            or _runs_whole(math.prod(input.shape[2:]), self.slab_voxels)
         ):
             return super().forward(input)  # type: ignore[misc]
-        plane = math.prod(input.shape[_AXIS + 1:])
-        return _slab_conv(self, lambda a, b: input.narrow(_AXIS, a, b - a), input.shape[_AXIS], plane, self.slab_voxels)  # type: ignore[arg-type]
+        return _slab_conv(self, lambda a, b: input.narrow(_AXIS, a, b - a), input.shape[_AXIS], _plane(input.shape),
+                          self.slab_voxels)  # type: ignore[arg-type]
 
 
 class SlabConv1d(_SlabConvMixin, nn.Conv1d):
@@ -132,13 +141,15 @@ def _group_norm_affine(norm: nn.GroupNorm, x: torch.Tensor, slab_voxels: int) ->
     b, c = x.shape[:2]
     g = norm.num_groups
     step = _slab_rows(x.shape, slab_voxels)
-    total = torch.zeros(b, g, dtype=torch.float64, device=x.device)
+    total = torch.zeros(b, c, dtype=torch.float64, device=x.device)
     squares = torch.zeros_like(total)
+    dims = list(range(2, x.ndim))
     for a in range(0, x.shape[_AXIS], step):
-        chunk = x.narrow(_AXIS, a, min(step, x.shape[_AXIS] - a)).reshape(b, g, -1).double()
-        total += chunk.sum(-1)
-        squares += chunk.square().sum(-1)
-        del chunk
+        chunk = x.narrow(_AXIS, a, min(step, x.shape[_AXIS] - a))
+        # per-channel reductions read the strided slab in place (no reshape copy), accumulating in float64
+        total += chunk.sum(dim=dims, dtype=torch.float64)
+        squares += torch.linalg.vector_norm(chunk, ord=2, dim=dims, dtype=torch.float64).square()
+    total, squares = total.view(b, g, c // g).sum(-1), squares.view(b, g, c // g).sum(-1)
     n = x[0, 0].numel() * (c // g)
     mean = total / n
     rstd = torch.rsqrt((squares / n - mean.square()).clamp_min(0) + norm.eps)
@@ -157,7 +168,7 @@ class SlabGroupNorm(nn.GroupNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if (input.ndim < 3 or not _no_autograd(input, self.weight, self.bias)
-                or _runs_whole(math.prod(input.shape[_AXIS:]), self.slab_voxels)):
+                or _runs_whole(math.prod(input.shape[2:]), self.slab_voxels)):
             return super().forward(input)
         scale, shift = _group_norm_affine(self, input, self.slab_voxels)
         out = torch.empty_like(input)
@@ -217,16 +228,16 @@ class _SlabUpSampleMixin:
             return super().forward(x)  # type: ignore[misc]
         up, conv = pair
         factors = [int(v) for v in _scale_factors(up, x.ndim - 2)]
-        if _runs_whole(math.prod(x.shape[_AXIS:]) * math.prod(factors), self.slab_voxels):
+        if _runs_whole(math.prod(x.shape[2:]) * math.prod(factors), self.slab_voxels):
             return super().forward(x)  # type: ignore[misc]
-        f = factors[0]
+        f = factors[-1]
 
         def upsampled_rows(lo: int, hi: int) -> torch.Tensor:
             src_lo, src_hi = lo // f, (hi + f - 1) // f
             rows = F.interpolate(x.narrow(_AXIS, src_lo, src_hi - src_lo), scale_factor=factors, mode="nearest")
             return rows.narrow(_AXIS, lo - src_lo * f, hi - lo)
 
-        plane = math.prod(n * fac for n, fac in zip(x.shape[_AXIS + 1:], factors[1:]))
+        plane = math.prod(n * fac for n, fac in zip(x.shape[2:-1], factors[:-1]))
         return _slab_conv(conv, upsampled_rows, x.shape[_AXIS] * f, plane, self.slab_voxels)
 
 
@@ -246,10 +257,10 @@ class _LeanResBlockMixin:
         def activated_rows(lo: int, hi: int) -> torch.Tensor:
             return F.silu(torch.addcmul(shift, x.narrow(_AXIS, lo, hi - lo), scale), inplace=True)
 
-        return _slab_conv(conv, activated_rows, x.shape[_AXIS], math.prod(x.shape[_AXIS + 1:]), self.slab_voxels)
+        return _slab_conv(conv, activated_rows, x.shape[_AXIS], _plane(x.shape), self.slab_voxels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _no_autograd(x, *self.parameters()) or _runs_whole(math.prod(x.shape[_AXIS:]), self.slab_voxels):  # type: ignore[attr-defined]
+        if not _no_autograd(x, *self.parameters()) or _runs_whole(math.prod(x.shape[2:]), self.slab_voxels):  # type: ignore[attr-defined]
             return super().forward(x)  # type: ignore[misc]
         h = self._norm_silu_conv(self.norm1, self.conv1, x)  # type: ignore[attr-defined]
         h = self._norm_silu_conv(self.norm2, self.conv2, h)  # type: ignore[attr-defined]
@@ -257,7 +268,7 @@ class _LeanResBlockMixin:
         if isinstance(shortcut, nn.Identity):
             return h.add_(x)
         conv = _single_conv(shortcut)
-        if conv is None or conv.kernel_size[0] != 1 or conv.stride[0] != 1:
+        if conv is None or conv.kernel_size[-1] != 1 or conv.stride[-1] != 1:
             return h.add_(shortcut(x))
         step = _slab_rows(x.shape, self.slab_voxels)
         for a in range(0, x.shape[_AXIS], step):
@@ -296,7 +307,7 @@ def use_slab_execution(module: nn.Module, slab_voxels: int = DEFAULT_SLAB_VOXELS
 
     Args:
         module: e.g. MONAI's ``AutoencoderKL`` or a ``LatentDiffusionModel``.
-        slab_voxels: Spatial voxels per slab (rows of the first spatial axis times the rest); smaller is leaner
+        slab_voxels: Spatial voxels per slab (rows of the last spatial axis times the rest); smaller is leaner
             (on this project's CPU 2^17-2^18 was also faster than 2^20; very thin slabs add per-slab overhead).
 
     Returns:
