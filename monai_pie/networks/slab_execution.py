@@ -36,6 +36,9 @@ DEFAULT_SLAB_VOXELS = 2**17
 #: temporaries are as large as what slabbing saves. With the default slab, layers above 2^19 voxels run in slabs;
 #: the bundles' 2.5 mm grid (64 x 80 x 64 = 327,680 voxels) runs as before.
 SLABS_TO_ENGAGE = 4
+#: rows per slab at least: a 3 x 3 x 3 convolution reads 2 halo rows per slab, so thinner slabs recompute too much
+#: (2-row slabs of a 1 mm head decoded 1.5x slower than whole layers)
+MIN_SLAB_ROWS = 16
 # slabs are cut along the last spatial axis: PyTorch's CPU convolution heuristic looks at (B, C, first spatial
 # sizes) to pick oneDNN over its slow reference kernel, so thin slabs along the first axis would fall to the latter
 _AXIS = -1
@@ -51,8 +54,9 @@ def _runs_whole(voxels: int, slab_voxels: int) -> bool:
 
 
 def _slab_rows(shape: torch.Size, slab_voxels: int) -> int:
-    """Rows of the slab axis per slab so that a slab holds about ``slab_voxels`` spatial voxels."""
-    return max(1, slab_voxels // max(_plane(shape), 1))
+    """Rows of the slab axis per slab so that a slab holds about ``slab_voxels`` spatial voxels (at least
+    ``MIN_SLAB_ROWS``)."""
+    return max(MIN_SLAB_ROWS, slab_voxels // max(_plane(shape), 1))
 
 
 def _plane(shape: torch.Size | list[int]) -> int:
@@ -81,7 +85,7 @@ def _slab_conv(conv: nn.modules.conv._ConvNd, source: Callable[[int, int], torch
     out_len = (in_len + 2 * p - d * (k - 1) - 1) // s + 1
     padding = (*conv.padding[:-1], 0)  # the halo rows carry the slab axis' zero padding
     conv_fn = (F.conv1d, F.conv2d, F.conv3d)[conv.weight.ndim - 3]
-    step = max(1, slab_voxels // max(plane * s, 1))
+    step = max(MIN_SLAB_ROWS, slab_voxels // max(plane * s, 1))
     out = None
     for a in range(0, out_len, step):
         b = min(a + step, out_len)
@@ -167,8 +171,12 @@ class SlabGroupNorm(nn.GroupNorm):
     slab_voxels: int
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if (input.ndim < 3 or not _no_autograd(input, self.weight, self.bias)
-                or _runs_whole(math.prod(input.shape[2:]), self.slab_voxels)):
+        if input.ndim < 3 or not _no_autograd(input, self.weight, self.bias):
+            return super().forward(input)
+        # PyTorch's channels-last CPU GroupNorm loses precision (float32 sums of squares: 9 % of the output's std
+        # after a 1 mm decode, benchmarks/results/memory.md), so channels-last inputs always take the float64 path
+        channels_last = input.ndim in (4, 5) and not input.is_contiguous()
+        if not channels_last and _runs_whole(math.prod(input.shape[2:]), self.slab_voxels):
             return super().forward(input)
         scale, shift = _group_norm_affine(self, input, self.slab_voxels)
         out = torch.empty_like(input)

@@ -98,3 +98,14 @@ def test_slab_modules_pickle_and_reload():
     assert type(again.decoder.blocks[1]) is type(lean.decoder.blocks[1])
     with torch.no_grad():
         torch.testing.assert_close(again.decode(z), lean.decode(z))
+
+
+def test_channels_last_group_norm_keeps_float64_precision():
+    norm = torch.nn.GroupNorm(4, 16).eval()
+    x = torch.randn(1, 16, 24, 20, 16) + 300.0  # a large mean: float32 sums of squares cancel
+    with torch.no_grad():
+        ref = copy.deepcopy(norm).double()(x.double()).float()  # float64 reference
+        use_slab_execution(norm)  # far below the slab size: only the channels-last input takes the new path
+        out = norm(x.contiguous(memory_format=torch.channels_last_3d))
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(out, ref, atol=2e-4, rtol=0)
