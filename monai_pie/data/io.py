@@ -310,6 +310,10 @@ class NiftiStorage:
         return raw.astype(dtype)
 
 
+#: the integer type one step wider, for values that leave an integer input's range under its own scaling
+_WIDER_INT = {"int8": "int16", "uint8": "int16", "int16": "int32", "uint16": "int32"}
+
+
 def save_nifti_like(data: np.ndarray | torch.Tensor, affine: Any, path: str | os.PathLike,
                     storage: NiftiStorage | None = None) -> Path:
     """Save ``(X, Y[, Z])`` or ``(1, X, Y[, Z])`` ``data`` as NIfTI with ``affine`` (atomic write).
@@ -319,9 +323,9 @@ def save_nifti_like(data: np.ndarray | torch.Tensor, affine: Any, path: str | os
         affine: a ``(4, 4)`` array or tensor, or anything with an ``.affine`` (a ``MetaTensor``, a nibabel image).
         path: the ``.nii.gz`` to write.
         storage: the on-disk data type and scaling (``None``: float32). An integer type with a fixed ``slope`` /
-            ``inter`` is used when every value fits it (values are rounded to its step); otherwise an 8- or 16-bit
-            type becomes int16 with a slope fitted to the values (step range / 65535) and a 32-bit one float32; an
-            integer type without scaling gets a slope and intercept fitted by nibabel to the data's range.
+            ``inter`` is used when every value fits it (values are rounded to its step); otherwise the same scaling in
+            the next wider integer type (int16 -> int32, 8-bit -> int16), else float32; an integer type without
+            scaling gets a slope and intercept fitted by nibabel to the data's range.
     """
     import nibabel as nib
 
@@ -338,10 +342,13 @@ def save_nifti_like(data: np.ndarray | torch.Tensor, affine: Any, path: str | os
         img.header.set_slope_inter(storage.slope, storage.inter)
     elif storage.slope is None:
         img.set_data_dtype(dtype)  # float32, or an integer type nibabel scales to the data's range
-    elif dtype.itemsize <= 2:
-        # values outside the input's scaling (an edit brightened a voxel past the input's maximum): int16 with a slope
-        # fitted to these values, a step of range / 65535, no coarser than an 8- or 16-bit input's own
-        img.set_data_dtype(np.int16)
-    # else (32-bit integer inputs): float32, so nothing is stored coarser than the input was
+    elif (wider := _WIDER_INT.get(dtype.name)) is not None and (
+            raw := NiftiStorage(wider, storage.slope, storage.inter).quantise(arr)) is not None:
+        # values outside the input's range (an edit brightened a voxel past the input's maximum): the same scaling in
+        # the next wider integer type, so every voxel keeps the input's step and unchanged voxels read back exactly;
+        # gzip makes the extra high bytes nearly free
+        img = nib.Nifti1Image(raw, aff)
+        img.header.set_slope_inter(storage.slope, storage.inter)
+    # else: float32, so nothing is stored coarser than the input was
     img.header.set_xyzt_units("mm")
     return atomic_write(path, lambda tmp: nib.save(img, tmp), suffix=".tmp.nii.gz")
