@@ -174,10 +174,15 @@ class SlabGroupNorm(nn.GroupNorm):
         if input.ndim < 3 or not _no_autograd(input, self.weight, self.bias):
             return super().forward(input)
         # PyTorch's channels-last CPU GroupNorm loses precision (float32 sums of squares: 9 % of the output's std
-        # after a 1 mm decode, benchmarks/results/memory.md), so channels-last inputs always take the float64 path
+        # after a 1 mm decode, benchmarks/results/memory.md), so channels-last inputs never reach that kernel
         channels_last = input.ndim in (4, 5) and not input.is_contiguous()
-        if not channels_last and _runs_whole(math.prod(input.shape[2:]), self.slab_voxels):
-            return super().forward(input)
+        if _runs_whole(math.prod(input.shape[2:]), self.slab_voxels):
+            if not channels_last:
+                return super().forward(input)
+            # small channels-last maps: PyTorch's contiguous kernel is accurate, and two copies cost less than the
+            # float64 path's many small reductions
+            fmt = torch.channels_last if input.ndim == 4 else torch.channels_last_3d
+            return super().forward(input.contiguous()).contiguous(memory_format=fmt)
         scale, shift = _group_norm_affine(self, input, self.slab_voxels)
         out = torch.empty_like(input)
         step = _slab_rows(input.shape, self.slab_voxels)
