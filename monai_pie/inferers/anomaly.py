@@ -130,7 +130,7 @@ class AnomalyInferer(Inferer):
         method, eta, prediction_type, clip_sample: passed to the ``DiffusionSampler``.
         progress: progress bars.
         precision, accelerate: passed to the ``DiffusionSampler`` (``"bf16"`` denoiser autocast; fused attention and
-            channels-last weights).
+            channels-last weights, slab-wise large layers).
         device: where the result's tensors are put (default the inputs' device); 3D Slicer's bundle runner sets it.
 
     Call ``inferer(inputs, network, healthy=..., unhealthy=..., mask=None, labels=None)``: ``inputs`` ``(B, C,

@@ -63,7 +63,7 @@ class GenerationInferer(Inferer):
         device: where the images are put; default the network's device.
         progress: progress bar over steps.
         precision, accelerate: passed to the ``DiffusionSampler`` (``"bf16"`` denoiser autocast; fused attention and
-            channels-last weights).
+            channels-last weights, slab-wise large layers).
 
     Call ``inferer(conditions, network)`` -> ``(B, C, *image_size)``; ``conditions`` is what the network's conditioner
     takes for ``B`` images (a list of prompts, a dict of ``(B,)`` covariates), or an int ``B`` for an unconditional

@@ -189,7 +189,7 @@ class ProgressionInferer(Inferer):
         progress: progress bars over rounds and steps.
         precision, accelerate: passed to the ``DiffusionSampler``: ``"bf16"`` autocasts the denoiser (faster on bf16
             hardware; error on the shipped brain bundle in docs/performance.md); ``accelerate`` switches attention to
-            the fused kernel and weights to channels-last (same outputs to float rounding).
+            the fused kernel, weights to channels-last and large layers to slabs (same outputs to float rounding).
 
     Call ``inferer(inputs, network, condition=..., roi_mask=..., seed=...)`` -> ``ProgressionResult``; see ``__call__``.
     """

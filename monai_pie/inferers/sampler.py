@@ -58,7 +58,7 @@ class DiffusionSampler:
         precision: the denoiser's arithmetic, one of ``PRECISIONS``: ``"fp32"``, or ``"bf16"`` autocast (faster on
             hardware with bf16 units; the sample stays float32 between steps). Decoding is always float32.
         accelerate: prepare each network once with ``accelerate_for_inference`` (fused attention, channels-last
-            weights; same outputs to float rounding). Off only to measure what it gains.
+            weights, slab-wise large layers; same outputs to float rounding). Off only to measure what it gains.
     """
 
     def __init__(

@@ -90,18 +90,16 @@ def _slab_conv(conv: nn.modules.conv._ConvNd, source: Callable[[int, int], torch
     for a in range(0, out_len, step):
         b = min(a + step, out_len)
         rows = _rows_with_zero_halo(source, in_len, a * s - p, (b - 1) * s - p + d * (k - 1) + 1)
-        if rows.ndim in (4, 5):
-            # channels-last slabs: PyTorch's CPU heuristic sends thin contiguous 3D inputs to its slow reference
-            # convolution (measured 2.5x slower decodes); channels-last ones always get oneDNN
-            rows = rows.contiguous(memory_format=torch.channels_last if rows.ndim == 4 else torch.channels_last_3d)
-        y = conv_fn(rows, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
+        # channels-last slabs (and output): PyTorch's CPU heuristic sends thin contiguous 3D inputs to its slow
+        # reference convolution (measured 2.5x slower decodes); channels-last ones always get oneDNN
+        fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(rows.ndim, torch.contiguous_format)
+        y = conv_fn(rows.contiguous(memory_format=fmt), conv.weight, conv.bias, conv.stride, padding, conv.dilation,
+                    conv.groups)
         del rows
         if out is None:
             shape = list(y.shape)
             shape[_AXIS] = out_len
-            fmt = torch.channels_last_3d if y.ndim == 5 else torch.channels_last
-            keep_format = y.ndim in (4, 5) and not y.is_contiguous() and y.is_contiguous(memory_format=fmt)
-            out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=fmt if keep_format else torch.contiguous_format)
+            out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=fmt)
         out.narrow(_AXIS, a, b - a).copy_(y)
         del y
     assert out is not None
