@@ -94,6 +94,8 @@ def load_bundle_model(bundle: str | Path, model_path: str | Path | None = None, 
 
     parser = parse_bundle(bundle, overrides)
     network = parser.get_parsed_content("network_def")
+    if not model_path:  # the config's own (an overlay may name other weights), else the bundle's models/model.pt
+        model_path = parser.get_parsed_content("model_path") if "model_path" in parser else None
     path = Path(model_path) if model_path else bundle_dir(bundle) / "models" / "model.pt"
     load_network_weights(network, path, "latent diffusion model")
     return {"network": network.to(device).eval(), "scheduler": parser.get_parsed_content("noise_scheduler"),

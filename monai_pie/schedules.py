@@ -91,6 +91,24 @@ class NoiseSchedule:
             raise ValueError(f"`strength` must be in [0, 1], got {strength}.")
         return int(round(self.clean_level + strength * (self.max_level - self.clean_level)))
 
+    def noise_to_signal(self, level: int | float) -> float:
+        """``sigma / alpha`` at ``level`` (``inf`` at pure noise): what a level means whatever the schedule."""
+        a, s = self.alpha_sigma(level)
+        return s / a if a > 0 else math.inf
+
+    def matching_strength(self, strength: float, reference: NoiseSchedule) -> float:
+        """The strength on this schedule whose noise-to-signal ratio equals ``reference``'s at ``strength``.
+
+        A strength is a share of the timesteps, and equal shares of different schedules are different noise levels
+        (0.3 of the brain bundles' DDPM tables is 0.55 of a rectified flow), so edit settings tuned on one schedule
+        are carried to another through this.
+        """
+        target = reference.noise_to_signal(reference.strength_to_level(strength))
+        lo, hi = self.clean_level, self.max_level
+        ratios = torch.tensor([self.noise_to_signal(v) for v in range(lo, hi + 1)], dtype=torch.float64)
+        level = lo + int(torch.argmin((ratios - target).abs()))
+        return (level - lo) / (hi - lo)
+
     def levels(self, num_inference_steps: int, t_start: int | None = None, strength: float = 1.0) -> list[int]:
         """Levels ``[t_start, ..., clean]`` visited by a sampler; consecutive entries are the ``(t, t_prev)`` pairs.
 

@@ -137,3 +137,16 @@ def test_training_target_from_a_noise_schedule_equals_the_monai_scheduler_one():
     t = torch.tensor([0, 500, 999])
     from_tables = training_target(NoiseSchedule.from_scheduler(sch), x0, noise, t)
     torch.testing.assert_close(from_tables, training_target(sch, x0, noise, t), atol=1e-5, rtol=1e-5)
+
+
+def test_matching_strength_carries_a_noise_level_between_schedules():
+    vp = NoiseSchedule.from_scheduler(DDPMScheduler(1000, schedule="scaled_linear_beta", beta_start=0.0015,
+                                                    beta_end=0.0195))
+    flow = NoiseSchedule.from_scheduler(RFlowScheduler(1000))
+    carried = flow.matching_strength(0.3, vp)
+    # the same noise-to-signal ratio, which the same share of timesteps is not
+    assert flow.noise_to_signal(flow.strength_to_level(carried)) == pytest.approx(
+        vp.noise_to_signal(vp.strength_to_level(0.3)), rel=0.01)
+    assert carried == pytest.approx(0.546, abs=0.002)
+    assert vp.matching_strength(carried, flow) == pytest.approx(0.3, abs=0.002)  # and back
+    assert flow.matching_strength(0.3, flow) == pytest.approx(0.3) and flow.matching_strength(0.0, vp) == 0.0

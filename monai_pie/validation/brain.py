@@ -117,7 +117,8 @@ def validate_generation(bundle: dict[str, Any], ldm_bundle: str | Path, progress
         pick = torch.from_numpy(pick)  # the reconstructions show what the reader sees of real images at the AE's blur
         real_m, recon_m = [markers(v[0].numpy()) for v in train[pick]], [markers(v[0].numpy()) for v in recon[pick]]
         out[name].update(markers=_mean_markers(gen_m), real_markers=_mean_markers(real_m),
-                         real_reconstructed_markers=_mean_markers(recon_m))
+                         real_reconstructed_markers=_mean_markers(recon_m), marker_samples=gen_m,
+                         reconstructed_marker_samples=recon_m)
         out[name]["num_real"] = len(real_m)
         save_png(frame_strip([v[0].numpy() for v in s[:3]], [f"{name} sample {k}" for k in range(min(3, len(s)))],
                              diff=False, height=120), out_dir / "figures" / f"brain_generated_{name}.png")

@@ -1,0 +1,197 @@
+"""Few-step sampling at parity: the brain validation's measures and the generation metrics of several samplers, in
+one run, against the bundles' default sampler.
+
+    python benchmarks/bench_few_step.py COHORT       # -> benchmarks/results/few_step.md
+
+A sampler is the brain bundles' config plus an optional overlay (``configs/rectified_flow.json``: another noise
+schedule and its weights) and a step count. Progression runs the evaluation split's subjects (seeds ``900000+``,
+:mod:`.brain_protocol`) through the progression bundle under the frozen settings of ``docs/validation/
+brain_settings.json``; edit strengths tuned on the default schedule are carried to another schedule at the same
+noise-to-signal ratio (``NoiseSchedule.matching_strength``). Generation runs the LDM bundle for CN and AD covariates
+(:func:`.brain.validate_generation`). The parity rule (:data:`PARITY`) is fixed here, before any result is read.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bundle_tools import bundle_dir, parse_bundle
+from ..metrics import fid_from_features
+from ..schedules import NoiseSchedule
+from .brain import load_brain_bundle, validate_generation
+from .brain_protocol import (
+    EVALUATION_SEED,
+    MARKERS,
+    Context,
+    autoencoder_round_trips,
+    edit_subjects,
+    make_subjects,
+    measure,
+)
+from .protocol import read_frozen
+from .settings import ProgressionSettings
+
+__all__ = ["PARITY", "PARITY_MODES", "Sampler", "compare_samplers", "parity"]
+
+#: how far a few-step sampler may fall short of the reference and still hold parity (per progression mode: the
+#: null-corrected size ratio of each marker as |r - 1|, the change map's R^2, the identity correlation, the null edit's
+#: whole-brain share; generation: the conditioning gap AD - CN of each marker, MS-SSIM diversity, the Frechet distance
+#: on the marker reader's features)
+PARITY = {"ratio_gap": 0.1, "r2_gap": 0.05, "identity_gap": 0.05, "null_gap": 0.05, "conditioning_rel": 0.25,
+          "diversity_gap": 0.01, "fd_factor": 1.5}
+#: the frozen settings' modes a parity run edits with
+PARITY_MODES = ("PIE, bundle defaults", "counterfactual (tuned)")
+#: the reader's features of a generated volume (``BrainMarkers`` keys), for the Frechet distance
+FEATURES = ("gm_ml", "parenchyma_ml", "hippocampal_gm_ml", "ventricle_ml")
+GENERATION = {"CN": "stage 0.05", "AD": "stage 0.9"}
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """One way to sample the brain LDM.
+
+    Args:
+        name: its label in the tables.
+        num_inference_steps: steps of a full run (a PIE round takes its strength's share).
+        overlay: a config overlay both brain bundles have (e.g. ``"rectified_flow.json"``: noise schedule and
+            weights), or ``None`` for the bundles' own.
+    """
+
+    name: str
+    num_inference_steps: int
+    overlay: str | None = None
+
+    def overrides(self, bundle: str | Path) -> dict[str, Any]:
+        """The bundle config overrides of this sampler (the overlay's entries and the step count)."""
+        out: dict[str, Any] = {}
+        if self.overlay:
+            path = bundle_dir(bundle) / "configs" / self.overlay
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing: sampler {self.name!r} needs that overlay.")
+            out = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+        return {**out, "num_inference_steps": self.num_inference_steps}
+
+    def schedule(self, bundle: str | Path) -> NoiseSchedule:
+        return NoiseSchedule.from_scheduler(parse_bundle(bundle, self.overrides(bundle)).get_parsed_content(
+            "noise_scheduler"))
+
+
+def _frechet(gen: list[dict[str, float]], real: list[dict[str, float]]) -> float:
+    """Frechet distance between generated and real reader features, each feature in units of the real spread."""
+    r = np.array([[m[k] for k in FEATURES] for m in real], dtype=np.float64)
+    g = np.array([[m[k] for k in FEATURES] for m in gen], dtype=np.float64)
+    mu, sd = r.mean(0), r.std(0) + 1e-12
+    return fid_from_features((g - mu) / sd, (r - mu) / sd)
+
+
+def _generation(ldm: Path, progression: Path, cohort: Path, sampler: Sampler, base: ProgressionSettings,
+                num_samples: int, work: Path) -> dict[str, Any]:
+    loaded = load_brain_bundle(ldm, overrides=sampler.overrides(ldm))
+    settings = base.replace(num_inference_steps=sampler.num_inference_steps)
+    gen = validate_generation(loaded, ldm, progression, cohort, work, num_samples, settings)
+    fake = [m for name in GENERATION for m in gen[name]["marker_samples"]]
+    real = [m for name in GENERATION for m in gen[name]["reconstructed_marker_samples"]]
+    rng = np.random.default_rng(0)  # real against real at the same sample count: the distance's noise floor
+    pick = rng.permutation(len(real))
+    floor = _frechet([real[i] for i in pick[:len(fake)]], [real[i] for i in pick[len(fake):]])
+    return {
+        "fd": _frechet(fake, real), "fd_real_floor": floor,
+        "conditioning_gap": {m: gen["AD"]["markers"][m] - gen["CN"]["markers"][m] for m in FEATURES},
+        "ms_ssim": float(np.mean([gen[n]["ms_ssim"] for n in GENERATION])),
+        "nn_gen_mean": float(np.mean([gen[n]["nn_gen_mean"] for n in GENERATION])),
+        "seconds_per_volume": float(np.median([gen[n]["seconds_per_volume"] for n in GENERATION])),
+        "num_samples": num_samples, "model_path": loaded["model_path"],
+    }
+
+
+def parity(row: dict[str, Any], ref: dict[str, Any]) -> list[str]:
+    """The measures on which ``row`` falls short of ``ref`` by more than :data:`PARITY` allows (empty: parity)."""
+    p, short = PARITY, []
+    for mode, m in row["progression"].items():
+        r = ref["progression"][mode]
+        for k in MARKERS:
+            if abs(m[f"{k}_ratio"] - 1) > abs(r[f"{k}_ratio"] - 1) + p["ratio_gap"]:
+                short.append(f"{mode}: {k} size ratio")
+        for key, gap, label in (("r2", "r2_gap", "R^2"), ("identity_corr", "identity_gap", "identity")):
+            if m[key] < r[key] - p[gap]:
+                short.append(f"{mode}: {label}")
+        if m["null_whole_brain_ratio"] > r["null_whole_brain_ratio"] + p["null_gap"]:
+            short.append(f"{mode}: null whole brain")
+    g, rg = row["generation"], ref["generation"]
+    for k in ("hippocampal_gm_ml", "ventricle_ml"):
+        if abs(g["conditioning_gap"][k] - rg["conditioning_gap"][k]) > p["conditioning_rel"] * abs(
+                rg["conditioning_gap"][k]):
+            short.append(f"generation: conditioning gap {k}")
+    if g["ms_ssim"] > rg["ms_ssim"] + p["diversity_gap"]:
+        short.append("generation: diversity")
+    if g["fd"] > max(p["fd_factor"] * rg["fd"], rg["fd"] + rg["fd_real_floor"]):
+        short.append("generation: Frechet distance")
+    return short
+
+
+def compare_samplers(cohort_dir: str, samplers: list[Sampler], settings_file: str = "docs/validation/"
+                     "brain_settings.json", num_subjects: int = 8, num_samples: int = 8,
+                     work_dir: str = "outputs/validation/few_step", ldm_bundle: str = "brain_mri_ldm",
+                     progression_bundle: str = "brain_mri_progression") -> dict[str, Any]:
+    """Every sampler on the evaluation split (progression) and on CN / AD generation; the first is the reference.
+
+    Args:
+        cohort_dir: the synthetic cohort (``monai-pie synth brain``): real images for the generation metrics.
+        samplers: the samplers, reference first.
+        settings_file: the frozen validation settings (modes and readers).
+        num_subjects: evaluation subjects (one noise draw each).
+        num_samples: generated volumes per covariate set.
+        work_dir: working files.
+        ldm_bundle, progression_bundle: the brain bundles (folders or names).
+
+    Returns:
+        ``{"rows": {sampler: {"progression": {mode: medians}, "generation": {...}, "seconds": {...}}},
+        "short": {sampler: measures short of parity}, "params": {...}}``.
+    """
+    t0 = time.perf_counter()
+    cohort, work = Path(cohort_dir), Path(work_dir)
+    frozen, digest = read_frozen(settings_file, "brain")
+    ldm, progression = bundle_dir(ldm_bundle), bundle_dir(progression_bundle)
+    for s in samplers:  # every overlay and its weights exist: fail before anything long runs
+        path = Path(parse_bundle(progression, s.overrides(progression)).get_parsed_content("model_path"))
+        if not path.is_file():
+            raise FileNotFoundError(f"sampler {s.name!r} needs weights at {path}: train them first "
+                                    "(docs/performance.md, few-step sampling).")
+    ctx = Context.build()
+    subjects = make_subjects(EVALUATION_SEED, num_subjects, 1, work / "subjects")
+    ae = autoencoder_round_trips(progression, None, subjects, work / "subjects")
+    reference_schedule = samplers[0].schedule(progression)
+    base = ProgressionSettings.from_config(parse_bundle(progression).config)
+    rows: dict[str, Any] = {}
+    for s in samplers:
+        schedule, overrides = s.schedule(progression), s.overrides(progression)
+        row: dict[str, Any] = {"progression": {}, "seconds": {}, "strength": {}, "steps_per_round": {}}
+        for mode in PARITY_MODES:
+            tuned = ProgressionSettings(**frozen["modes"][mode])
+            settings = tuned.replace(num_inference_steps=s.num_inference_steps,
+                                     strength=round(schedule.matching_strength(tuned.strength, reference_schedule), 3))
+            t = time.perf_counter()
+            slug = "".join(c if c.isalnum() else "_" for c in f"{s.name}_{mode}")
+            res = edit_subjects(progression, None, settings, subjects, work / slug, overrides)
+            row["seconds"][mode] = (time.perf_counter() - t) / len(subjects)
+            row["strength"][mode] = settings.strength
+            row["steps_per_round"][mode] = len(schedule.levels(s.num_inference_steps, strength=settings.strength)) - 1
+            measured = measure(res, subjects, frozen["readers"], ctx, ae)
+            stats = measured["stats"]
+            row["progression"][mode] = {k: v[0] for k, v in stats.items()}
+            row["progression"][mode]["retrieval"] = measured["checks"]["retrieval"][0]
+            row["progression"][mode]["ci"] = {k: list(v[1:]) for k, v in stats.items()}
+        row["generation"] = _generation(ldm, progression, cohort, s, base, num_samples, work / "generation" / s.name)
+        rows[s.name] = row
+    ref = rows[samplers[0].name]
+    short = {name: parity(row, ref) for name, row in rows.items()}
+    params = {"settings_file": str(settings_file), "settings_sha256": digest, "num_subjects": num_subjects,
+              "num_samples": num_samples, "seconds": round(time.perf_counter() - t0, 1),
+              "samplers": [vars(s) for s in samplers], "parity": PARITY}
+    return {"rows": rows, "short": short, "params": params}

@@ -1,0 +1,51 @@
+"""The few-step parity rule: a sampler holds parity unless a measure falls short of the reference by more than the
+stated margin; each shortfall is named."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from monai_pie.validation.few_step import PARITY, PARITY_MODES, Sampler, parity
+
+
+def row() -> dict:
+    mode = {"ventricle_ml_ratio": 0.9, "hippocampal_gm_ml_ratio": 1.1, "r2": 0.2, "identity_corr": 0.3,
+            "null_whole_brain_ratio": 0.1}
+    gen = {"conditioning_gap": {"hippocampal_gm_ml": -0.5, "ventricle_ml": 4.0}, "ms_ssim": 0.95, "fd": 2.0,
+           "fd_real_floor": 0.5}
+    return {"progression": {m: dict(mode) for m in PARITY_MODES}, "generation": gen}
+
+
+@pytest.mark.parametrize("path, value, named", [
+    (("progression", PARITY_MODES[0], "ventricle_ml_ratio"), 0.9 - PARITY["ratio_gap"] - 0.01, "ventricle_ml size"),
+    (("progression", PARITY_MODES[1], "r2"), 0.2 - PARITY["r2_gap"] - 0.01, "R^2"),
+    (("progression", PARITY_MODES[0], "identity_corr"), 0.2, "identity"),
+    (("progression", PARITY_MODES[1], "null_whole_brain_ratio"), 0.2, "null whole brain"),
+    (("generation", "ms_ssim"), 0.97, "diversity"),
+    (("generation", "fd"), 3.1, "Frechet"),
+    (("generation", "conditioning_gap", "ventricle_ml"), 2.9, "conditioning gap ventricle_ml"),
+])
+def test_a_shortfall_beyond_the_margin_is_named(path, value, named):
+    ref, worse = row(), row()
+    target = worse
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    assert parity(copy.deepcopy(ref), ref) == []
+    short = parity(worse, ref)
+    assert len(short) == 1 and named in short[0]
+
+
+def test_within_the_margin_or_better_holds_parity():
+    ref, close = row(), row()
+    close["progression"][PARITY_MODES[0]]["ventricle_ml_ratio"] = 0.95  # closer to 1 than the reference
+    close["progression"][PARITY_MODES[1]]["r2"] = 0.2 - PARITY["r2_gap"] / 2
+    close["generation"]["fd"] = 2.0 * PARITY["fd_factor"] - 0.01
+    assert parity(close, ref) == []
+
+
+def test_a_sampler_names_a_missing_overlay():
+    with pytest.raises(FileNotFoundError, match="no_such.json"):
+        Sampler("x", 10, "no_such.json").overrides("brain_mri_ldm")
