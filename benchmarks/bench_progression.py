@@ -163,6 +163,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "progression.md"))
+    ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
     ap.add_argument("--worker", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -177,8 +178,11 @@ def main() -> None:
         return lambda: json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
                                   .splitlines()[-1])
 
+    chosen = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if not chosen or any(c not in CASES for c in chosen):
+        raise SystemExit(f"--cases must name some of {list(CASES)}, got {args.cases!r}.")
     before = load_average()
-    cases = {f"{name} {method}": worker(name, method) for name in CASES for method in METHODS}
+    cases = {f"{name} {method}": worker(name, method) for name in chosen for method in METHODS}
     runs = interleaved(cases, args.repeats, log=lambda msg: print(f"  {msg[:120]}", file=sys.stderr))
     first = runs[next(iter(runs))][0]
     lines = header(f"PIE round, {first['steps_per_round']} DDIM steps (50 at strength 0.5), guidance 7.5, batch 1, "
@@ -189,7 +193,7 @@ def main() -> None:
               "the shipped brain_mri_progression network and weights (no autoencoder attention).", "",
               "| case | image | latent | method | s/round (median / min) | peak MB | vs MONAI loop | vs MONAI loop, "
               "flash attention | vs ours unaccelerated | note |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name in CASES:
+    for name in chosen:
         times = {m: [r["sec_per_round"] for r in runs[f"{name} {m}"]] for m in METHODS}
 
         def versus(method: str, base: str) -> str:
