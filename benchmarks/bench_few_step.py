@@ -40,7 +40,7 @@ def report(result: dict, title_lines: list[str]) -> list[str]:
              f"generated volumes per covariate set (CN stage 0.05, AD stage 0.9, age 70); {result['params']['seconds']:.0f}"
              " s in all. **Synthetic to real caveat**: the cohort comes from the generator the weights were trained on.",
              "", "## Parity (against the first row)", "",
-             "| sampler | steps (full run) | steps per PIE round | s per edit, PIE | s per edit, counterfactual | "
+             "| sampler | steps (full run) | steps per PIE round | s per subject (AD + null edit), PIE | s per subject, counterfactual | "
              "s per generated volume | holds parity | short on |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
