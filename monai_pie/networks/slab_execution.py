@@ -172,8 +172,8 @@ def _group_norm_two_pass(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     mean = x.mean(dim=dims).view(b, g, c // g).mean(-1).repeat_interleave(c // g, dim=1).view(view)
     var = torch.linalg.vector_norm(x - mean, ord=2, dim=dims).square().view(b, g, c // g).sum(-1)
     rstd = torch.rsqrt(var / (x[0, 0].numel() * (c // g)) + norm.eps).repeat_interleave(c // g, dim=1).view(view)
-    scale = rstd * norm.weight.view((1, c) + (1,) * (x.ndim - 2)) if norm.affine else rstd
-    shift = -mean * scale + (norm.bias.view(scale.shape[1:]) if norm.affine else 0.0)
+    scale = rstd * norm.weight.view(view[1:]) if norm.affine else rstd
+    shift = -mean * scale + (norm.bias.view(view[1:]) if norm.affine else 0.0)
     return torch.addcmul(shift, x, scale)
 
 

@@ -49,7 +49,6 @@ PARITY = {"ratio_gap": 0.1, "r2_gap": 0.05, "identity_gap": 0.05, "null_gap": 0.
 PARITY_MODES = ("PIE, bundle defaults", "counterfactual (tuned)")
 #: the reader's features of a generated volume (``BrainMarkers`` keys), for the Frechet distance
 FEATURES = ("gm_ml", "parenchyma_ml", "hippocampal_gm_ml", "ventricle_ml")
-GENERATION = {"CN": "stage 0.05", "AD": "stage 0.9"}
 
 
 @dataclass(frozen=True)
@@ -95,17 +94,17 @@ def _generation(ldm: Path, progression: Path, cohort: Path, sampler: Sampler, ba
     loaded = load_brain_bundle(ldm, overrides=sampler.overrides(ldm))
     settings = base.replace(num_inference_steps=sampler.num_inference_steps)
     gen = validate_generation(loaded, ldm, progression, cohort, work, num_samples, settings)
-    fake = [m for name in GENERATION for m in gen[name]["marker_samples"]]
-    real = [m for name in GENERATION for m in gen[name]["reconstructed_marker_samples"]]
+    fake = [m for g in gen.values() for m in g["marker_samples"]]  # CN and AD samples together
+    real = [m for g in gen.values() for m in g["reconstructed_marker_samples"]]
     rng = np.random.default_rng(0)  # real against real at the same sample count: the distance's noise floor
     pick = rng.permutation(len(real))
     floor = _frechet([real[i] for i in pick[:len(fake)]], [real[i] for i in pick[len(fake):]])
     return {
         "fd": _frechet(fake, real), "fd_real_floor": floor,
         "conditioning_gap": {m: gen["AD"]["markers"][m] - gen["CN"]["markers"][m] for m in FEATURES},
-        "ms_ssim": float(np.mean([gen[n]["ms_ssim"] for n in GENERATION])),
-        "nn_gen_mean": float(np.mean([gen[n]["nn_gen_mean"] for n in GENERATION])),
-        "seconds_per_volume": float(np.median([gen[n]["seconds_per_volume"] for n in GENERATION])),
+        "ms_ssim": float(np.mean([g["ms_ssim"] for g in gen.values()])),
+        "nn_gen_mean": float(np.mean([g["nn_gen_mean"] for g in gen.values()])),
+        "seconds_per_volume": float(np.median([g["seconds_per_volume"] for g in gen.values()])),
         "num_samples": num_samples, "model_path": loaded["model_path"],
     }
 
@@ -124,7 +123,7 @@ def parity(row: dict[str, Any], ref: dict[str, Any]) -> list[str]:
         if m["null_whole_brain_ratio"] > r["null_whole_brain_ratio"] + p["null_gap"]:
             short.append(f"{mode}: null whole brain")
     g, rg = row["generation"], ref["generation"]
-    for k in ("hippocampal_gm_ml", "ventricle_ml"):
+    for k in MARKERS:
         if abs(g["conditioning_gap"][k] - rg["conditioning_gap"][k]) > p["conditioning_rel"] * abs(
                 rg["conditioning_gap"][k]):
             short.append(f"generation: conditioning gap {k}")
