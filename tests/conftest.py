@@ -4,6 +4,7 @@ bundles' own configs)."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -37,6 +38,22 @@ def brain_trained(brain_cohort, tmp_path_factory) -> Path:
     bundle_run(config_file=cfg(BRAIN_LDM, "inference.json", "train_autoencoder.json"), **common)
     bundle_run(config_file=cfg(BRAIN_LDM, "inference.json", "train_diffusion.json"), **common)
     return ckpt
+
+
+@pytest.fixture(scope="session")
+def longitudinal_trained(brain_trained, tmp_path_factory):
+    """One epoch of pair training on a tiny all-longitudinal cohort, warm-started from the tiny cross-sectional run."""
+    cohort = tmp_path_factory.mktemp("long_cohort") / "brain"
+    synthesize_brain_cohort(cohort, num_subjects=4, num_longitudinal=4, visits=2, split=(0.5, 0.25, 0.25), seed=5,
+                            progress=False)
+    ckpt = tmp_path_factory.mktemp("long_run") / "models"
+    shutil.copytree(brain_trained, ckpt)
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir() if p.is_file()}
+    bundle_run(config_file=cfg(BRAIN_LDM, "inference.json", "train_diffusion.json", "longitudinal.json"),
+               **dict(BRAIN_TINY, dataset_dir=str(cohort), ckpt_dir=str(ckpt), tf_dir=str(ckpt.parent / "runs"),
+                      bundle_root=str(BRAIN_LDM), max_epochs=1, val_interval=1, train_batch_size=4,
+                      init_weights=str(ckpt / "model.pt")))
+    return ckpt, before
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .condition import DiffusionCondition
 from .covariates import CovariateConditioner
+from .scan import ScanCovariateConditioner
 from .structure import StructureLabelConditioner
 from .text import FindingsTextEncoder, PretrainedTextEncoder
 
@@ -12,5 +13,6 @@ __all__ = [
     "DiffusionCondition",
     "FindingsTextEncoder",
     "PretrainedTextEncoder",
+    "ScanCovariateConditioner",
     "StructureLabelConditioner",
 ]

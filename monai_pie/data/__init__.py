@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import synthetic  # noqa: F401  (registration)
 from .cxr_readers import read_chexpert_csv, read_image_report_pairs, report_to_labels, report_to_prompt
-from .datalist import as_items, generation_items, load_datalist, output_names
+from .datalist import as_items, generation_items, load_datalist, longitudinal_pairs, output_names
 from .io import (
     IMAGE_EXTENSIONS,
     NiftiStorage,
@@ -62,6 +62,7 @@ __all__ = [
     "image_extension",
     "load_2d_image",
     "load_datalist",
+    "longitudinal_pairs",
     "model_grid_affine",
     "pet_structure",
     "output_names",

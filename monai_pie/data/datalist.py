@@ -11,7 +11,7 @@ from typing import Any
 
 from .io import strip_image_extension
 
-__all__ = ["as_items", "generation_items", "load_datalist", "output_names"]
+__all__ = ["as_items", "generation_items", "load_datalist", "longitudinal_pairs", "output_names"]
 
 
 def load_datalist(path: str | os.PathLike, split: str = "training", base_dir: str | os.PathLike | None = None,
@@ -64,6 +64,49 @@ def load_datalist(path: str | os.PathLike, split: str = "training", base_dir: st
             resolved[key] = value
         out.append(resolved)
     return out
+
+
+def longitudinal_pairs(items: Sequence[dict[str, Any]], subject_key: str = "subject_id", order_key: str = "visit",
+                       source_fields: Sequence[str] = ("image", "age", "stage"), prefix: str = "source_",
+                       include_same: bool = True) -> list[dict[str, Any]]:
+    """Every ordered pair of a subject's visits as one training item: the later (or earlier) visit's fields, plus the
+    other visit's ``source_fields`` under ``prefix`` (``source_image``, ``source_age``, ``source_stage``).
+
+    Both directions are kept (the covariates say which way the pair goes), and with ``include_same`` a visit is also
+    paired with itself, which teaches "no change in the covariates, no change in the image". Subjects with one visit
+    give only that self-pair (or nothing).
+
+    Args:
+        items: datalist items (e.g. ``load_datalist(...)``), each with ``subject_key``, ``order_key`` and
+            ``source_fields``.
+        subject_key: the field that groups visits of one subject.
+        order_key: the field that orders a subject's visits (pairs are listed in this order).
+        source_fields: the fields copied from the source visit.
+        prefix: the prefix of the copied fields.
+        include_same: pair each visit with itself too.
+
+    Raises:
+        ValueError: an item lacks a needed field, or no subject has two visits (no pair teaches a change).
+    """
+    needed = {subject_key, order_key, *source_fields}
+    by_subject: dict[Any, list[dict[str, Any]]] = {}
+    for i, item in enumerate(items):
+        missing = sorted(needed - set(item))
+        if missing:
+            raise ValueError(f"item {i} lacks {missing} needed to pair visits: {item!r}.")
+        by_subject.setdefault(item[subject_key], []).append(item)
+    if not any(len(v) > 1 for v in by_subject.values()):
+        raise ValueError(f"no subject has two visits (grouped by {subject_key!r}): longitudinal training needs "
+                         "repeated scans of the same subjects.")
+    pairs = []
+    for visits in by_subject.values():
+        visits = sorted(visits, key=lambda v: v[order_key])
+        for src in visits:
+            for tgt in visits:
+                if src is tgt and not include_same:
+                    continue
+                pairs.append({**tgt, **{prefix + f: src[f] for f in source_fields}})
+    return pairs
 
 
 def output_names(images: Sequence[str], root: str | os.PathLike | None = None) -> list[str]:

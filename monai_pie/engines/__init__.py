@@ -22,7 +22,7 @@ from .evaluator import (
     ProgressionSummary,
 )
 from .sparse_schedule import SPARSE_KEEP_MODES, SparseBackpropHandler, SparseKeepSchedule
-from .weights import LoadWeights, load_network_weights, load_weights
+from .weights import LoadWeights, load_network_weights, load_weights, load_widened_weights
 from .writers import (
     ProgressionToInputGridd,
     SaveFramesd,
@@ -62,5 +62,6 @@ __all__ = [
     "load_checkpoint",
     "load_network_weights",
     "load_weights",
+    "load_widened_weights",
     "reconstruction_prepare_batch",
 ]

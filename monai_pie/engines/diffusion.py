@@ -66,10 +66,14 @@ class LatentDiffusionPrepareBatch:
             are keyed by their content, so random augmentations only cost misses. 0 (default) disables it. With a
             deterministic preprocessing this removes the encoder from every iteration after the first epoch (about
             3x faster for the brain bundle on CPU).
+        scan_image_key: for a scan-conditioned model (``ScanCovariateConditioner``), the batch key of the image whose
+            latent conditions the denoiser (e.g. ``"source_image"`` of ``longitudinal_pairs``); it is encoded like the
+            image (and cached) and passed under the conditioner's ``scan_key``.
     """
 
     def __init__(self, model: LatentDiffusionModel, scheduler: Any, condition_keys: Sequence[str] = (),
-                 condition_dropout: float = 0.1, image_key: str = "image", latent_cache_size: int = 0) -> None:
+                 condition_dropout: float = 0.1, image_key: str = "image", latent_cache_size: int = 0,
+                 scan_image_key: str | None = None) -> None:
         if not 0.0 <= condition_dropout < 1.0:
             raise ValueError(f"`condition_dropout` must be in [0, 1), got {condition_dropout}.")
         self.model = _unwrap(model)
@@ -82,6 +86,14 @@ class LatentDiffusionPrepareBatch:
             raise ValueError(f"`latent_cache_size` must be >= 0, got {latent_cache_size}.")
         self.latent_cache_size = int(latent_cache_size)
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.scan_image_key = scan_image_key
+        self.scan_key = getattr(self.model.conditioner, "scan_key", None)
+        if scan_image_key is not None and self.scan_key is None:
+            raise ValueError(f"`scan_image_key` {scan_image_key!r} is set, but the model's conditioner takes no scan "
+                             "(use a ScanCovariateConditioner).")
+        if scan_image_key is None and self.scan_key is not None:
+            raise ValueError("the model is conditioned on the subject's scan (its conditioner has `scan_key`): set "
+                             "`scan_image_key` to the batch key of the source image (e.g. 'source_image').")
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The training target for ``x0`` ``(B, C_lat, *spatial)`` noised with ``noise`` at ``timesteps`` ``(B,)``."""
@@ -118,6 +130,13 @@ class LatentDiffusionPrepareBatch:
         x_t = self.scheduler.add_noise(original_samples=z, noise=noise, timesteps=timesteps)
         target = self.target(z, noise, timesteps)
         cond = collect_condition(batchdata, self.condition_keys, z.device)
+        if self.scan_image_key is not None:
+            if self.scan_image_key not in batchdata:
+                raise KeyError(f"batch lacks the scan image {self.scan_image_key!r}; it has {sorted(batchdata)}. "
+                               "Pair the visits first (monai_pie.data.longitudinal_pairs).")
+            scan = batchdata[self.scan_image_key]
+            scan = (scan.as_tensor() if hasattr(scan, "as_tensor") else scan).to(device, non_blocking=non_blocking)
+            cond = {**(cond or {}), self.scan_key: self.encode(scan)}
         fwd: dict[str, Any] = {"timesteps": timesteps}
         if cond is not None:
             fwd["condition"] = cond

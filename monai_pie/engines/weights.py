@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["LoadWeights", "load_network_weights", "load_weights"]
+__all__ = ["LoadWeights", "load_network_weights", "load_weights", "load_widened_weights"]
 
 _MAX_LISTED = 3  # keys named per kind of mismatch
 
@@ -61,6 +61,52 @@ def load_network_weights(network: torch.nn.Module, path: str | Path, what: str =
                          "with other settings (channels, image size, context width) or for another bundle; use the "
                          "weights trained with this config, or the config they were trained with.")
     target.load_state_dict(state)
+
+
+def load_widened_weights(network: torch.nn.Module, path: str | Path, what: str = "model") -> list[str]:
+    """Warm-start ``network`` from weights trained for fewer inputs: a tensor the network holds with a wider
+    dimension 1 (a first convolution taking concatenated condition channels, an MLP taking more covariates) gets the
+    file's values in its leading slice and zeros in the rest, so the widened network starts out computing exactly
+    what the file's network did, ignoring the new inputs. A buffer of another shape (set by the config, such as a
+    conditioner's covariate ranges) keeps the network's own value; every other tensor must match.
+
+    Returns:
+        The names of the widened tensors and of the buffers kept.
+
+    Raises:
+        ValueError: keys missing on either side, or a parameter shape that differs otherwise than by a wider
+            dimension 1.
+    """
+    state = load_weights(path, what)
+    target = _unwrap(network)
+    own = target.state_dict()
+    parameters = {name for name, _ in target.named_parameters()}
+    widened, bad = [], []
+    for key, value in own.items():
+        if key not in state:
+            bad.append(f"{key}: missing from the file")
+            continue
+        old = state[key]
+        if old.shape == value.shape:
+            continue
+        if key not in parameters:
+            state[key] = value
+            widened.append(key)
+        elif old.ndim == value.ndim >= 2 and old.shape[0] == value.shape[0] and old.shape[2:] == value.shape[2:] \
+                and old.shape[1] < value.shape[1]:
+            new = torch.zeros_like(value)
+            new[:, : old.shape[1]] = old.to(value.dtype)
+            state[key] = new
+            widened.append(key)
+        else:
+            bad.append(f"{key}: file {tuple(old.shape)} vs network {tuple(value.shape)}")
+    bad += [f"{key}: not in the network" for key in state if key not in own]
+    if bad:
+        more = f" and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
+        raise ValueError(f"{what} weights at {path} cannot warm-start this network (only a wider input dimension is "
+                         f"filled in): {'; '.join(bad[:_MAX_LISTED])}{more}.")
+    target.load_state_dict(state)
+    return widened
 
 
 class LoadWeights:

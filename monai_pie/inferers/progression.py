@@ -10,16 +10,20 @@ Per round ``n = 1..N`` (latent space throughout; only returned frames are decode
 With ``n_restarts > 1`` the denoised latents of several noise draws are averaged before blending (BrLP's latent
 average stabilisation) and their per-voxel standard deviation is returned as an uncertainty map.
 
-``edit_mode="counterfactual"`` (beyond PIE) inverts the input once and edits by a difference of reconstructions::
+``edit_mode="counterfactual"`` (beyond PIE) brings the input to level K once and edits by a difference of
+reconstructions from that same point::
 
-    z_K   = DDIM-invert z* to level K under the SOURCE condition (the input's own state)
-    z_src = denoise z_K under the source condition            # the model's reconstruction of the input
+    z_K^r = DDIM-invert z* to level K under the SOURCE condition (noise_mode="ddim_inversion"), or
+            noise z* to level K with draw r = 1..R (noise_mode="stochastic")
+    z_src = denoise z_K^r under the source condition          # the model's reconstruction of the input
     c_n   = lerp(source, target, n / N)                       # covariates interpolated, or embeddings
-    z_n   = z* + M * (denoise z_K under c_n - z_src)          # same latent, same steps: only the condition differs
+    z_n   = z* + M * mean_r (denoise z_K^r under c_n - z_src) # same latent, same steps: only the condition differs
 
 A target equal to the source is the identity by construction (every frame is the input), whatever the
 autoencoder's or the inversion's error; frame ``n`` is the counterfactual at ``n / N`` of the way, so intermediate
-frames are a dose-response, not a repeated drift.
+frames are a dose-response, not a repeated drift. The difference of one pair carries the denoiser's
+start-dependent error; averaging ``R = n_restarts`` pairs (each pair shares its noise) keeps the part that the
+condition explains, and their spread is returned as the uncertainty.
 """
 
 from __future__ import annotations
@@ -67,6 +71,15 @@ def resize_mask(mask: torch.Tensor, spatial_shape: tuple[int, ...]) -> torch.Ten
     return F.adaptive_avg_pool3d(mask, spatial_shape) if mask.ndim == 5 else F.adaptive_avg_pool2d(mask, spatial_shape)
 
 
+def with_own_scan(model: Any, condition: Any, z_star: torch.Tensor) -> Any:
+    """A raw covariate condition with the input's own latent ``z_star`` added under the conditioner's ``scan_key``,
+    for a scan-conditioned model (``ScanCovariateConditioner``); any other condition is returned as it is."""
+    key = getattr(getattr(model, "conditioner", None), "scan_key", None)
+    if key is None or not isinstance(condition, Mapping) or key in condition:
+        return condition
+    return {**condition, key: z_star}
+
+
 def _interpolate_condition(model: DiffusionModel, source: Any, target: Any, src: DiffusionCondition,
                            tgt: DiffusionCondition, weight: float, like: torch.Tensor) -> DiffusionCondition:
     """The condition ``weight`` of the way from source to target: raw covariates (mappings with the same keys) are
@@ -76,7 +89,9 @@ def _interpolate_condition(model: DiffusionModel, source: Any, target: Any, src:
         return tgt
     if isinstance(source, Mapping) and isinstance(target, Mapping) and set(source) == set(target):
         as_row = lambda v: torch.as_tensor(v, dtype=torch.float32).reshape(-1).cpu()
-        raw = {k: torch.lerp(as_row(source[k]), as_row(target[k]), float(weight)) for k in source}
+        # an image-valued entry (the scan of a scan-conditioned model) is the same on both sides: kept, not lerped
+        raw = {k: source[k] if torch.is_tensor(source[k]) and source[k].ndim >= 3 else
+               torch.lerp(as_row(source[k]), as_row(target[k]), float(weight)) for k in source}
         cond, _ = DiffusionSampler.prepare_conditions(model, raw, like)
         return cond
     return src.lerp(tgt, weight)
@@ -183,9 +198,10 @@ class ProgressionInferer(Inferer):
         composite_background: paste the input's pixels outside the ROI into every frame (soft mask on the image grid).
         device: where the result's tensors are put (e.g. ``"cpu"`` to keep GPU memory free for the model); default
             the inputs' device. 3D Slicer's bundle runner sets it.
-        edit_mode: ``"pie"`` (the paper's rounds) or ``"counterfactual"`` (one inversion, then frames as differences
-            of target- and source-conditioned reconstructions; needs ``source_condition``; ``blend_*``, ``anchor``,
-            ``noise_mode`` and ``n_restarts`` do not apply). See the module docstring.
+        edit_mode: ``"pie"`` (the paper's rounds) or ``"counterfactual"`` (the input brought to level K once by
+            ``noise_mode``, then frames as differences of target- and source-conditioned reconstructions from there,
+            averaged over ``n_restarts`` noise draws; needs ``source_condition``; ``blend_*`` and ``anchor`` do not
+            apply). See the module docstring.
         progress: progress bars over rounds and steps.
         precision, accelerate: passed to the ``DiffusionSampler``: ``"bf16"`` autocasts the denoiser (faster on bf16
             hardware; error on the shipped brain bundle in docs/performance.md); ``accelerate`` switches attention to
@@ -251,9 +267,11 @@ class ProgressionInferer(Inferer):
         self.n_restarts = int(n_restarts)
         self.decode = decode
         self.composite_background = composite_background
-        if edit_mode == "counterfactual" and n_restarts > 1:
-            raise ValueError("`n_restarts` > 1 does not apply to edit_mode='counterfactual' (one deterministic "
-                             "inversion); use n_restarts=1.")
+        if (edit_mode == "counterfactual" and n_restarts > 1 and noise_mode == "ddim_inversion"
+                and (eta == 0 or method != "ddim")):
+            raise ValueError("`n_restarts` > 1 with edit_mode='counterfactual' and noise_mode='ddim_inversion' repeats "
+                             "one deterministic edit; use noise_mode='stochastic' (a noise draw per restart), or "
+                             "n_restarts=1.")
         self.device = None if device is None else torch.device(device)
         self.edit_mode = edit_mode
         self.progress = progress
@@ -317,11 +335,13 @@ class ProgressionInferer(Inferer):
             mask_lat = resize_mask(mask_img, lat_shape)
         weight_lat = mask_lat if mask_lat is not None else torch.ones_like(z_star[:, :1])
 
+        condition, source_condition = (with_own_scan(model, c, z_star) for c in (condition, source_condition))
         cond, null = sampler.prepare_conditions(model, condition, z_star, null_condition, self.guidance_scale)
         model.check_denoiser_input(z_star, cond, name="inputs")
         if self.edit_mode == "counterfactual":
-            latents = self._counterfactual(model, z_star, condition, cond, source_condition, null, weight_lat, gen)
-            result = self._result(model, x0, latents, [], mask_img, weight_lat, base)
+            latents, stds = self._counterfactual(model, z_star, condition, cond, source_condition, null, weight_lat,
+                                                 gen)
+            result = self._result(model, x0, latents, stds, mask_img, weight_lat, base)
             result.seconds = time.perf_counter() - started
             return result
         cond_r = cond.repeat_interleave(R) if not cond.is_empty else cond
@@ -363,29 +383,39 @@ class ProgressionInferer(Inferer):
     # ------------------------------------------------------------------ counterfactual mode
     def _counterfactual(self, model: DiffusionModel, z_star: torch.Tensor, target: Any, tgt: DiffusionCondition,
                         source: Any, null: DiffusionCondition | None, weight_lat: torch.Tensor,
-                        gen: torch.Generator | None) -> list[torch.Tensor]:
-        """Latents ``[z*, z_1, ..., z_N]`` of a counterfactual edit (see the module docstring); ``target`` is the raw
-        target condition, ``tgt`` the same prepared."""
+                        gen: torch.Generator | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Latents ``[z*, z_1, ..., z_N]`` of a counterfactual edit (see the module docstring) and, with restarts, the
+        per-frame spread of the restarts' differences; ``target`` is the raw target condition, ``tgt`` the same
+        prepared."""
         if source is None:
             raise ValueError("edit_mode='counterfactual' needs `source_condition`: the input's own condition (e.g. its "
                              "age, sex and current stage), so that an edit toward it changes nothing.")
-        sampler, levels = self.sampler, self.levels
+        sampler, levels, R = self.sampler, self.levels, self.n_restarts
+        repeat = lambda c: c.repeat_interleave(R) if c is not None and not c.is_empty else c
         src, _ = sampler.prepare_conditions(model, source, z_star)
-        z_k = sampler.invert(model, z_star, levels=levels, condition=src, progress=False)
+        src_r, null_r = repeat(src), repeat(null)
+        z_rep = z_star.repeat_interleave(R, 0)
+        if self.noise_mode == "ddim_inversion":
+            z_k = sampler.invert(model, z_rep, levels=levels, condition=src_r, progress=False)
+        else:
+            z_k = sampler.add_noise(z_rep, levels[0], gen)
         state = gen.get_state() if gen is not None else None
 
         def reconstruct(cond: DiffusionCondition, desc: str) -> torch.Tensor:
             if gen is not None:  # the same noise for every condition (matters only when eta > 0)
                 gen.set_state(state)
-            return sampler.sample(model, z_k, levels=levels, condition=cond, null_condition=null,
+            return sampler.sample(model, z_k, levels=levels, condition=cond, null_condition=null_r,
                                   guidance_scale=self.guidance_scale, generator=gen, progress=self.progress, desc=desc)
 
-        z_src = reconstruct(src, "source")
-        latents = [z_star]
+        z_src = reconstruct(src_r, "source")
+        latents, stds = [z_star], []
         for n in tqdm(range(1, self.num_rounds + 1), desc="counterfactual frames", disable=not self.progress):
             cond_n = _interpolate_condition(model, source, target, src, tgt, n / self.num_rounds, z_star)
-            latents.append(z_star + weight_lat * (reconstruct(cond_n, "target") - z_src))
-        return latents
+            diff = (reconstruct(repeat(cond_n), "target") - z_src).reshape(z_star.shape[0], R, *z_star.shape[1:])
+            latents.append(z_star + weight_lat * diff.mean(1))
+            if R > 1:
+                stds.append(diff.std(1))
+        return latents, stds
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

@@ -60,6 +60,13 @@ THRESHOLDS = {
     "identity_corr_min": 0.3, "retrieval_min": 0.95, "specificity_max": 0.25, "baseline_margin": 0.05,
 }
 COUNTERFACTUAL_CANDIDATES = ({"strength": 0.3}, {"strength": 0.5})
+#: the scan-conditioned model (the bundle's configs/longitudinal.json) sees the subject's own scan, so it may start
+#: from more noise than the cross-sectional one without losing the subject
+LONGITUDINAL_CONFIG = "longitudinal.json"
+LONGITUDINAL_MODE = "longitudinal counterfactual (tuned)"
+LONGITUDINAL_CANDIDATES = tuple({"strength": s, "guidance_scale": g} for s in (0.5, 0.7) for g in (2.0, 3.0))
+#: counterfactual frames n = 1..4 of 4 are the dose stages exactly (0.3, 0.5, 0.7, 0.9 from 0.1)
+COUNTERFACTUAL_ROUNDS = 4
 
 
 # --------------------------------------------------------------------------------------------------- subjects
@@ -112,15 +119,17 @@ def true_change(s: Subject, stage: float = TARGET_STAGE) -> dict[str, float]:
 def run_edits(progression_bundle: Path, model_path: str | None, settings: ProgressionSettings,
               subjects: list[Subject], targets: dict[str, float], out_dir: Path,
               overrides: dict[str, Any] | None = None) -> dict[tuple[str, str], list[str]]:
-    """Every subject toward every target in one run of the progression bundle; ``{(subject key, target): frames}``."""
+    """Every subject toward every target in one run of the progression bundle; ``{(subject key, target): frames}``.
+    ``model_path`` (default: the weights the bundle's config, or the settings' ``config``, names) replaces the
+    weights."""
     items, keys = [], []
     for s in subjects:
         for name, stage in targets.items():
             items.append({"image": s.path, "age": s.age, "sex": s.sex, "seed": s.noise, "target_stage": stage,
                           "source_stage": SOURCE_STAGE})
             keys.append((s.key, name))
-    run_overrides = {**(overrides or {}), **settings.as_dict(), "datalist": items, "output_dir": str(out_dir),
-                     "output_subfolders": True, "progress": False}
+    run_overrides = {**(overrides or {}), **settings.bundle_overrides(progression_bundle), "datalist": items,
+                     "output_dir": str(out_dir), "output_subfolders": True, "progress": False}
     if model_path:
         run_overrides["model_path"] = model_path
     parser = run_bundle(progression_bundle, run_overrides)
@@ -377,10 +386,12 @@ def results_from_frames(frames: dict[tuple[str, str], list[str]], subjects: list
     return out
 
 
-def edit_subjects(progression: Path, model_path: str | None, settings: ProgressionSettings, subjects: list[Subject],
-                  out_dir: Path, overrides: dict[str, Any] | None) -> dict[str, EditResult]:
-    frames = run_edits(progression, model_path, settings, subjects, {"target": TARGET_STAGE, "null": SOURCE_STAGE},
-                       out_dir, overrides)
+def edit_subjects(progression: Path, weights: dict[str | None, str | None], settings: ProgressionSettings,
+                  subjects: list[Subject], out_dir: Path, overrides: dict[str, Any] | None) -> dict[str, EditResult]:
+    """Each subject's AD and null edits with ``settings``; ``weights`` maps a settings ``config`` (``None``: the
+    bundle's own model) to the weights to use (``None``: the ones the config names)."""
+    frames = run_edits(progression, weights.get(settings.config), settings, subjects,
+                       {"target": TARGET_STAGE, "null": SOURCE_STAGE}, out_dir, overrides)
     return results_from_frames(frames, subjects, settings)
 
 
@@ -398,8 +409,11 @@ def tune_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_sett
                progression_bundle: str = "brain_mri_progression", overwrite: bool = False,
                overrides: dict[str, Any] | None = None, readers: tuple[str, ...] = READERS,
                candidates: tuple[dict[str, Any], ...] = COUNTERFACTUAL_CANDIDATES,
-               settings_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Tuning split: validate the readers and pick one per marker, pick the counterfactual setting, freeze both.
+               settings_overrides: dict[str, Any] | None = None,
+               longitudinal_candidates: tuple[dict[str, Any], ...] = LONGITUDINAL_CANDIDATES,
+               longitudinal_model_path: str | None = None) -> dict[str, Any]:
+    """Tuning split: validate the readers and pick one per marker, pick the counterfactual setting of the
+    cross-sectional model and of the longitudinal (scan-conditioned) one, freeze them all.
 
     Writes ``settings_file`` (refuses to replace one unless ``overwrite``): the modes' settings, the readers, the
     split seeds and the thresholds, with the tuning numbers that chose them.
@@ -416,6 +430,9 @@ def tune_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_sett
         readers: Readers to validate and choose from.
         candidates: Counterfactual settings to try (keys of :class:`ProgressionSettings`).
         settings_overrides: Applied to every mode's settings before freezing (e.g. fewer steps for a quick run).
+        longitudinal_candidates: Counterfactual settings to try with the longitudinal model (the bundle's
+            ``configs/longitudinal.json``); empty: no longitudinal mode.
+        longitudinal_model_path: Its weights; default the bundle's ``models/model_longitudinal.pt``.
     """
     t0 = time.perf_counter()
     load_datalist(Path(cohort_dir) / "datalist.json", "training", cohort_dir)  # the cohort exists: fail now
@@ -426,33 +443,44 @@ def tune_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_sett
     reader_validation = validate_readers(subjects, ae, ctx, tuple(readers))
     chosen = choose_readers(reader_validation)
     base = ProgressionSettings.from_config(parse_bundle(progression).config).replace(**(settings_overrides or {}))
-    tried = []
-    for cand in candidates:
-        settings = base.replace(edit_mode="counterfactual", num_rounds=8, **cand)
-        res = edit_subjects(progression, model_path, settings, subjects,
-                            work / ("cf_" + "_".join(f"{k}{v}" for k, v in cand.items())), overrides)
-        summary = measure(res, subjects, chosen, ctx, None)
-        score = float(np.mean([abs(summary["stats"][f"{m}_ratio"][0] - 1.0) for m in MARKERS])
-                      + (1.0 - summary["stats"]["r2"][0]))
-        tried.append({"settings": settings.as_dict(), "score": score,
-                           "ratios": {m: summary["stats"][f"{m}_ratio"][0] for m in MARKERS},
-                           "r2": summary["stats"]["r2"][0]})
-    best = min(tried, key=lambda c: c["score"])
+    weights = {None: model_path, LONGITUDINAL_CONFIG: longitudinal_model_path}
+
+    def pick(cands: tuple[dict[str, Any], ...], config: str | None, prefix: str) -> tuple[dict[str, Any], list]:
+        tried = []
+        for cand in cands:
+            settings = base.replace(edit_mode="counterfactual", num_rounds=COUNTERFACTUAL_ROUNDS, config=config,
+                                    **cand)
+            res = edit_subjects(progression, weights, settings, subjects,
+                                work / (prefix + "_".join(f"{k}{v}" for k, v in cand.items())), overrides)
+            summary = measure(res, subjects, chosen, ctx, None)
+            score = float(np.mean([abs(summary["stats"][f"{m}_ratio"][0] - 1.0) for m in MARKERS])
+                          + (1.0 - summary["stats"]["r2"][0]))
+            tried.append({"settings": settings.as_dict(), "score": score,
+                          "ratios": {m: summary["stats"][f"{m}_ratio"][0] for m in MARKERS},
+                          "r2": summary["stats"]["r2"][0]})
+        return min(tried, key=lambda c: c["score"]), tried
+
+    best, tried = pick(candidates, None, "cf_")
+    more, tuning = {}, {"reader_validation": reader_validation, "counterfactual_candidates": tried}
+    if longitudinal_candidates:
+        best_long, tuning["longitudinal_candidates"] = pick(longitudinal_candidates, LONGITUDINAL_CONFIG, "long_")
+        more[LONGITUDINAL_MODE] = best_long["settings"]
     frozen = freeze_settings(
         path, "monai_pie.validation.brain_protocol", progression, best["settings"], settings_overrides,
         {"tuning_seed": TUNING_SEED, "evaluation_seed": EVALUATION_SEED, "tuning_subjects": num_subjects}, THRESHOLDS,
-        {"reader_validation": reader_validation, "counterfactual_candidates": tried}, t0,
-        stages={"source": SOURCE_STAGE, "target": TARGET_STAGE, "dose": list(DOSE_STAGES)}, readers=chosen)
+        tuning, t0, more_modes=more, stages={"source": SOURCE_STAGE, "target": TARGET_STAGE, "dose": list(DOSE_STAGES)},
+        readers=chosen)
     return {"settings_file": str(path), "readers": chosen, "counterfactual": best,
-            "seconds": frozen["tuning"]["seconds"]}
+            **({"longitudinal": more[LONGITUDINAL_MODE]} if more else {}), "seconds": frozen["tuning"]["seconds"]}
 
 
 def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_settings.json",
                    output_dir: str = "docs", work_dir: str = "outputs/validation/brain_eval", num_subjects: int = 20,
                    num_seeds: int = 3, model_path: str | None = None,
                    progression_bundle: str = "brain_mri_progression",
-                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Evaluation split: fresh subjects, the frozen settings, every mode and the linear baseline; the report."""
+                   overrides: dict[str, Any] | None = None, longitudinal_model_path: str | None = None) -> dict[str, Any]:
+    """Evaluation split: fresh subjects, the frozen settings, every mode and the linear baseline; the report.
+    ``model_path`` / ``longitudinal_model_path`` replace the bundle's cross-sectional / longitudinal weights."""
     t0 = time.perf_counter()
     load_datalist(Path(cohort_dir) / "datalist.json", "training", cohort_dir)  # the baseline's cohort: fail now
     path = Path(settings_file)
@@ -467,7 +495,8 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
     for name, settings in validation_modes(progression, frozen).items():
         t = time.perf_counter()
         slug = "".join(c if c.isalnum() else "_" for c in name)
-        res = edit_subjects(progression, model_path, settings, subjects, work / slug, overrides)
+        res = edit_subjects(progression, {None: model_path, LONGITUDINAL_CONFIG: longitudinal_model_path}, settings,
+                            subjects, work / slug, overrides)
         timing[name] = time.perf_counter() - t
         methods[name] = {"settings": settings.as_dict(), **measure(res, subjects, readers, ctx, ae)}
         shown[name] = res[subjects[0].key]
@@ -487,6 +516,7 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
                                                                 max(gap_r2, gap_r) <= THRESHOLDS["baseline_margin"])
     params = {"settings_file": str(path), "settings_sha256": digest, "num_subjects": num_subjects,
               "num_seeds": num_seeds, "model_path": model_path or "the bundle's models/model.pt",
+              "longitudinal_model_path": longitudinal_model_path or "the bundle's models/model_longitudinal.pt",
               "seconds_per_mode": timing, "cohort_dir": cohort_dir}
     return write_evaluation("brain", methods, frozen, params, t0, output_dir, write_report)
 
@@ -518,7 +548,9 @@ def write_report(methods: dict[str, Any], frozen: dict[str, Any], params: dict[s
         f"{frozen['frozen_at']} on {frozen['splits']['tuning_subjects']} tuning subjects, seeds "
         f"{frozen['splits']['tuning_seed']}+); evaluation: {first['num_subjects']} fresh subjects (seeds "
         f"{frozen['splits']['evaluation_seed']}+) x {first['num_seeds']} noise/sampler seeds; model "
-        f"{params['model_path']}; {params['seconds'] / 60:.0f} min in all.  ",
+        f"{params['model_path']}"
+        + (f", longitudinal model {params['longitudinal_model_path']}" if LONGITUDINAL_MODE in methods else "")
+        + f"; {params['seconds'] / 60:.0f} min in all.  ",
         f"Edits go from stage {SOURCE_STAGE} to {TARGET_STAGE} (AD); the null edit goes to the subject's own stage "
         f"{SOURCE_STAGE}. Readers (chosen on the tuning split): "
         + ", ".join(f"{m}: `{r}`" for m, r in frozen["readers"].items()) + ". Maps are compared after Gaussian "

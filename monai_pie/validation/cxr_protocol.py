@@ -177,7 +177,7 @@ def run_edits(progression: Path, model_path: str | None, settings: ProgressionSe
         if reuse:
             frames = done["frames"]
         else:
-            run_overrides = {**(overrides or {}), **settings.as_dict(), "datalist": items,
+            run_overrides = {**(overrides or {}), **settings.bundle_overrides(progression), "datalist": items,
                              "output_dir": str(index.parent), "output_subfolders": True, "progress": False,
                              "dataloader#batch_size": batch_size}
             if model_path:

@@ -66,13 +66,16 @@ def write_evaluation(task: str, methods: dict[str, Any], frozen: dict[str, Any],
 
 def freeze_settings(path: Path, protocol: str, progression: str | Path, counterfactual: dict[str, Any],
                     settings_overrides: Mapping[str, Any] | None, splits: dict[str, Any], thresholds: dict[str, Any],
-                    tuning: dict[str, Any], t0: float, **extra: Any) -> dict[str, Any]:
+                    tuning: dict[str, Any], t0: float, more_modes: Mapping[str, dict[str, Any]] | None = None,
+                    **extra: Any) -> dict[str, Any]:
     """Write the frozen settings file: the bundle's PIE setting, PIE's published one (both with
-    ``settings_overrides``) and the tuned ``counterfactual`` setting, with the splits, ``extra`` entries (readers,
-    stages), the thresholds and the ``tuning`` numbers that chose them (plus the seconds since ``t0``)."""
+    ``settings_overrides``), the tuned ``counterfactual`` setting and ``more_modes`` (name: settings), with the splits,
+    ``extra`` entries (readers, stages), the thresholds and the ``tuning`` numbers that chose them (plus the seconds
+    since ``t0``)."""
     modes = {name: s.replace(**(settings_overrides or {})).as_dict()
              for name, s in validation_modes(progression).items()}
     modes["counterfactual (tuned)"] = counterfactual
+    modes.update(more_modes or {})
     frozen = {"protocol": protocol, "frozen_at": time.strftime("%Y-%m-%d %H:%M:%S"), "splits": splits, **extra,
               "modes": modes, "thresholds": thresholds,
               "tuning": {**tuning, "seconds": round(time.perf_counter() - t0, 1)}}

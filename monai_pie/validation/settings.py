@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 __all__ = ["SWEEP_SETTINGS", "ProgressionSettings"]
@@ -24,6 +26,8 @@ class ProgressionSettings:
         noise_mode: ``"stochastic"`` or ``"ddim_inversion"``.
         n_restarts: noise draws averaged per round.
         edit_mode: ``"pie"`` or ``"counterfactual"``.
+        config: another config file of the progression bundle layered last (e.g. ``"longitudinal.json"``: another
+            model, with its own weights); ``None`` runs the bundle's ``inference.json`` as it is.
     """
 
     strength: float
@@ -36,6 +40,7 @@ class ProgressionSettings:
     noise_mode: str
     n_restarts: int
     edit_mode: str = "pie"
+    config: str | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], **overrides: Any) -> ProgressionSettings:
@@ -45,7 +50,7 @@ class ProgressionSettings:
         unknown = set(overrides) - set(names)
         if unknown:
             raise ValueError(f"unknown PIE settings {sorted(unknown)}; the settings are {names}.")
-        values = {n: config[n] for n in names}
+        values = {n: config[n] for n in names if n != "config"}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -58,21 +63,43 @@ class ProgressionSettings:
         from ..inferers import ProgressionInferer
 
         defaults = {k: v.default for k, v in inspect.signature(ProgressionInferer).parameters.items()}
-        return cls(**{f.name: defaults[f.name] for f in fields(cls)})
+        return cls(**{f.name: defaults[f.name] for f in fields(cls) if f.name != "config"})
 
     def replace(self, **changes: Any) -> ProgressionSettings:
         """A copy with ``changes``."""
         return replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:
-        """The settings as bundle config overrides."""
-        return asdict(self)
+        """The settings as a dict (for settings files and reports; ``config`` only when set)."""
+        values = asdict(self)
+        if values["config"] is None:
+            del values["config"]
+        return values
+
+    def inferer_settings(self) -> dict[str, Any]:
+        """The ``ProgressionInferer`` arguments (and progression bundle keys) among the settings."""
+        values = asdict(self)
+        del values["config"]
+        return values
+
+    def bundle_overrides(self, bundle: str | Path) -> dict[str, Any]:
+        """The settings as config overrides of the progression ``bundle``: with ``config`` set, that file's entries
+        (``_comment`` keys left out) and then the settings."""
+        if self.config is None:
+            return self.inferer_settings()
+        from ..bundle_tools import bundle_dir
+
+        path = bundle_dir(bundle) / "configs" / self.config
+        if not path.is_file():
+            raise FileNotFoundError(f"the settings name the config {self.config!r}, but {path} does not exist.")
+        extra = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+        return {**extra, **self.inferer_settings()}
 
     def inferer(self, scheduler: Any, progress: bool = False) -> Any:
         """A ``ProgressionInferer`` with these settings."""
         from ..inferers import ProgressionInferer
 
-        return ProgressionInferer(scheduler, progress=progress, **self.as_dict())
+        return ProgressionInferer(scheduler, progress=progress, **self.inferer_settings())
 
     def with_edit(self, strength: float, blend_in: float, anchor: str) -> ProgressionSettings:
         """The same settings with another ``(strength, blend_in, anchor)``."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from monai_pie.data.datalist import as_items, generation_items, load_datalist, output_names
+from monai_pie.data.datalist import as_items, generation_items, load_datalist, longitudinal_pairs, output_names
 
 
 def _write(tmp_path: Path, content: object, name: str = "datalist.json") -> Path:
@@ -251,3 +251,28 @@ def test_bare_paths_work_in_every_split_and_other_fields_resolve_only_when_they_
     items = load_datalist(tmp_path / "list.json", "training", tmp_path)
     assert items[0] == {"image": str(tmp_path / "a.png")}
     assert items[1] == {"image": str(tmp_path / "b.png"), "roi": str(tmp_path / "mask.nii.gz"), "prompt": "edema"}
+
+
+def _visit(subject, visit, stage):
+    return {"image": f"{subject}_{visit}.nii.gz", "subject_id": subject, "visit": visit, "age": 70.0 + 2 * visit,
+            "stage": stage}
+
+
+def test_longitudinal_pairs_pair_every_visit_of_a_subject_both_ways():
+    items = [_visit("a", 1, 0.3), _visit("a", 0, 0.1), _visit("b", 0, 0.5), _visit("a", 2, 0.6)]
+    pairs = longitudinal_pairs(items)
+    a = [(p["source_image"], p["image"]) for p in pairs if p["subject_id"] == "a"]
+    assert len(a) == 9 and len(set(a)) == 9  # 3 x 3 ordered pairs, self-pairs included
+    assert [p for p in pairs if p["subject_id"] == "b"] == [{**items[2], "source_image": "b_0.nii.gz",
+                                                              "source_age": 70.0, "source_stage": 0.5}]
+    forward = next(p for p in pairs if p["source_image"] == "a_0.nii.gz" and p["image"] == "a_2.nii.gz")
+    assert (forward["source_stage"], forward["stage"], forward["source_age"], forward["age"]) == (0.1, 0.6, 70.0, 74.0)
+    assert len(longitudinal_pairs(items, include_same=False)) == 6
+    assert items[0] == _visit("a", 1, 0.3)  # the input items are not modified
+
+
+def test_longitudinal_pairs_errors_name_the_problem():
+    with pytest.raises(ValueError, match=r"item 1 lacks \['visit'\]"):
+        longitudinal_pairs([_visit("a", 0, 0.1), {"image": "x", "subject_id": "a", "age": 1, "stage": 0.2}])
+    with pytest.raises(ValueError, match="no subject has two visits"):
+        longitudinal_pairs([_visit("a", 0, 0.1), _visit("b", 0, 0.2)])

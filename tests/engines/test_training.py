@@ -220,3 +220,30 @@ def test_latent_cache_encodes_each_image_once_and_matches_uncached():
     torch.testing.assert_close(cached.encode(images[:1]), 2.0 * z[:1])
     with pytest.raises(ValueError, match="latent_cache_size"):
         LatentDiffusionPrepareBatch(model, DDPMScheduler(1000), latent_cache_size=-1)
+
+
+def scan_model() -> LatentDiffusionModel:
+    from monai_pie.conditioning import ScanCovariateConditioner
+
+    torch.manual_seed(0)
+    cond = ScanCovariateConditioner(["stage", "source_stage"], embed_dim=8, scan_channels=3)
+    return LatentDiffusionModel(tiny_unet(2, 6, 3, context_dim=8), tiny_autoencoder(2), cond).eval()
+
+
+def test_scan_conditioned_batches_carry_the_source_images_latent():
+    model = scan_model()
+    prep = LatentDiffusionPrepareBatch(model, DDPMScheduler(1000), ["stage", "source_stage"], latent_cache_size=8,
+                                       scan_image_key="source_image")
+    batch = {"image": torch.rand(2, 1, 16, 16), "source_image": torch.rand(2, 1, 16, 16),
+             "stage": torch.tensor([0.5, 0.9]), "source_stage": torch.tensor([0.1, 0.9])}
+    x_t, target, _, fwd = prep(batch)
+    torch.testing.assert_close(fwd["condition"]["scan"], model.encode(batch["source_image"]))
+    assert x_t.shape == target.shape == (2, 3, 8, 8)
+    assert model(x_t, **fwd).shape == (2, 3, 8, 8)  # the forward the trainer calls takes it
+    with pytest.raises(KeyError, match="lacks the scan image 'source_image'.*longitudinal_pairs"):
+        prep({k: v for k, v in batch.items() if k != "source_image"})
+    with pytest.raises(ValueError, match="set `scan_image_key`"):
+        LatentDiffusionPrepareBatch(model, DDPMScheduler(1000), ["stage", "source_stage"])
+    plain = LatentDiffusionModel(tiny_unet(2, 3, 3), tiny_autoencoder(2))
+    with pytest.raises(ValueError, match="conditioner takes no scan"):
+        LatentDiffusionPrepareBatch(plain, DDPMScheduler(1000), scan_image_key="source_image")

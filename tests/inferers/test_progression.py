@@ -304,8 +304,10 @@ def test_counterfactual_frames_are_the_interpolated_covariates():
         conditioner=CovariateConditioner(["stage"], {"stage": (0.0, 1.0)}, embed_dim=8)).eval())
     x = torch.rand(1, 1, 16, 16)
     source = {"stage": torch.tensor([0.1])}
-    two = counterfactual(num_rounds=2)(x, model, condition={"stage": torch.tensor([0.9])}, source_condition=source)
-    one = counterfactual(num_rounds=1)(x, model, condition={"stage": torch.tensor([0.5])}, source_condition=source)
+    two = counterfactual(num_rounds=2)(x, model, condition={"stage": torch.tensor([0.9])}, source_condition=source,
+                                       seed=3)
+    one = counterfactual(num_rounds=1)(x, model, condition={"stage": torch.tensor([0.5])}, source_condition=source,
+                                       seed=3)
     torch.testing.assert_close(two.frames[1], one.frames[1], atol=1e-5, rtol=0)
     assert (two.frames[2] - two.frames[1]).abs().max() > 1e-4
 
@@ -316,6 +318,51 @@ def test_counterfactual_mode_errors_name_the_problem():
     with pytest.raises(ValueError, match="source_condition"):
         counterfactual()(x, model, condition=torch.randn(1, 1, 4))
     with pytest.raises(ValueError, match="n_restarts"):
-        counterfactual(n_restarts=2)
+        counterfactual(n_restarts=2, noise_mode="ddim_inversion")
     with pytest.raises(ValueError, match="edit_mode"):
         pie(edit_mode="dream")
+
+
+def test_counterfactual_restarts_average_paired_noise_draws():
+    """With stochastic starts, each restart's source and target reconstructions share their noise (so a null edit is
+    still the identity), and the frame is the mean of the restarts' differences, whose spread is returned."""
+    model = responsive(latent_model(context_dim=4))
+    x = torch.rand(2, 1, 16, 16)
+    ctx, tgt = torch.randn(2, 1, 4), torch.randn(2, 1, 4)
+    null = counterfactual(num_rounds=2, strength=0.6, n_restarts=3)(x, model, condition=ctx, source_condition=ctx,
+                                                                    seed=0)
+    for frame in null.frames:
+        torch.testing.assert_close(frame, x, rtol=0, atol=0)
+    res = counterfactual(num_rounds=1, strength=0.6, n_restarts=3)(x, model, condition=tgt, source_condition=ctx,
+                                                                   seed=0)
+    assert res.uncertainty is not None and res.uncertainty.shape == (1, 2, 1, 16, 16)
+    assert res.latent_uncertainty.abs().max() > 0  # the draws differ
+    singles = [counterfactual(num_rounds=1, strength=0.6)(x, model, condition=tgt, source_condition=ctx, seed=s)
+               for s in range(2)]
+    assert not torch.allclose(singles[0].latents[-1], singles[1].latents[-1])  # one draw depends on its seed
+    inv = counterfactual(num_rounds=1, strength=0.6, noise_mode="ddim_inversion")
+    a, b = (inv(x, model, condition=tgt, source_condition=ctx, seed=s) for s in (0, 1))
+    torch.testing.assert_close(a.frames, b.frames)  # the inverted start is deterministic
+
+
+def test_a_scan_conditioned_model_is_given_the_inputs_own_latent():
+    from monai_pie.conditioning import ScanCovariateConditioner
+
+    torch.manual_seed(0)
+    cond = ScanCovariateConditioner(["stage"], embed_dim=4, scan_channels=3)
+    model = responsive(LatentDiffusionModel(tiny_unet(2, 6, 3, context_dim=4), tiny_autoencoder(2), scale_factor=0.8,
+                                            conditioner=cond).eval())
+    seen = []
+    forward = cond.forward
+    cond.forward = lambda c: (seen.append(c["scan"]), forward(c))[1]
+    x = torch.rand(2, 1, 16, 16)
+    source = {"stage": torch.tensor([0.1, 0.2])}
+    res = counterfactual(num_rounds=2)(x, model, condition={"stage": torch.tensor([0.9, 0.9])}, source_condition=source,
+                                       seed=0)
+    z_star = model.encode(x)
+    assert seen and all(torch.allclose(s, z_star, atol=1e-5) for s in seen)
+    assert (res.frames[-1] - x).abs().max() > 1e-4
+    same = counterfactual(num_rounds=2)(x, model, condition=dict(source), source_condition=source, seed=0)
+    torch.testing.assert_close(same.frames[-1], x, rtol=0, atol=0)
+    pie_run = pie(num_rounds=1)(x, model, condition={"stage": torch.tensor([0.9, 0.9])}, seed=0)  # PIE rounds too
+    assert pie_run.frames.shape == (2, 2, 1, 16, 16)

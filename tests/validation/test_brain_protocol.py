@@ -82,20 +82,26 @@ def test_evaluation_needs_frozen_settings(tmp_path):
 
 
 @pytest.mark.slow
-def test_tune_then_evaluate_end_to_end(brain_cohort, brain_trained, tmp_path):
+def test_tune_then_evaluate_end_to_end(brain_cohort, brain_trained, longitudinal_trained, tmp_path):
     """Tiny networks, one tuning and two evaluation subjects: the settings are frozen, then read and hashed."""
     from helpers.bundle_helpers import BRAIN_NET, BRAIN_PROG
 
     settings_file = tmp_path / "settings.json"
-    common = dict(model_path=str(brain_trained / "model.pt"), progression_bundle=str(BRAIN_PROG), overrides=BRAIN_NET)
+    common = dict(model_path=str(brain_trained / "model.pt"), progression_bundle=str(BRAIN_PROG), overrides=BRAIN_NET,
+                  longitudinal_model_path=str(longitudinal_trained[0] / "model_longitudinal.pt"))
     tuned = bp.tune_brain(str(brain_cohort), settings_file=str(settings_file), work_dir=str(tmp_path / "tune"),
                           num_subjects=1, readers=("fixed",), candidates=({"strength": 0.3},),
-                          settings_overrides={"num_inference_steps": 4}, **common)
+                          longitudinal_candidates=({"strength": 0.5},), settings_overrides={"num_inference_steps": 4},
+                          **common)
     frozen = json.loads(settings_file.read_text())
     assert tuned["readers"] == {m: "fixed" for m in bp.MARKERS} == frozen["readers"]
-    assert set(frozen["modes"]) == {"PIE, bundle defaults", "PIE, published setting", "counterfactual (tuned)"}
+    assert set(frozen["modes"]) == {"PIE, bundle defaults", "PIE, published setting", "counterfactual (tuned)",
+                                    bp.LONGITUDINAL_MODE}
     assert frozen["modes"]["PIE, published setting"]["guidance_scale"] == 7.5
     assert frozen["modes"]["counterfactual (tuned)"]["edit_mode"] == "counterfactual"
+    assert "config" not in frozen["modes"]["counterfactual (tuned)"]
+    assert frozen["modes"][bp.LONGITUDINAL_MODE]["config"] == bp.LONGITUDINAL_CONFIG
+    assert frozen["modes"][bp.LONGITUDINAL_MODE]["num_rounds"] == bp.COUNTERFACTUAL_ROUNDS
     res = bp.evaluate_brain(str(brain_cohort), settings_file=str(settings_file), output_dir=str(tmp_path / "docs"),
                             work_dir=str(tmp_path / "eval"), num_subjects=2, num_seeds=1, **common)
     report = (tmp_path / "docs" / "validation" / "brain_progression.md").read_text()
@@ -108,5 +114,22 @@ def test_tune_then_evaluate_end_to_end(brain_cohort, brain_trained, tmp_path):
     # the counterfactual null edit is the identity by construction: zero change whatever the model
     assert all(abs(s[f"{m}_null"]) < 1e-9 for s in cf["subjects"].values() for m in bp.MARKERS)
     assert cf["checks"]["null whole brain"][0] == 0.0
+    long = data["methods"][bp.LONGITUDINAL_MODE]
+    assert long["checks"]["null whole brain"][0] == 0.0 and set(long["stats"]) == set(cf["stats"])
+    assert "longitudinal model" in report
     assert data["methods"]["linear baseline"]["checks"]["null ventricle_ml"][1]  # and so is the linear model's
     assert res["seconds"] > 0
+
+
+def test_settings_with_a_config_run_that_config_of_the_bundle():
+    from helpers.bundle_helpers import BRAIN_PROG
+
+    base = ProgressionSettings.published()
+    assert "config" not in base.as_dict() and base.bundle_overrides(BRAIN_PROG) == base.inferer_settings()
+    long = base.replace(config=bp.LONGITUDINAL_CONFIG, edit_mode="counterfactual")
+    overrides = long.bundle_overrides(BRAIN_PROG)
+    assert overrides["model_path"].endswith("/model_longitudinal.pt'") and overrides["edit_mode"] == "counterfactual"
+    assert "config" not in overrides and not any(k.startswith("_") for k in overrides)
+    assert ProgressionSettings(**long.as_dict()) == long  # a frozen file reads back the same settings
+    with pytest.raises(FileNotFoundError, match="nowhere.json"):
+        base.replace(config="nowhere.json").bundle_overrides(BRAIN_PROG)
