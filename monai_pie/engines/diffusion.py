@@ -87,7 +87,7 @@ class LatentDiffusionPrepareBatch:
         self.latent_cache_size = int(latent_cache_size)
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self.scan_image_key = scan_image_key
-        self.scan_key = getattr(self.model.conditioner, "scan_key", None)
+        self.scan_key = self.model.scan_key
         if scan_image_key is not None and self.scan_key is None:
             raise ValueError(f"`scan_image_key` {scan_image_key!r} is set, but the model's conditioner takes no scan "
                              "(use a ScanCovariateConditioner).")

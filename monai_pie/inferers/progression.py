@@ -74,7 +74,7 @@ def resize_mask(mask: torch.Tensor, spatial_shape: tuple[int, ...]) -> torch.Ten
 def with_own_scan(model: Any, condition: Any, z_star: torch.Tensor) -> Any:
     """A raw covariate condition with the input's own latent ``z_star`` added under the conditioner's ``scan_key``,
     for a scan-conditioned model (``ScanCovariateConditioner``); any other condition is returned as it is."""
-    key = getattr(getattr(model, "conditioner", None), "scan_key", None)
+    key = getattr(model, "scan_key", None)
     if key is None or not isinstance(condition, Mapping) or key in condition:
         return condition
     return {**condition, key: z_star}

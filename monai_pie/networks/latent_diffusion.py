@@ -96,6 +96,12 @@ class LatentDiffusionModel(nn.Module):
         return spec.in_channels if spec else None
 
     @property
+    def scan_key(self) -> str | None:
+        """The condition key of the subject's own scan latent when the conditioner takes one
+        (``ScanCovariateConditioner``), else ``None``."""
+        return getattr(self.conditioner, "scan_key", None)
+
+    @property
     def unet_in_channels(self) -> int | None:
         spec = first_conv_spec(self.unet)
         return spec.in_channels if spec else None
