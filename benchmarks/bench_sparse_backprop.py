@@ -133,7 +133,7 @@ def _realistic_init(model: nn.Module, seed: int) -> nn.Module:
     with torch.no_grad():
         for p in model.parameters():
             if p.ndim > 1 and p.abs().max() == 0:
-                p.add_(1e-3 * torch.randn(p.shape, generator=g))
+                p.add_(1e-3 * torch.randn(p.shape, generator=g).to(p.device))
     return model
 
 

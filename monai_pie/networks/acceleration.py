@@ -8,9 +8,10 @@ network to float rounding (the tests check it). Three changes, measured in ``ben
   non-local attention) are switched to PyTorch's fused ``scaled_dot_product_attention``. The einsum path builds the
   whole ``tokens x tokens`` matrix: 0.76 GB for a 24^3 latent, 66 GB for a 1 mm brain's; the fused kernel never
   does, and is faster.
-- Convolution weights are put in channels-last memory format, which lets oneDNN (CPU) and cuDNN pick their fast
-  kernels, and keeps PyTorch's CPU heuristic from sending batch-1 3D convolutions of small volumes to its slow
-  reference kernel.
+- On the CPU, convolution weights are put in channels-last memory format, which lets oneDNN pick its fast kernels
+  and keeps PyTorch's CPU heuristic from sending batch-1 3D convolutions of small volumes to its slow reference
+  kernel. Not on CUDA: there cuDNN's channels-last 3D convolutions were slower (0.83-0.86x) and took 9 % more memory
+  on an H200 (``benchmarks/results/cuda/memory.md``).
 - Layers of large volumes run slab by slab (``use_slab_execution``): exact, and leaner at 1 mm
   (``benchmarks/results/memory.md``). Layers of at most 2^19 voxels run as before, so small volumes pay nothing.
 
@@ -70,11 +71,12 @@ def use_channels_last(module: nn.Module) -> nn.Module:
 
 
 def accelerate_for_inference(module: nn.Module) -> nn.Module:
-    """Fused attention, channels-last weights and slab-wise large layers (see the module docstring), once per
-    module; returns ``module``."""
+    """Fused attention, channels-last weights (for a module on the CPU) and slab-wise large layers (see the module
+    docstring), once per module; returns ``module``."""
     if not getattr(module, _ACCELERATED, False):
         use_fused_attention(module)
-        use_channels_last(module)
+        if all(p.device.type == "cpu" for p in module.parameters()):
+            use_channels_last(module)
         use_slab_execution(module)
         object.__setattr__(module, _ACCELERATED, True)
     return module

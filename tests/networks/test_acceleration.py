@@ -128,3 +128,14 @@ def test_accelerate_is_once_per_module():
             m.use_flash_attention = False  # a user turns it off again: a second call must not override them
     accelerate_for_inference(unet)
     assert not any(_flash_flags(unet))
+
+
+def test_channels_last_only_for_networks_on_the_cpu():
+    """cuDNN's channels-last 3D convolutions were slower and larger on CUDA: only CPU networks get them (a network
+    on another device, here ``meta``, keeps its layout but still gets fused attention)."""
+    on_cpu, elsewhere = _unet(3), _unet(3).to("meta")
+    accelerate_for_inference(on_cpu)
+    accelerate_for_inference(elsewhere)
+    assert on_cpu.conv_in.conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert not elsewhere.conv_in.conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert elsewhere.conv_in.conv.weight.is_contiguous() and all(_flash_flags(elsewhere))
