@@ -41,6 +41,8 @@ QUICK = {"2D": {"image": 64}, "3D": {"image": 32}, "brain bundle": {}}
 #: inferer without its acceleration (the inferer as it was), with it (the default), and with bf16 denoising
 METHODS = {"monai": "MONAI loop", "monai_sdpa": "MONAI loop, flash attention", "plain": "ours, unaccelerated",
            "ours": "ours (default)", "bf16": "ours, bf16 denoiser"}
+#: CUDA only: the default without CUDA-graph replay of the denoiser (on the CPU it is the default itself)
+CUDA_METHODS = {"ours_eager": "ours, no CUDA graphs"}
 
 
 def build(case: dict, flash: bool = False):
@@ -106,11 +108,12 @@ def run_case(name: str, method: str, rounds: int, quick: bool, device_name: str)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with torch.no_grad():
-        if method in ("plain", "ours", "bf16"):
+        if method in ("plain", "ours", "bf16", "ours_eager"):
             inferer = ProgressionInferer(DDIMScheduler(1000, clip_sample=False), num_rounds=rounds, strength=strength,
                                          num_inference_steps=steps, guidance_scale=w, blend_in=b_in,
                                          reinject_background=False, progress=False, accelerate=method != "plain",
                                          precision="bf16" if method == "bf16" else "fp32")
+            inferer.sampler.cuda_graphs = method != "ours_eager"
             inferer(x, net, condition=cond, seed=0)  # warm-up (one full call)
             sync()
             t0 = time.perf_counter()
@@ -185,7 +188,8 @@ def main() -> None:
     if not chosen or any(c not in CASES for c in chosen):
         raise SystemExit(f"--cases must name some of {list(CASES)}, got {args.cases!r}.")
     before = load_average()
-    cases = {f"{name} {method}": worker(name, method) for name in chosen for method in METHODS}
+    methods = {**METHODS, **(CUDA_METHODS if args.device.startswith("cuda") else {})}
+    cases = {f"{name} {method}": worker(name, method) for name in chosen for method in methods}
     runs = interleaved(cases, args.repeats, log=lambda msg: print(f"  {msg[:120]}", file=sys.stderr))
     first = runs[next(iter(runs))][0]
     lines = header(f"PIE round, {first['steps_per_round']} DDIM steps (50 at strength 0.5), guidance 7.5, batch 1, "
@@ -197,7 +201,7 @@ def main() -> None:
               "| case | image | latent | method | s/round (median / min) | peak MB | vs MONAI loop | vs MONAI loop, "
               "flash attention | vs ours unaccelerated | note |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name in chosen:
-        times = {m: [r["sec_per_round"] for r in runs[f"{name} {m}"]] for m in METHODS}
+        times = {m: [r["sec_per_round"] for r in runs[f"{name} {m}"]] for m in methods}
 
         def versus(method: str, base: str) -> str:
             if method == base:
@@ -205,7 +209,7 @@ def main() -> None:
             paired = statistics.median(a / b for a, b in zip(times[base], times[method]))
             return f"{statistics.median(times[base]) / statistics.median(times[method]):.2f}x ({paired:.2f}x)"
 
-        for method, label in METHODS.items():
+        for method, label in methods.items():
             med, low, flag = median_min_flag(times[method])
             row = runs[f"{name} {method}"]
             lines.append(f"| {name} | {row[0]['image']} | {row[0]['latent']} | {label} | {med:.2f} / {low:.2f} | "

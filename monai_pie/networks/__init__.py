@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .acceleration import PRECISIONS, accelerate_for_inference, inference_autocast, use_channels_last, use_fused_attention
+from .cuda_graphs import GraphedDenoiser, graphed_denoise
 from .introspection import ConvSpec, first_conv_spec
 from .slab_execution import DEFAULT_SLAB_VOXELS, slab_execution_modules, use_slab_execution
 from .latent_diffusion import DiffusionModel, LatentDiffusionModel, as_diffusion_model
@@ -24,6 +25,7 @@ __all__ = [
     "PRECISIONS",
     "ConvSpec",
     "DiffusionModel",
+    "GraphedDenoiser",
     "LatentDiffusionModel",
     "SparseBackpropConv1d",
     "SparseBackpropConv2d",
@@ -32,6 +34,7 @@ __all__ = [
     "as_diffusion_model",
     "convert_to_sparse_backprop",
     "first_conv_spec",
+    "graphed_denoise",
     "get_sparse_keep",
     "inference_autocast",
     "num_kept_channels",
