@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .acceleration import PRECISIONS, accelerate_for_inference, inference_autocast, use_channels_last, use_fused_attention
-from .cuda_graphs import GraphedDenoiser, graphed_denoise
+from .cuda_graphs import GraphedDenoiser, graphed_denoise, release_cuda_graphs
 from .introspection import ConvSpec, first_conv_spec
 from .slab_execution import DEFAULT_SLAB_VOXELS, slab_execution_modules, use_slab_execution
 from .latent_diffusion import DiffusionModel, LatentDiffusionModel, as_diffusion_model
@@ -38,6 +38,7 @@ __all__ = [
     "get_sparse_keep",
     "inference_autocast",
     "num_kept_channels",
+    "release_cuda_graphs",
     "revert_sparse_backprop",
     "set_sparse_keep",
     "slab_execution_modules",

@@ -11,7 +11,7 @@ from monai.networks.schedulers import DDIMScheduler
 from monai_pie import LatentDiffusionModel
 from monai_pie.conditioning import DiffusionCondition
 from monai_pie.inferers import DiffusionSampler
-from monai_pie.networks import GraphedDenoiser, graphed_denoise
+from monai_pie.networks import GraphedDenoiser, graphed_denoise, release_cuda_graphs
 from monai_pie.networks import cuda_graphs
 from tests.helpers.toy_models import tiny_unet
 
@@ -124,7 +124,10 @@ def test_cuda_graph_sampling_matches_eager():
         sampler = DiffusionSampler(DDIMScheduler(1000), 10, progress=False, cuda_graphs=graphs)
         runs[graphs] = sampler.sample(model, x, condition=cond, guidance_scale=2.0, strength=1.0)
     torch.testing.assert_close(runs[True], runs[False], rtol=1e-5, atol=1e-5)
-    assert cuda_graphs._CACHE[model].graphs
+    graphs = cuda_graphs._CACHE[model].graphs
+    assert graphs and all(entry is not None for entry in graphs.values())  # captured, not fallen back to eager
+    release_cuda_graphs(model)
+    assert model not in cuda_graphs._CACHE
 
 
 def test_cache_does_not_keep_networks_alive():
@@ -136,3 +139,16 @@ def test_cache_does_not_keep_networks_alive():
     del model
     gc.collect()
     assert len(cuda_graphs._CACHE) == 0
+
+
+def test_inference_mode_and_no_grad_get_their_own_recordings(cpu_capture):
+    """Buffers recorded under inference mode cannot be written outside it: each mode has its own recording."""
+    model = _model()
+    graphed = GraphedDenoiser(model)
+    x, t, cond = _inputs()
+    with torch.inference_mode():
+        graphed(x, t, cond)
+    with torch.no_grad():
+        x2, t2, cond2 = _inputs(seed=3)
+        torch.testing.assert_close(graphed(x2, t2, cond2), model.denoise(x2, t2, cond2), rtol=0, atol=0)
+    assert len(cpu_capture) == 2
