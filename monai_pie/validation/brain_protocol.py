@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,9 @@ from .protocol import (
     check_not_frozen,
     freeze_settings,
     read_frozen,
+    run_once,
     validation_modes,
+    weights_digest,
     write_evaluation,
 )
 from .settings import ProgressionSettings
@@ -121,22 +123,28 @@ def run_edits(progression_bundle: Path, model_path: str | None, settings: Progre
               overrides: dict[str, Any] | None = None) -> dict[tuple[str, str], list[str]]:
     """Every subject toward every target in one run of the progression bundle; ``{(subject key, target): frames}``.
     ``model_path`` (default: the weights the bundle's config, or the settings' ``config``, names) replaces the
-    weights."""
+    weights. A run recorded in ``out_dir/run.json`` with the same items, settings and weights is reused
+    (``run_once``)."""
     items, keys = [], []
     for s in subjects:
         for name, stage in targets.items():
             items.append({"image": s.path, "age": s.age, "sex": s.sex, "seed": s.noise, "target_stage": stage,
                           "source_stage": SOURCE_STAGE})
             keys.append((s.key, name))
-    run_overrides = {**(overrides or {}), **settings.bundle_overrides(progression_bundle), "datalist": items,
-                     "output_dir": str(out_dir), "output_subfolders": True, "progress": False}
-    if model_path:
-        run_overrides["model_path"] = model_path
-    parser = run_bundle(progression_bundle, run_overrides)
-    summaries = find_handler(parser, ProgressionSummary).summaries
-    if len(summaries) != len(items):
-        raise RuntimeError(f"the bundle wrote {len(summaries)} progressions for {len(items)} items.")
-    return {key: list(summary["frames"]) for key, summary in zip(keys, summaries)}
+    def run() -> list[list[str]]:
+        run_overrides = {**(overrides or {}), **settings.bundle_overrides(progression_bundle), "datalist": items,
+                         "output_dir": str(out_dir), "output_subfolders": True, "progress": False}
+        if model_path:
+            run_overrides["model_path"] = model_path
+        summaries = find_handler(run_bundle(progression_bundle, run_overrides), ProgressionSummary).summaries
+        if len(summaries) != len(items):
+            raise RuntimeError(f"the bundle wrote {len(summaries)} progressions for {len(items)} items.")
+        return [list(summary["frames"]) for summary in summaries]
+
+    record = {"items": items, "settings": settings.as_dict(), "overrides": overrides or {},
+              "weights_sha256": weights_digest(progression_bundle, model_path)}
+    frames, _ = run_once(out_dir / "run.json", record, run)
+    return dict(zip(keys, frames))
 
 
 def autoencoder_round_trips(progression_bundle: Path, model_path: str | None, subjects: list[Subject], work: Path,
@@ -285,6 +293,12 @@ def linear_baseline(cohort_dir: Path) -> np.ndarray:
     return beta[1].astype(np.float32)
 
 
+def dose_monotone(stages: Sequence[float], changes: Sequence[float], true_change: float) -> float:
+    """1.0 if the null-corrected ``changes`` at ``stages`` rank exactly as the stages in the direction of the true
+    change (Spearman +1 for a growing marker, -1 for a shrinking one such as hippocampal GM), else 0.0."""
+    return float(spearman(stages, changes) * np.sign(true_change) == 1.0)
+
+
 def _mean_abs(x: np.ndarray, mask: np.ndarray) -> float:
     return float(np.abs(x)[mask].mean())
 
@@ -312,7 +326,7 @@ def measure(results: dict[str, EditResult], subjects: list[Subject], readers: di
             row[f"{m}_ratio"] = corrected / truth[m]
             dose = [dose_changes[st][m] - null_change[m] if st != TARGET_STAGE else corrected
                     for st in DOSE_STAGES if st in res.dose]
-            row[f"{m}_dose_monotone"] = (float(spearman(DOSE_STAGES, dose) == 1.0)
+            row[f"{m}_dose_monotone"] = (dose_monotone(DOSE_STAGES, dose, truth[m])
                                          if len(dose) == len(DOSE_STAGES) else float("nan"))
         edit = smooth(final - res.null)
         true_map = smooth(s.images[TARGET_STAGE] - x0)
@@ -569,8 +583,9 @@ def write_report(methods: dict[str, Any], frozen: dict[str, Any], params: dict[s
         "R^2": f"median voxelwise R^2 >= {th['r2_min']}",
         "seed CV ventricle_ml": f"seed SD / mean <= {th['seed_cv_max']}",
         "seed CV hippocampal_gm_ml": f"seed SD / mean <= {th['seed_cv_max']}",
-        "dose-response ventricle_ml": f"Spearman = 1 in >= {th['dose_share']} of subjects",
-        "dose-response hippocampal_gm_ml": f"Spearman = 1 in >= {th['dose_share']} of subjects",
+        "dose-response ventricle_ml": f"Spearman(stage, change) = +1 in >= {th['dose_share']} of subjects",
+        "dose-response hippocampal_gm_ml": f"Spearman(stage, change) = -1 (it shrinks) in >= {th['dose_share']} of "
+                                           "subjects",
         "identity": f"median subject-specific corr >= {th['identity_corr_min']}",
         "retrieval": f"the edit's change map correlates best with its own true change in >= {th['retrieval_min']}",
         "specificity": f"deep WM / ventricle ROI mean abs change <= {th['specificity_max']}",

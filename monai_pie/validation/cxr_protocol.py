@@ -16,7 +16,6 @@ Prompts carry no severity, so there is no dose-response here (the brain protocol
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -46,7 +45,9 @@ from .protocol import (
     check_not_frozen,
     freeze_settings,
     read_frozen,
+    run_once,
     validation_modes,
+    weights_digest,
     write_evaluation,
 )
 from .settings import ProgressionSettings
@@ -145,16 +146,6 @@ def edit_items(subjects: list[Subject], seed: int, rois: dict[str, str],
     return items, keys
 
 
-def weights_digest(progression: Path, model_path: str | None) -> str:
-    """SHA-256 of the weights a run uses (``model_path``, or the bundle's ``models/model.pt``)."""
-    path = Path(model_path) if model_path else Path(progression) / "models" / "model.pt"
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def run_edits(progression: Path, model_path: str | None, settings: ProgressionSettings, subjects: list[Subject],
               seeds: int, rois: dict[str, str], out_dir: Path, overrides: dict[str, Any] | None = None,
               batch_size: int = 16, tally: dict[str, int] | None = None) -> dict[tuple[str, int, str], list[str]]:
@@ -171,22 +162,20 @@ def run_edits(progression: Path, model_path: str | None, settings: ProgressionSe
         record = {"items": items, "settings": settings.as_dict(), "weights_sha256": weights,
                   "overrides": overrides or {}, "batch_size": batch_size}
         index = out_dir / f"seed{k}" / "run.json"
-        done = json.loads(index.read_text()) if index.is_file() else {}
-        reuse = done.get("record") == json.loads(json.dumps(record))
-        tally["reused" if reuse else "ran"] = tally.get("reused" if reuse else "ran", 0) + 1
-        if reuse:
-            frames = done["frames"]
-        else:
+
+        def run(items: list[dict[str, Any]] = items, folder: Path = index.parent) -> list[list[str]]:
             run_overrides = {**(overrides or {}), **settings.bundle_overrides(progression), "datalist": items,
-                             "output_dir": str(index.parent), "output_subfolders": True, "progress": False,
+                             "output_dir": str(folder), "output_subfolders": True, "progress": False,
                              "dataloader#batch_size": batch_size}
             if model_path:
                 run_overrides["model_path"] = model_path
             summaries = find_handler(run_bundle(progression, run_overrides), ProgressionSummary).summaries
             if len(summaries) != len(items):
                 raise RuntimeError(f"the bundle wrote {len(summaries)} progressions for {len(items)} items.")
-            frames = [list(summary["frames"]) for summary in summaries]
-            atomic_write_text(index, json.dumps({"record": record, "frames": frames}) + "\n")
+            return [list(summary["frames"]) for summary in summaries]
+
+        frames, reused = run_once(index, record, run)
+        tally["reused" if reused else "ran"] = tally.get("reused" if reused else "ran", 0) + 1
         out.update(dict(zip(keys, frames)))
     return out
 

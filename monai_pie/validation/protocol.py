@@ -14,7 +14,8 @@ from typing import Any
 from ..utils import atomic_write_text
 from .settings import ProgressionSettings
 
-__all__ = ["check_lines", "check_not_frozen", "freeze_settings", "read_frozen", "validation_modes", "write_evaluation"]
+__all__ = ["check_lines", "check_not_frozen", "freeze_settings", "read_frozen", "run_once", "validation_modes", "weights_digest",
+           "write_evaluation"]
 
 
 def validation_modes(progression: str | Path | None,
@@ -27,6 +28,32 @@ def validation_modes(progression: str | Path | None,
 
     bundle = ProgressionSettings.from_config(parse_bundle(progression).config)
     return {"PIE, bundle defaults": bundle, "PIE, published setting": ProgressionSettings.published()}
+
+
+def weights_digest(progression: str | Path, model_path: str | None) -> str:
+    """SHA-256 of the weights a run may use: ``model_path``, or every ``models/*.pt`` of the ``progression`` bundle
+    (a settings ``config`` may pick another file than ``model.pt``), read in name order."""
+    paths = [Path(model_path)] if model_path else sorted((Path(progression) / "models").glob("*.pt"))
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_once(index: str | Path, record: Mapping[str, Any], run: Callable[[], Any]) -> tuple[Any, bool]:
+    """``run()``'s frame paths (anything JSON-able), recorded atomically at ``index`` with
+    ``record`` (what the run used: items, settings, weights' hash); a later call with the same record returns the
+    recorded result instead, so an interrupted evaluation resumes and a changed measure is recomputed without
+    re-running the model. Returns ``(result, reused)``."""
+    index = Path(index)
+    done = json.loads(index.read_text()) if index.is_file() else {}
+    if done.get("record") == json.loads(json.dumps(record)):
+        return done["frames"], True
+    frames = run()
+    atomic_write_text(index, json.dumps({"record": record, "frames": frames}) + "\n")
+    return frames, False
 
 
 def read_frozen(path: str | Path, task: str) -> tuple[dict[str, Any], str]:

@@ -133,3 +133,38 @@ def test_settings_with_a_config_run_that_config_of_the_bundle():
     assert ProgressionSettings(**long.as_dict()) == long  # a frozen file reads back the same settings
     with pytest.raises(FileNotFoundError, match="nowhere.json"):
         base.replace(config="nowhere.json").bundle_overrides(BRAIN_PROG)
+
+
+def test_dose_response_counts_the_truths_direction():
+    stages = bp.DOSE_STAGES
+    assert bp.dose_monotone(stages, [1.0, 2.0, 3.0, 4.0], true_change=10.0) == 1.0  # ventricles grow
+    assert bp.dose_monotone(stages, [-0.1, -0.2, -0.3, -0.4], true_change=-1.0) == 1.0  # hippocampal GM shrinks
+    assert bp.dose_monotone(stages, [-0.1, -0.2, -0.3, -0.4], true_change=10.0) == 0.0  # the wrong way
+    assert bp.dose_monotone(stages, [-0.1, -0.3, -0.2, -0.4], true_change=-1.0) == 0.0  # not monotone
+
+
+def test_finished_edit_runs_are_reused_until_items_settings_or_weights_change(tmp_path, monkeypatch):
+    progression = tmp_path / "bundle"
+    (progression / "models").mkdir(parents=True)
+    (progression / "models" / "model.pt").write_bytes(b"weights v1")
+    (progression / "models" / "model_longitudinal.pt").write_bytes(b"long v1")
+    calls = []
+
+    class Summary:
+        def __init__(self, n):
+            self.summaries = [{"frames": [f"frame_{i}.nii.gz"]} for i in range(n)]
+
+    monkeypatch.setattr(bp, "run_bundle", lambda bundle, overrides: calls.append(overrides) or overrides)
+    monkeypatch.setattr(bp, "find_handler", lambda overrides, kind: Summary(len(overrides["datalist"])))
+    subjects = [bp.Subject(i, 0, 0, 70.0, 0, path=f"s{i}.nii.gz") for i in range(2)]
+    targets = {"target": bp.TARGET_STAGE, "null": bp.SOURCE_STAGE}
+    settings = ProgressionSettings.published()
+    first = bp.run_edits(progression, None, settings, subjects, targets, tmp_path / "out")
+    assert len(calls) == 1 and first[("s001_n0", "null")] == ["frame_3.nii.gz"]
+    assert bp.run_edits(progression, None, settings, subjects, targets, tmp_path / "out") == first
+    assert len(calls) == 1  # same record: nothing re-ran
+    bp.run_edits(progression, None, settings.replace(strength=0.3), subjects, targets, tmp_path / "out")
+    assert len(calls) == 2  # other settings: run again
+    (progression / "models" / "model_longitudinal.pt").write_bytes(b"long v2")  # a config may use any models/*.pt
+    bp.run_edits(progression, None, settings.replace(strength=0.3), subjects, targets, tmp_path / "out")
+    assert len(calls) == 3
