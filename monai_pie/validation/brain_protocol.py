@@ -38,9 +38,8 @@ from .protocol import (
     check_not_frozen,
     freeze_settings,
     read_frozen,
-    run_once,
+    recorded_progression_run,
     validation_modes,
-    weights_digest,
     write_evaluation,
 )
 from .settings import ProgressionSettings
@@ -124,26 +123,14 @@ def run_edits(progression_bundle: Path, model_path: str | None, settings: Progre
     """Every subject toward every target in one run of the progression bundle; ``{(subject key, target): frames}``.
     ``model_path`` (default: the weights the bundle's config, or the settings' ``config``, names) replaces the
     weights. A run recorded in ``out_dir/run.json`` with the same items, settings and weights is reused
-    (``run_once``)."""
+    (``recorded_progression_run``)."""
     items, keys = [], []
     for s in subjects:
         for name, stage in targets.items():
             items.append({"image": s.path, "age": s.age, "sex": s.sex, "seed": s.noise, "target_stage": stage,
                           "source_stage": SOURCE_STAGE})
             keys.append((s.key, name))
-    def run() -> list[list[str]]:
-        run_overrides = {**(overrides or {}), **settings.bundle_overrides(progression_bundle), "datalist": items,
-                         "output_dir": str(out_dir), "output_subfolders": True, "progress": False}
-        if model_path:
-            run_overrides["model_path"] = model_path
-        summaries = find_handler(run_bundle(progression_bundle, run_overrides), ProgressionSummary).summaries
-        if len(summaries) != len(items):
-            raise RuntimeError(f"the bundle wrote {len(summaries)} progressions for {len(items)} items.")
-        return [list(summary["frames"]) for summary in summaries]
-
-    record = {"items": items, "settings": settings.as_dict(), "overrides": overrides or {},
-              "weights_sha256": weights_digest(progression_bundle, model_path)}
-    frames, _ = run_once(out_dir / "run.json", record, run)
+    frames, _ = recorded_progression_run(progression_bundle, settings, items, out_dir, model_path, overrides)
     return dict(zip(keys, frames))
 
 

@@ -45,9 +45,8 @@ from .protocol import (
     check_not_frozen,
     freeze_settings,
     read_frozen,
-    run_once,
+    recorded_progression_run,
     validation_modes,
-    weights_digest,
     write_evaluation,
 )
 from .settings import ProgressionSettings
@@ -156,25 +155,10 @@ def run_edits(progression: Path, model_path: str | None, settings: ProgressionSe
     with the same record reuses those frames, so an interrupted evaluation resumes and a changed measure is
     recomputed without re-running the model. ``tally`` counts the runs ``"ran"`` and ``"reused"``."""
     out, tally = {}, tally if tally is not None else {}
-    weights = weights_digest(progression, model_path)
     for k in range(seeds):
         items, keys = edit_items(subjects, k, rois, settings)
-        record = {"items": items, "settings": settings.as_dict(), "weights_sha256": weights,
-                  "overrides": overrides or {}, "batch_size": batch_size}
-        index = out_dir / f"seed{k}" / "run.json"
-
-        def run(items: list[dict[str, Any]] = items, folder: Path = index.parent) -> list[list[str]]:
-            run_overrides = {**(overrides or {}), **settings.bundle_overrides(progression), "datalist": items,
-                             "output_dir": str(folder), "output_subfolders": True, "progress": False,
-                             "dataloader#batch_size": batch_size}
-            if model_path:
-                run_overrides["model_path"] = model_path
-            summaries = find_handler(run_bundle(progression, run_overrides), ProgressionSummary).summaries
-            if len(summaries) != len(items):
-                raise RuntimeError(f"the bundle wrote {len(summaries)} progressions for {len(items)} items.")
-            return [list(summary["frames"]) for summary in summaries]
-
-        frames, reused = run_once(index, record, run)
+        frames, reused = recorded_progression_run(progression, settings, items, out_dir / f"seed{k}", model_path,
+                                                  {**(overrides or {}), "dataloader#batch_size": batch_size})
         tally["reused" if reused else "ran"] = tally.get("reused" if reused else "ran", 0) + 1
         out.update(dict(zip(keys, frames)))
     return out

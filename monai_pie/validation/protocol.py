@@ -11,10 +11,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..bundle_tools import find_handler, run_bundle
+from ..engines import ProgressionSummary
 from ..utils import atomic_write_text
 from .settings import ProgressionSettings
 
-__all__ = ["check_lines", "check_not_frozen", "freeze_settings", "read_frozen", "run_once", "validation_modes", "weights_digest",
+__all__ = ["check_lines", "check_not_frozen", "freeze_settings", "read_frozen", "recorded_progression_run", "run_once", "validation_modes", "weights_digest",
            "write_evaluation"]
 
 
@@ -54,6 +56,27 @@ def run_once(index: str | Path, record: Mapping[str, Any], run: Callable[[], Any
     frames = run()
     atomic_write_text(index, json.dumps({"record": record, "frames": frames}) + "\n")
     return frames, False
+
+
+def recorded_progression_run(progression: str | Path, settings: ProgressionSettings, items: list[dict[str, Any]],
+                             out_dir: Path, model_path: str | None = None,
+                             overrides: dict[str, Any] | None = None) -> tuple[list[list[str]], bool]:
+    """Every item through the progression bundle in one run (frames under ``out_dir``), or the frames of the same
+    run recorded in ``out_dir/run.json`` (same items, settings, overrides and weights; :func:`run_once`).
+    Returns ``(frame paths per item, reused)``."""
+    def run() -> list[list[str]]:
+        run_overrides = {**(overrides or {}), **settings.bundle_overrides(progression), "datalist": items,
+                         "output_dir": str(out_dir), "output_subfolders": True, "progress": False}
+        if model_path:
+            run_overrides["model_path"] = model_path
+        summaries = find_handler(run_bundle(progression, run_overrides), ProgressionSummary).summaries
+        if len(summaries) != len(items):
+            raise RuntimeError(f"the bundle wrote {len(summaries)} progressions for {len(items)} items.")
+        return [list(summary["frames"]) for summary in summaries]
+
+    record = {"items": items, "settings": settings.as_dict(), "overrides": overrides or {},
+              "weights_sha256": weights_digest(progression, model_path)}
+    return run_once(Path(out_dir) / "run.json", record, run)
 
 
 def read_frozen(path: str | Path, task: str) -> tuple[dict[str, Any], str]:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from monai_pie.validation import brain_protocol as bp
+from monai_pie.validation import protocol
 from monai_pie.validation.settings import ProgressionSettings
 
 
@@ -154,8 +155,8 @@ def test_finished_edit_runs_are_reused_until_items_settings_or_weights_change(tm
         def __init__(self, n):
             self.summaries = [{"frames": [f"frame_{i}.nii.gz"]} for i in range(n)]
 
-    monkeypatch.setattr(bp, "run_bundle", lambda bundle, overrides: calls.append(overrides) or overrides)
-    monkeypatch.setattr(bp, "find_handler", lambda overrides, kind: Summary(len(overrides["datalist"])))
+    monkeypatch.setattr(protocol, "run_bundle", lambda bundle, overrides: calls.append(overrides) or overrides)
+    monkeypatch.setattr(protocol, "find_handler", lambda overrides, kind: Summary(len(overrides["datalist"])))
     subjects = [bp.Subject(i, 0, 0, 70.0, 0, path=f"s{i}.nii.gz") for i in range(2)]
     targets = {"target": bp.TARGET_STAGE, "null": bp.SOURCE_STAGE}
     settings = ProgressionSettings.published()

@@ -13,6 +13,7 @@ from PIL import Image
 from monai_pie.data.io import save_png16
 from monai_pie.metrics.cxr_readers import MASK_CHANNELS, soft_ctr
 from monai_pie.validation import cxr_protocol as cp
+from monai_pie.validation import protocol
 from monai_pie.validation.settings import ProgressionSettings
 
 
@@ -152,8 +153,8 @@ def test_finished_runs_are_reused_until_the_items_settings_or_weights_change(tmp
         def __init__(self, n):
             self.summaries = [{"frames": [f"frame_{i}.png"]} for i in range(n)]
 
-    monkeypatch.setattr(cp, "run_bundle", lambda bundle, overrides: calls.append(overrides) or overrides)
-    monkeypatch.setattr(cp, "find_handler", lambda overrides, kind: Summary(len(overrides["datalist"])))
+    monkeypatch.setattr(protocol, "run_bundle", lambda bundle, overrides: calls.append(overrides) or overrides)
+    monkeypatch.setattr(protocol, "find_handler", lambda overrides, kind: Summary(len(overrides["datalist"])))
     subjects = [cp.Subject(0, 1, "right", path="s.png"), cp.Subject(1, 2, "left", path="t.png")]
     rois = {"thorax": "t.png", "right": "r.png", "left": "l.png"}
     settings = ProgressionSettings.published()
