@@ -68,7 +68,10 @@ THRESHOLDS = {
     "r2_min": 0.3, "seed_cv_max": 0.15, "identity_corr_min": 0.3, "retrieval_min": 0.95,
     "off_target_probability_max": 0.1, "specificity_max": 0.25, "side_share_min": 0.9, "baseline_margin": 0.05,
 }
-COUNTERFACTUAL_CANDIDATES = ({"strength": 0.3}, {"strength": 0.5}, {"strength": 0.7}, {"strength": 0.9})
+#: counterfactual settings the tuning split chooses among: four strengths, each from forward noise (the settings'
+#: default ``noise_mode``) and from the DDIM inversion of the input (the two starts measured differently on radiographs)
+COUNTERFACTUAL_CANDIDATES = tuple({"strength": s, **start} for start in ({}, {"noise_mode": "ddim_inversion"})
+                                  for s in (0.3, 0.5, 0.7, 0.9))
 
 
 # --------------------------------------------------------------------------------------------------- subjects

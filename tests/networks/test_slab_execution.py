@@ -109,3 +109,30 @@ def test_channels_last_group_norm_keeps_float64_precision():
         out = norm(x.contiguous(memory_format=torch.channels_last_3d))
     assert out.is_contiguous(memory_format=torch.channels_last_3d)
     torch.testing.assert_close(out, ref, atol=2e-4, rtol=0)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs PyTorch built with oneDNN")
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("kernel", [3, 1])
+def test_batch_one_small_volume_convolution_runs_on_onednn_and_equals_plain(channels_last, kernel, monkeypatch):
+    from monai_pie.networks.slab_execution import _falls_to_reference_kernel
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # 1x1 kernels go to oneDNN only when multi-threaded
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(8, 16, kernel, padding=kernel // 2).eval()
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    x = torch.randn(1, 8, 12, 10, 9).contiguous(memory_format=fmt)  # 1 x 8 x 12 x 10 = 960: PyTorch's reference kernel
+    assert _falls_to_reference_kernel(conv, x)
+    assert not _falls_to_reference_kernel(conv, torch.cat([x, x]))  # batch 2: PyTorch picks oneDNN itself
+    assert not _falls_to_reference_kernel(conv, x.double())
+    with torch.no_grad():
+        ref = conv(x)
+        use_slab_execution(conv)
+        with torch.autograd.profiler.profile() as prof:
+            out = conv(x)
+    kernels = {e.name for e in prof.function_events}
+    assert "aten::mkldnn_convolution" in kernels and "aten::slow_conv3d_forward" not in kernels
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    x.requires_grad_(True)  # training keeps PyTorch's own path (and its gradients)
+    conv(x).sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
