@@ -122,6 +122,17 @@ def _falls_to_reference_kernel(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -
             and (torch.get_num_threads() > 1 or conv.kernel_size[-1] != 1 or conv.kernel_size[-2] != 1))
 
 
+def _standard_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with the exact strides of a fresh channels-last tensor. oneDNN picks its kernel from the strides, batch
+    stride included (which PyTorch ignores for batch 1), so equal values in another layout would round differently
+    and break, e.g., the counterfactual null edit's exact identity."""
+    c, d, h, w = x.shape[1:]
+    want = (c * d * h * w, 1, h * w * c, w * c, c)
+    if x.stride() == want:
+        return x
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d).copy_(x)
+
+
 class _SlabConvMixin:
     """``forward`` of an ``nn.ConvNd`` computed in slabs when no autograd is needed (and with oneDNN where PyTorch
     would pick its reference kernel)."""
@@ -139,7 +150,8 @@ class _SlabConvMixin:
             return super().forward(input)  # type: ignore[misc]
         if _runs_whole(math.prod(input.shape[2:]), self.slab_voxels):
             if _falls_to_reference_kernel(self, input):  # type: ignore[arg-type]
-                return torch.mkldnn_convolution(input, self.weight, self.bias, self.padding,  # type: ignore[attr-defined]
+                return torch.mkldnn_convolution(_standard_channels_last(input),
+                                                self.weight, self.bias, self.padding,  # type: ignore[attr-defined]
                                                 self.stride, self.dilation, self.groups)  # type: ignore[attr-defined]
             return super().forward(input)  # type: ignore[misc]
         return _slab_conv(self, lambda a, b: input.narrow(_AXIS, a, b - a), input.shape[_AXIS], _plane(input.shape),

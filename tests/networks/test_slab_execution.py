@@ -133,6 +133,12 @@ def test_batch_one_small_volume_convolution_runs_on_onednn_and_equals_plain(chan
     kernels = {e.name for e in prof.function_events}
     assert "aten::mkldnn_convolution" in kernels and "aten::slow_conv3d_forward" not in kernels
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # the same values in the other layout give the same bits (exact null edits rely on it)
+        other = torch.channels_last_3d if not channels_last else torch.contiguous_format
+        assert torch.equal(conv(x.contiguous(memory_format=other)), out)
+        cl = x.contiguous(memory_format=torch.channels_last_3d)
+        odd_batch_stride = cl.as_strided(cl.shape, (1,) + cl.stride()[1:])  # PyTorch ignores it at batch 1, oneDNN not
+        assert torch.equal(conv(odd_batch_stride), out)
     x.requires_grad_(True)  # training keeps PyTorch's own path (and its gradients)
     conv(x).sum().backward()
     assert x.grad is not None and x.grad.shape == x.shape
