@@ -115,7 +115,8 @@ def _falls_to_reference_kernel(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -
     """Whether PyTorch would run ``conv`` on ``x`` with its slow CPU reference kernel though oneDNN can: a 3D float32
     batch-1 input of a small volume (the brain U-Net's 16 x 20 x 16 latent without guidance: 3-4x slower per
     convolution than oneDNN, which PyTorch does pick for batch 2)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.ndim == 5 and x.shape[0] == 1
+    return (not torch.compiler.is_compiling()  # inductor has no lowering for the direct call; it picks its own kernels
+            and x.device.type == "cpu" and x.dtype == torch.float32 and x.ndim == 5 and x.shape[0] == 1
             and conv.groups == 1 and not conv.transposed and torch.backends.mkldnn.is_available()
             and not (conv.kernel_size[-1] > 3 and conv.kernel_size[-2] > 3)
             and math.prod(x.shape[:4]) <= _REFERENCE_KERNEL_MAX
