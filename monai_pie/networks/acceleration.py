@@ -9,13 +9,13 @@ network to float rounding (the tests check it). Three changes, measured in ``ben
   whole ``tokens x tokens`` matrix: 0.76 GB for a 24^3 latent, 66 GB for a 1 mm brain's; the fused kernel never
   does, and is faster.
 - On the CPU, convolution weights are put in channels-last memory format, which lets oneDNN pick its fast kernels
-  and keeps PyTorch's CPU heuristic from sending batch-1 3D convolutions of small volumes to its slow reference
-  kernel. Not on CUDA: there cuDNN's channels-last 3D convolutions were slower (0.83-0.86x) and took 9 % more memory
+  (it does not keep batch-1 3D convolutions of small volumes off PyTorch's reference kernel: see the next item).
+  Not on CUDA: there cuDNN's channels-last 3D convolutions were slower (0.83-0.86x) and took 9 % more memory
   on an H200 (``benchmarks/results/cuda/memory.md``).
 - Layers of large volumes run slab by slab (``use_slab_execution``): exact, and leaner at 1 mm
   (``benchmarks/results/memory.md``). Layers of at most 2^19 voxels run as before, so small volumes pay nothing,
   except that a batch-1 3D convolution of a small volume (the brain U-Net's latent without guidance, the deepest
-  autoencoder level) runs on oneDNN where PyTorch's CPU heuristic would pick its reference kernel (about 2x faster
+  autoencoder level) runs on oneDNN where PyTorch's CPU heuristic would pick its reference kernel (2.3x faster
   for the brain U-Net at batch 1, ``benchmarks/results/denoiser.md``; not under ``torch.compile``).
 
 ``precision="bf16"`` (``inference_autocast``) is the one change that alters outputs beyond rounding; it is opt-in and
