@@ -33,10 +33,12 @@ from ..engines import ProgressionSummary
 from ..metrics import BrainMarkers
 from ..metrics.brain_readers import TensorBasedMorphometry, TissueEM
 from ..utils import atomic_write_text
+from ..utils.parallel import process_map
 from .protocol import (
     check_lines,
     check_not_frozen,
     freeze_settings,
+    parallel_progression_runs,
     read_frozen,
     recorded_progression_run,
     validation_modes,
@@ -89,26 +91,36 @@ class Subject:
         return f"s{self.index:03d}_n{self.noise}"
 
 
-def make_subjects(base_seed: int, num_subjects: int, num_seeds: int, work: Path,
-                  stages: tuple[float, ...] = (SOURCE_STAGE, *DOSE_STAGES)) -> list[Subject]:
-    """Synthesise the split's subjects and write each CN image. Subject ``i``'s age (60-85) and sex come from its
-    own stream ``(base_seed, i)``, so a subject is the same whatever ``num_subjects`` is."""
+def _render_subject(seed: int, noise: int, age: float, sex: int, stages: tuple[float, ...],
+                    path: str) -> tuple[dict[float, np.ndarray], dict[float, dict[str, float]]]:
+    """One subject and noise draw at each stage (a job of :func:`make_subjects`); writes its CN image to ``path``."""
     template = load_brain_template()
+    images, volumes = {}, {}
+    for stage in stages:
+        res = synthesize_brain_subject(seed, stage, age, sex, template, visit=noise)
+        images[stage] = res["image"]
+        volumes[stage] = {m: float(res["truth"][col]) for m, col in MARKERS.items()}
+    nib.save(nib.Nifti1Image(images[SOURCE_STAGE], template.affine), path)
+    return images, volumes
+
+
+def make_subjects(base_seed: int, num_subjects: int, num_seeds: int, work: Path,
+                  stages: tuple[float, ...] = (SOURCE_STAGE, *DOSE_STAGES), workers: int = 1) -> list[Subject]:
+    """Synthesise the split's subjects (over ``workers`` processes) and write each CN image. Subject ``i``'s age
+    (60-85) and sex come from its own stream ``(base_seed, i)``, so a subject is the same whatever ``num_subjects``
+    is."""
     draws = [np.random.default_rng([base_seed, i]) for i in range(num_subjects)]
     ages = [round(float(g.uniform(60.0, 85.0)), 1) for g in draws]
     sexes = [int(g.integers(0, 2)) for g in draws]
     work.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i in tqdm(range(num_subjects), desc="subjects", leave=False):
-        for k in range(num_seeds):
-            s = Subject(i, base_seed + i, k, float(ages[i]), int(sexes[i]))
-            for stage in stages:
-                res = synthesize_brain_subject(s.seed, stage, s.age, s.sex, template, visit=k)
-                s.images[stage] = res["image"]
-                s.volumes[stage] = {m: float(res["truth"][col]) for m, col in MARKERS.items()}
-            s.path = str(work / f"{s.key}.nii.gz")
-            nib.save(nib.Nifti1Image(s.images[SOURCE_STAGE], template.affine), s.path)
-            out.append(s)
+    out = [Subject(i, base_seed + i, k, float(ages[i]), int(sexes[i])) for i in range(num_subjects)
+           for k in range(num_seeds)]
+    for s in out:
+        s.path = str(work / f"{s.key}.nii.gz")
+    rendered = process_map(_render_subject, [(s.seed, s.noise, s.age, s.sex, stages, s.path) for s in out], workers,
+                           desc="subjects")
+    for s, (images, volumes) in zip(out, rendered):
+        s.images, s.volumes = images, volumes
     return out
 
 
@@ -117,20 +129,27 @@ def true_change(s: Subject, stage: float = TARGET_STAGE) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------- the runs
-def run_edits(progression_bundle: Path, model_path: str | None, settings: ProgressionSettings,
-              subjects: list[Subject], targets: dict[str, float], out_dir: Path,
-              overrides: dict[str, Any] | None = None) -> dict[tuple[str, str], list[str]]:
-    """Every subject toward every target in one run of the progression bundle; ``{(subject key, target): frames}``.
-    ``model_path`` (default: the weights the bundle's config, or the settings' ``config``, names) replaces the
-    weights. A run recorded in ``out_dir/run.json`` with the same items, settings and weights is reused
-    (``recorded_progression_run``)."""
+def edit_items(subjects: list[Subject], targets: dict[str, float]) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """The progression bundle's datalist for every subject toward every target, and each item's
+    ``(subject key, target name)``."""
     items, keys = [], []
     for s in subjects:
         for name, stage in targets.items():
             items.append({"image": s.path, "age": s.age, "sex": s.sex, "seed": s.noise, "target_stage": stage,
                           "source_stage": SOURCE_STAGE})
             keys.append((s.key, name))
-    frames, _ = recorded_progression_run(progression_bundle, settings, items, out_dir, model_path, overrides)
+    return items, keys
+
+
+def run_edits(progression_bundle: Path, model_path: str | None, settings: ProgressionSettings,
+              subjects: list[Subject], targets: dict[str, float], out_dir: Path,
+              overrides: dict[str, Any] | None = None, shards: int = 1) -> dict[tuple[str, str], list[str]]:
+    """Every subject toward every target in one run of the progression bundle (or ``shards`` runs);
+    ``{(subject key, target): frames}``. ``model_path`` (default: the weights the bundle's config, or the settings'
+    ``config``, names) replaces the weights. A run recorded in ``out_dir/run.json`` with the same items, settings and
+    weights is reused (``recorded_progression_run``)."""
+    items, keys = edit_items(subjects, targets)
+    frames, _ = recorded_progression_run(progression_bundle, settings, items, out_dir, model_path, overrides, shards)
     return dict(zip(keys, frames))
 
 
@@ -263,8 +282,13 @@ def smooth(x: np.ndarray) -> np.ndarray:
 class EditResult:
     """What a method produced for one subject: frames at the dose stages and the null edit's final frame."""
 
-    dose: dict[float, np.ndarray]  # stage -> frame (TARGET_STAGE always present)
-    null: np.ndarray
+    dose: dict[float, np.ndarray | str]  # stage -> frame or its path (TARGET_STAGE always present)
+    null: np.ndarray | str
+
+    def loaded(self) -> EditResult:
+        """The same result with every frame path read."""
+        return EditResult({st: load(f) if isinstance(f, str) else f for st, f in self.dose.items()},
+                          load(self.null) if isinstance(self.null, str) else self.null)
 
 
 def linear_baseline(cohort_dir: Path) -> np.ndarray:
@@ -290,40 +314,49 @@ def _mean_abs(x: np.ndarray, mask: np.ndarray) -> float:
     return float(np.abs(x)[mask].mean())
 
 
+def measure_subject(s: Subject, res: EditResult, readers: dict[str, str], ctx: Context,
+                    ae: tuple[np.ndarray, np.ndarray] | None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """One subject and noise draw's measures (a job of :func:`measure`): ``(row, smoothed edit map, smoothed true
+    change map)``. ``res`` may hold frame paths (read here) or arrays; ``ae`` is the autoencoder's round trip of the
+    source and target truth."""
+    res = res.loaded()
+    x0, final = s.images[SOURCE_STAGE], res.dose[TARGET_STAGE]
+    truth = true_change(s)
+    row: dict[str, Any] = {"subject": s.index, "noise": s.noise}
+    read = marker_reader(readers, x0, ctx)
+    null_change, ad_change = read(res.null), read(final)
+    dose_changes = {st: read(res.dose[st]) for st in DOSE_STAGES if st in res.dose and st != TARGET_STAGE}
+    for m in MARKERS:
+        corrected = ad_change[m] - null_change[m]
+        row[f"{m}_null"] = null_change[m]
+        row[f"{m}_null_fraction"] = abs(null_change[m]) / abs(truth[m])
+        row[f"{m}_corrected"] = corrected
+        row[f"{m}_true"] = truth[m]
+        row[f"{m}_ratio"] = corrected / truth[m]
+        dose = [dose_changes[st][m] - null_change[m] if st != TARGET_STAGE else corrected
+                for st in DOSE_STAGES if st in res.dose]
+        row[f"{m}_dose_monotone"] = (dose_monotone(DOSE_STAGES, dose, truth[m])
+                                     if len(dose) == len(DOSE_STAGES) else float("nan"))
+    edit = smooth(final - res.null)
+    true_map = smooth(s.images[TARGET_STAGE] - x0)
+    row["r2"] = r_squared(edit, true_map, ctx.brain)
+    if ae is not None:
+        row["r2_autoencoder_limit"] = r_squared(smooth(ae[1] - ae[0]), true_map, ctx.brain)
+    row["null_whole_brain_ratio"] = _mean_abs(res.null - x0, ctx.brain) / max(_mean_abs(final - x0, ctx.brain), 1e-12)
+    row["specificity"] = float(np.abs(edit)[ctx.deep_wm].mean() / max(np.abs(edit)[ctx.rois["ventricle"]].mean(),
+                                                                       1e-12))
+    return row, edit, true_map
+
+
 def measure(results: dict[str, EditResult], subjects: list[Subject], readers: dict[str, str], ctx: Context,
-            ae: dict[tuple[str, float], np.ndarray] | None) -> dict[str, Any]:
-    """Every measure of one method over the subjects (per subject: averaged over noise seeds)."""
-    per: dict[str, Any] = {}
+            ae: dict[tuple[str, float], np.ndarray] | None, workers: int = 1) -> dict[str, Any]:
+    """Every measure of one method over the subjects (per subject: averaged over noise seeds); the per-subject
+    measures run over ``workers`` processes."""
+    jobs = [(s, results[s.key], readers, ctx, None if ae is None else (ae[(s.key, SOURCE_STAGE)],
+                                                                     ae[(s.key, TARGET_STAGE)])) for s in subjects]
+    per: dict[int, list[dict[str, Any]]] = {}
     edit_maps, truth_maps = {}, {}
-    for s in tqdm(subjects, desc="measures", leave=False):
-        res, x0 = results[s.key], s.images[SOURCE_STAGE]
-        final = res.dose[TARGET_STAGE]
-        truth = true_change(s)
-        row: dict[str, Any] = {"subject": s.index, "noise": s.noise}
-        read = marker_reader(readers, x0, ctx)
-        null_change, ad_change = read(res.null), read(final)
-        dose_changes = {st: read(res.dose[st]) for st in DOSE_STAGES
-                        if st in res.dose and st != TARGET_STAGE}
-        for m in MARKERS:
-            corrected = ad_change[m] - null_change[m]
-            row[f"{m}_null"] = null_change[m]
-            row[f"{m}_null_fraction"] = abs(null_change[m]) / abs(truth[m])
-            row[f"{m}_corrected"] = corrected
-            row[f"{m}_true"] = truth[m]
-            row[f"{m}_ratio"] = corrected / truth[m]
-            dose = [dose_changes[st][m] - null_change[m] if st != TARGET_STAGE else corrected
-                    for st in DOSE_STAGES if st in res.dose]
-            row[f"{m}_dose_monotone"] = (dose_monotone(DOSE_STAGES, dose, truth[m])
-                                         if len(dose) == len(DOSE_STAGES) else float("nan"))
-        edit = smooth(final - res.null)
-        true_map = smooth(s.images[TARGET_STAGE] - x0)
-        row["r2"] = r_squared(edit, true_map, ctx.brain)
-        if ae is not None:
-            row["r2_autoencoder_limit"] = r_squared(smooth(ae[(s.key, TARGET_STAGE)] - ae[(s.key, SOURCE_STAGE)]),
-                                                    true_map, ctx.brain)
-        row["null_whole_brain_ratio"] = _mean_abs(res.null - x0, ctx.brain) / max(_mean_abs(final - x0, ctx.brain), 1e-12)
-        row["specificity"] = float(np.abs(edit)[ctx.deep_wm].mean() / max(np.abs(edit)[ctx.rois["ventricle"]].mean(),
-                                                                           1e-12))
+    for s, (row, edit, true_map) in zip(subjects, process_map(measure_subject, jobs, workers, desc="measures")):
         per.setdefault(s.index, []).append(row)
         edit_maps[s.key], truth_maps[s.key] = edit, true_map
     # identity: each subject's own part (minus the mean over subjects) against its own truth's, and retrieval
@@ -371,28 +404,32 @@ def summarise(per: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
 
 def results_from_frames(frames: dict[tuple[str, str], list[str]], subjects: list[Subject],
                         settings: ProgressionSettings) -> dict[str, EditResult]:
-    """Frames of a bundle run as :class:`EditResult` s. Counterfactual frames are the dose ladder (frame ``n`` is
+    """Frames of a bundle run as :class:`EditResult` s (paths, read when measured). Counterfactual frames are the dose ladder (frame ``n`` is
     ``n / N`` of the way from the source stage); PIE's rounds are not, so only its final frame is kept."""
     out = {}
     for s in subjects:
         ad, null = frames[(s.key, "target")], frames[(s.key, "null")]
-        dose = {TARGET_STAGE: load(ad[-1])}
+        dose = {TARGET_STAGE: ad[-1]}
         if settings.edit_mode == "counterfactual":
             n = len(ad) - 1
             for stage in DOSE_STAGES:
                 k = (stage - SOURCE_STAGE) / (TARGET_STAGE - SOURCE_STAGE) * n
                 if abs(k - round(k)) < 1e-6:
-                    dose[stage] = load(ad[round(k)])
-        out[s.key] = EditResult(dose, load(null[-1]))
+                    dose[stage] = ad[round(k)]
+        out[s.key] = EditResult(dose, null[-1])
     return out
 
 
+EDIT_TARGETS = {"target": TARGET_STAGE, "null": SOURCE_STAGE}
+
+
 def edit_subjects(progression: Path, weights: dict[str | None, str | None], settings: ProgressionSettings,
-                  subjects: list[Subject], out_dir: Path, overrides: dict[str, Any] | None) -> dict[str, EditResult]:
+                  subjects: list[Subject], out_dir: Path, overrides: dict[str, Any] | None,
+                  shards: int = 1) -> dict[str, EditResult]:
     """Each subject's AD and null edits with ``settings``; ``weights`` maps a settings ``config`` (``None``: the
     bundle's own model) to the weights to use (``None``: the ones the config names)."""
-    frames = run_edits(progression, weights.get(settings.config), settings, subjects,
-                       {"target": TARGET_STAGE, "null": SOURCE_STAGE}, out_dir, overrides)
+    frames = run_edits(progression, weights.get(settings.config), settings, subjects, EDIT_TARGETS, out_dir,
+                       overrides, shards)
     return results_from_frames(frames, subjects, settings)
 
 
@@ -479,33 +516,47 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
                    output_dir: str = "docs", work_dir: str = "outputs/validation/brain_eval", num_subjects: int = 20,
                    num_seeds: int = 3, model_path: str | None = None,
                    progression_bundle: str = "brain_mri_progression",
-                   overrides: dict[str, Any] | None = None, longitudinal_model_path: str | None = None) -> dict[str, Any]:
+                   overrides: dict[str, Any] | None = None, longitudinal_model_path: str | None = None,
+                   workers: int = 1) -> dict[str, Any]:
     """Evaluation split: fresh subjects, the frozen settings, every mode and the linear baseline; the report.
-    ``model_path`` / ``longitudinal_model_path`` replace the bundle's cross-sectional / longitudinal weights."""
+    ``model_path`` / ``longitudinal_model_path`` replace the bundle's cross-sectional / longitudinal weights.
+    ``workers > 1`` synthesises and measures the subjects over that many processes and runs every mode's edits side by
+    side, each mode's items in shards (records under ``<mode>/part<k>``: a rerun reuses them only with the same
+    ``workers``); on a GPU machine with many CPUs this turns hours into minutes."""
     t0 = time.perf_counter()
     load_datalist(Path(cohort_dir) / "datalist.json", "training", cohort_dir)  # the baseline's cohort: fail now
     path = Path(settings_file)
     frozen, digest = read_frozen(path, "brain")
     progression, work, ctx = bundle_dir(progression_bundle), Path(work_dir), Context.build()
     readers = frozen["readers"]
-    subjects = make_subjects(EVALUATION_SEED, num_subjects, num_seeds, work / "subjects")
+    subjects = make_subjects(EVALUATION_SEED, num_subjects, num_seeds, work / "subjects", workers=workers)
     ae = autoencoder_round_trips(progression, model_path, subjects, work / "subjects", overrides=overrides)
+    weights = {None: model_path, LONGITUDINAL_CONFIG: longitudinal_model_path}
+    modes = validation_modes(progression, frozen)
+    slugs = {name: "".join(c if c.isalnum() else "_" for c in name) for name in modes}
+    # about two shards per worker over all modes: the modes' costs differ (rounds, frames), small shards even them out
+    shards = 1 if workers == 1 else -(-2 * workers // len(modes))
+    if workers > 1:
+        t = time.perf_counter()
+        parallel_progression_runs([{"progression": progression, "settings": settings,
+                                    "items": edit_items(subjects, EDIT_TARGETS)[0], "out_dir": work / slugs[name],
+                                    "model_path": weights.get(settings.config), "overrides": overrides,
+                                    "shards": shards} for name, settings in modes.items()], workers)
+        parallel_seconds = time.perf_counter() - t
     methods: dict[str, Any] = {}
     timing: dict[str, float] = {}
     shown: dict[str, EditResult] = {}  # the first subject's edits, for the figure
-    for name, settings in validation_modes(progression, frozen).items():
+    for name, settings in modes.items():
         t = time.perf_counter()
-        slug = "".join(c if c.isalnum() else "_" for c in name)
-        res = edit_subjects(progression, {None: model_path, LONGITUDINAL_CONFIG: longitudinal_model_path}, settings,
-                            subjects, work / slug, overrides)
+        res = edit_subjects(progression, weights, settings, subjects, work / slugs[name], overrides, shards)
         timing[name] = time.perf_counter() - t
-        methods[name] = {"settings": settings.as_dict(), **measure(res, subjects, readers, ctx, ae)}
-        shown[name] = res[subjects[0].key]
+        methods[name] = {"settings": settings.as_dict(), **measure(res, subjects, readers, ctx, ae, workers)}
+        shown[name] = res[subjects[0].key].loaded()
     slope = linear_baseline(Path(cohort_dir))
     linear = linear_results(slope, subjects)
     methods["linear baseline"] = {"settings": {"model": "intensity ~ 1 + stage + age + sex, voxelwise OLS on the "
                                                         "cohort's training images"},
-                                  **measure(linear, subjects, readers, ctx, ae)}
+                                  **measure(linear, subjects, readers, ctx, ae, workers)}
     shown["linear baseline"] = linear[subjects[0].key]
     methods_figure(subjects[0], shown, Path(output_dir) / "figures" / "brain_progression_methods.png")
     for name, m in methods.items():
@@ -518,8 +569,20 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
     params = {"settings_file": str(path), "settings_sha256": digest, "num_subjects": num_subjects,
               "num_seeds": num_seeds, "model_path": model_path or "the bundle's models/model.pt",
               "longitudinal_model_path": longitudinal_model_path or "the bundle's models/model_longitudinal.pt",
-              "seconds_per_mode": timing, "cohort_dir": cohort_dir}
+              "seconds_per_mode": timing, "cohort_dir": cohort_dir, "workers": workers, "machine": machine()}
+    if workers > 1:
+        params["seconds_parallel_runs"] = parallel_seconds
     return write_evaluation("brain", methods, frozen, params, t0, output_dir, write_report)
+
+
+def machine() -> str:
+    """Where the runs ran (the bundle picks CUDA when there is one): GPU name or CPU count, and torch's version."""
+    import os
+
+    import torch
+
+    where = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    return f"{where}, torch {torch.__version__}"
 
 
 # ------------------------------------------------------------------------------------------------- report
@@ -551,7 +614,7 @@ def write_report(methods: dict[str, Any], frozen: dict[str, Any], params: dict[s
         f"{frozen['splits']['evaluation_seed']}+) x {first['num_seeds']} noise/sampler seeds; model "
         f"{params['model_path']}"
         + (f", longitudinal model {params['longitudinal_model_path']}" if LONGITUDINAL_MODE in methods else "")
-        + f"; {params['seconds'] / 60:.0f} min in all.  ",
+        + f"; {params['seconds'] / 60:.0f} min in all on {params.get('machine', 'an unrecorded machine')}.  ",
         f"Edits go from stage {SOURCE_STAGE} to {TARGET_STAGE} (AD); the null edit goes to the subject's own stage "
         f"{SOURCE_STAGE}. Readers (chosen on the tuning split): "
         + ", ".join(f"{m}: `{r}`" for m, r in frozen["readers"].items()) + ". Maps are compared after Gaussian "

@@ -16,7 +16,8 @@ from ..engines import ProgressionSummary
 from ..utils import atomic_write_text
 from .settings import ProgressionSettings
 
-__all__ = ["check_lines", "check_not_frozen", "freeze_settings", "read_frozen", "recorded_progression_run", "run_once", "validation_modes", "weights_digest",
+__all__ = ["check_lines", "check_not_frozen", "freeze_settings", "parallel_progression_runs", "read_frozen",
+           "recorded_progression_run", "run_once", "split_items", "validation_modes", "weights_digest",
            "write_evaluation"]
 
 
@@ -60,10 +61,20 @@ def run_once(index: str | Path, record: Mapping[str, Any], run: Callable[[], Any
 
 def recorded_progression_run(progression: str | Path, settings: ProgressionSettings, items: list[dict[str, Any]],
                              out_dir: Path, model_path: str | None = None,
-                             overrides: dict[str, Any] | None = None) -> tuple[list[list[str]], bool]:
+                             overrides: dict[str, Any] | None = None, shards: int = 1) -> tuple[list[list[str]], bool]:
     """Every item through the progression bundle in one run (frames under ``out_dir``), or the frames of the same
     run recorded in ``out_dir/run.json`` (same items, settings, overrides and weights; :func:`run_once`).
-    Returns ``(frame paths per item, reused)``."""
+    ``shards > 1`` splits the items into that many consecutive parts, each a recorded run of its own under
+    ``out_dir/part<k>`` (what :func:`parallel_progression_runs` runs side by side). Returns ``(frame paths per item,
+    reused)``."""
+    if shards > 1:
+        frames, reused = [], True
+        for k, part in enumerate(split_items(items, shards)):
+            got, was = recorded_progression_run(progression, settings, part, Path(out_dir) / f"part{k}", model_path,
+                                                overrides)
+            frames, reused = frames + got, reused and was
+        return frames, reused
+
     def run() -> list[list[str]]:
         run_overrides = {**(overrides or {}), **settings.bundle_overrides(progression), "datalist": items,
                          "output_dir": str(out_dir), "output_subfolders": True, "progress": False}
@@ -77,6 +88,40 @@ def recorded_progression_run(progression: str | Path, settings: ProgressionSetti
     record = {"items": items, "settings": settings.as_dict(), "overrides": overrides or {},
               "weights_sha256": weights_digest(progression, model_path)}
     return run_once(Path(out_dir) / "run.json", record, run)
+
+
+def split_items(items: list[Any], shards: int) -> list[list[Any]]:
+    """``items`` in ``shards`` consecutive parts whose sizes differ by one at most (empty parts dropped)."""
+    size, extra = divmod(len(items), shards)
+    parts, start = [], 0
+    for k in range(shards):
+        end = start + size + (k < extra)
+        parts.append(items[start:end])
+        start = end
+    return [p for p in parts if p]
+
+
+def parallel_progression_runs(runs: list[dict[str, Any]], workers: int, progress: bool = True) -> None:
+    """Record several progression runs at once: each run (the keyword arguments of
+    :func:`recorded_progression_run`, ``shards`` among them) is split into its shards and every shard runs in one of
+    ``workers`` processes. A later :func:`recorded_progression_run` with the same arguments reuses them. On a GPU
+    the processes share the device; on a CPU this only pays where the CPUs outnumber a run's threads."""
+    from ..utils.parallel import process_map
+
+    jobs = []
+    for run in runs:
+        run = dict(run)
+        shards = run.pop("shards", 1)
+        items, out_dir = run.pop("items"), Path(run.pop("out_dir"))
+        parts = split_items(items, shards) if shards > 1 else [items]
+        for k, part in enumerate(parts):
+            jobs.append((run["progression"], run["settings"], part, out_dir / f"part{k}" if shards > 1 else out_dir,
+                         run.get("model_path"), run.get("overrides")))
+    process_map(_recorded_run_job, jobs, workers, desc="progression runs", progress=progress)
+
+
+def _recorded_run_job(*args: Any) -> None:
+    recorded_progression_run(*args)
 
 
 def read_frozen(path: str | Path, task: str) -> tuple[dict[str, Any], str]:
@@ -106,7 +151,8 @@ def write_evaluation(task: str, methods: dict[str, Any], frozen: dict[str, Any],
     <task>_progression.md`` with ``write_report(methods, frozen, params, path)`` and its ``.json`` beside it."""
     params["seconds"] = round(time.perf_counter() - t0, 1)
     params["command"] = (f"monai-pie validate {task} {params.pop('cohort_dir')} --stage evaluate --num_subjects "
-                         f"{params['num_subjects']} --num_seeds {params['num_seeds']}")
+                         f"{params['num_subjects']} --num_seeds {params['num_seeds']}"
+                         + (f" --workers {params['workers']}" if params.get("workers", 1) > 1 else ""))
     out = Path(output_dir) / "validation"
     report = write_report(methods, frozen, params, out / f"{task}_progression.md")
     atomic_write_text(out / f"{task}_progression.json",

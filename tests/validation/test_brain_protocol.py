@@ -65,7 +65,9 @@ def test_counterfactual_frames_are_read_as_the_dose_ladder(tmp_path):
     base = ProgressionSettings.published()
     cf = bp.results_from_frames(frames, [subject], base.replace(edit_mode="counterfactual", num_rounds=8))
     # source 0.1 -> target 0.9 in 8 frames: frame n is stage 0.1 + 0.1 n, so 0.3, 0.5, 0.7, 0.9 are frames 2, 4, 6, 8
-    assert {st: float(f.mean()) for st, f in cf[subject.key].dose.items()} == {0.3: 2.0, 0.5: 4.0, 0.7: 6.0, 0.9: 8.0}
+    loaded = cf[subject.key].loaded()  # frames stay paths until measured
+    assert {st: float(f.mean()) for st, f in loaded.dose.items()} == {0.3: 2.0, 0.5: 4.0, 0.7: 6.0, 0.9: 8.0}
+    assert float(loaded.null.mean()) == 0.0
     pie = bp.results_from_frames(frames, [subject], base)
     assert list(pie[subject.key].dose) == [0.9]  # PIE's rounds are not stages: only its final frame counts
 
@@ -120,6 +122,20 @@ def test_tune_then_evaluate_end_to_end(brain_cohort, brain_trained, longitudinal
     assert "longitudinal model" in report
     assert data["methods"]["linear baseline"]["checks"]["null ventricle_ml"][1]  # and so is the linear model's
     assert res["seconds"] > 0
+    # the same evaluation over processes (subjects, runs side by side, measures): the same frames up to the rounding
+    # of another thread count (the tiny nets' edits are near zero, so ratios of them are no test of equality)
+    bp.evaluate_brain(str(brain_cohort), settings_file=str(settings_file), output_dir=str(tmp_path / "docs2"),
+                      work_dir=str(tmp_path / "eval2"), num_subjects=2, num_seeds=1, workers=2, **common)
+    par = json.loads((tmp_path / "docs2" / "validation" / "brain_progression.json").read_text())
+    assert par["params"]["workers"] == 2 and "--workers 2" in par["params"]["command"]
+    assert set(par["methods"]) == set(data["methods"])
+    frames = sorted((tmp_path / "eval").glob("*/s*/frame_*.nii.gz"))
+    assert len(frames) > 20
+    for f in frames:
+        twin = tmp_path / "eval2" / f.relative_to(tmp_path / "eval")
+        np.testing.assert_allclose(nib.load(twin).get_fdata(), nib.load(f).get_fdata(), atol=1e-4)
+    lin, lin_par = data["methods"]["linear baseline"]["stats"], par["methods"]["linear baseline"]["stats"]
+    assert lin_par["r2"][0] == pytest.approx(lin["r2"][0], rel=1e-6)  # no model in it: measured identically
 
 
 def test_settings_with_a_config_run_that_config_of_the_bundle():
@@ -169,3 +185,37 @@ def test_finished_edit_runs_are_reused_until_items_settings_or_weights_change(tm
     (progression / "models" / "model_longitudinal.pt").write_bytes(b"long v2")  # a config may use any models/*.pt
     bp.run_edits(progression, None, settings.replace(strength=0.3), subjects, targets, tmp_path / "out")
     assert len(calls) == 3
+
+
+def test_split_items_keeps_order_and_balances_parts():
+    parts = protocol.split_items(list(range(7)), 3)
+    assert parts == [[0, 1, 2], [3, 4], [5, 6]]
+    assert protocol.split_items([1], 4) == [[1]]  # no empty parts
+
+
+def test_sharded_runs_record_each_part_and_parallel_runs_are_reused(tmp_path, monkeypatch):
+    """A mode's items in shards: same (subject, target) -> frames mapping as one run, one record per part, and runs
+    recorded by ``parallel_progression_runs`` are found by the sequential pass (nothing runs twice)."""
+    progression = tmp_path / "bundle"
+    (progression / "models").mkdir(parents=True)
+    (progression / "models" / "model.pt").write_bytes(b"weights v1")
+    calls = []
+
+    class Summary:
+        def __init__(self, datalist):
+            self.summaries = [{"frames": [f"{d['image']}->{d['target_stage']}"]} for d in datalist]
+
+    monkeypatch.setattr(protocol, "run_bundle", lambda bundle, overrides: calls.append(overrides) or overrides)
+    monkeypatch.setattr(protocol, "find_handler", lambda overrides, kind: Summary(overrides["datalist"]))
+    subjects = [bp.Subject(i, 0, 0, 70.0, 0, path=f"s{i}") for i in range(3)]
+    settings = ProgressionSettings.published()
+    whole = bp.run_edits(progression, None, settings, subjects, bp.EDIT_TARGETS, tmp_path / "one")
+    sharded = bp.run_edits(progression, None, settings, subjects, bp.EDIT_TARGETS, tmp_path / "sharded", shards=4)
+    assert sharded == whole and len(calls) == 1 + 4
+    assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == [f"part{k}" for k in range(4)]
+    items = bp.edit_items(subjects, bp.EDIT_TARGETS)[0]
+    protocol.parallel_progression_runs([{"progression": progression, "settings": settings, "items": items,
+                                         "out_dir": tmp_path / "par", "shards": 2}], workers=1, progress=False)
+    assert len(calls) == 5 + 2
+    assert bp.run_edits(progression, None, settings, subjects, bp.EDIT_TARGETS, tmp_path / "par", shards=2) == whole
+    assert len(calls) == 7  # the recorded parts were reused

@@ -751,6 +751,34 @@ def _cohort_record(
     }
 
 
+def _synthesize_subject(
+    subj: dict[str, Any],
+    sid: str,
+    ss: np.random.SeedSequence,
+    out: Path,
+    recipe: BrainRecipe,
+    save: Callable[..., None] | None = None,
+) -> tuple[dict[str, float], list[tuple[str, dict[str, str], dict[str, Any]]]]:
+    """Render and write one subject's visits (a job of :func:`synthesize_brain_cohort`, in or out of process).
+
+    Returns:
+        ``(anatomy summary, [(image id, relative paths, truth) per visit])``.
+    """
+    save = _save_nifti if save is None else save
+    template = load_brain_template()
+    anat = _sample_anatomy(np.random.default_rng(_child(ss, 0)), subj["sex"], template, recipe)
+    visits = []
+    for visit, (age, stage) in enumerate(subj["visits"]):
+        res = _render(anat, stage, age, subj["sex"], np.random.default_rng(_child(ss, 1 + visit)), template, recipe)
+        image_id = f"{sid}_ses-{visit}"
+        paths = {"image": f"images/{image_id}.nii.gz", "tissue": f"tissue/{image_id}.nii.gz"}
+        save(res["image"], template.affine, out / paths["image"], _file_mode())
+        save(np.moveaxis(res["tissue_u8"], 0, -1), template.affine, out / paths["tissue"], _file_mode(),
+             1.0 / TISSUE_LEVELS)
+        visits.append((image_id, paths, res["truth"]))
+    return {"head_scale": round(anat.head_scale, 6), "min_jacobian": round(anat.min_jacobian, 6)}, visits
+
+
 def synthesize_brain_cohort(
     output_dir: str | os.PathLike,
     num_subjects: int = 40,
@@ -762,6 +790,7 @@ def synthesize_brain_cohort(
     progress: bool = True,
     *,
     recipe: BrainRecipe | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Write a synthetic brain T1 cohort with ground truth to ``output_dir``.
 
@@ -786,6 +815,8 @@ def synthesize_brain_cohort(
             removed first; nothing else is deleted (files of a larger earlier cohort stay, unlisted).
         progress: Show a tqdm progress bar.
         recipe: Effect sizes and noise; default ``BrainRecipe()``.
+        workers: Processes rendering subjects in parallel (``1``: this process, with a writer thread); the arrays do
+            not depend on it.
 
     Returns:
         dict: Summary: ``output_dir``, ``num_subjects``, ``num_longitudinal``, ``num_images``, subjects and images per
@@ -798,6 +829,7 @@ def synthesize_brain_cohort(
     if num_longitudinal > num_subjects:
         raise ValueError(f"`num_longitudinal` ({num_longitudinal}) cannot exceed `num_subjects` ({num_subjects}).")
     check_positive_int(visits, "visits")
+    check_positive_int(workers, "workers")
     root = _seed_sequence(seed)
     fractions = _check_split(split)
     recipe = BrainRecipe() if recipe is None else recipe
@@ -828,64 +860,57 @@ def synthesize_brain_cohort(
     rows: list[dict[str, Any]] = []
     subject_records = []
     num_images = sum(len(s["visits"]) for s in subjects)
-    # Compression runs in one writer thread (zlib releases the GIL) while the next image is synthesised.
-    pending: deque[Future] = deque()
-    with (
-        ThreadPoolExecutor(max_workers=1) as writer,
-        tqdm(total=num_images, desc="synth brain", unit="img", disable=not progress) as bar,
-    ):
-        for subj in subjects:
-            i = subj["index"]
-            sid = f"sub-{i:0{width}d}"
-            ss = _child(_child(root, 1), i)
-            anat = _sample_anatomy(np.random.default_rng(_child(ss, 0)), subj["sex"], template, recipe)
-            subject_records.append(
-                {
-                    "subject_id": sid,
-                    "split": split_of[i],
-                    "sex": subj["sex"],
-                    "longitudinal": subj["longitudinal"],
-                    "num_visits": len(subj["visits"]),
-                    "head_scale": round(anat.head_scale, 6),
-                    "min_jacobian": round(anat.min_jacobian, 6),
-                    "seed": {"entropy": int(root.entropy), "spawn_key": [1, i]},
-                }
-            )
-            for visit, (age, stage) in enumerate(subj["visits"]):
-                res = _render(
-                    anat, stage, age, subj["sex"], np.random.default_rng(_child(ss, 1 + visit)), template, recipe
-                )
-                image_id = f"{sid}_ses-{visit}"
-                paths = {"image": f"images/{image_id}.nii.gz", "tissue": f"tissue/{image_id}.nii.gz"}
+    jobs = [(subj, f"sub-{subj['index']:0{width}d}", _child(_child(root, 1), subj["index"]), out, recipe)
+            for subj in subjects]
+    if workers == 1:
+        done = []
+        # Compression runs in one writer thread (zlib releases the GIL) while the next image is synthesised.
+        pending: deque[Future] = deque()
+        with (
+            ThreadPoolExecutor(max_workers=1) as writer,
+            tqdm(total=num_images, desc="synth brain", unit="img", disable=not progress) as bar,
+        ):
+
+            def save(*args: Any) -> None:
                 while len(pending) > 4:  # bound the memory held by queued images; .result() re-raises write errors
                     pending.popleft().result()
-                pending.append(writer.submit(_save_nifti, res["image"], template.affine, out / paths["image"], mode))
-                pending.append(
-                    writer.submit(
-                        _save_nifti,
-                        np.moveaxis(res["tissue_u8"], 0, -1),
-                        template.affine,
-                        out / paths["tissue"],
-                        mode,
-                        1.0 / TISSUE_LEVELS,
-                    )
-                )
-                truth = res["truth"]
-                datalist[split_of[i]].append({**paths, "subject_id": sid, "visit": visit, **truth})
-                rows.append(
-                    {
-                        "image_id": image_id,
-                        "subject_id": sid,
-                        "visit": visit,
-                        "split": split_of[i],
-                        "longitudinal": int(subj["longitudinal"]),
-                        **paths,
-                        **truth,
-                    }
-                )
-                bar.update(1)
-        for f in pending:
-            f.result()
+                pending.append(writer.submit(_save_nifti, *args))
+
+            for job in jobs:
+                done.append(_synthesize_subject(*job, save=save))
+                bar.update(len(job[0]["visits"]))
+            for f in pending:
+                f.result()
+    else:  # each worker renders and writes whole subjects; the records are assembled here, in subject order
+        from monai_pie.utils.parallel import process_map
+
+        done = process_map(_synthesize_subject, jobs, workers, desc="synth brain (subjects)", progress=progress)
+    for (subj, sid, *_), (anat, visits) in zip(jobs, done):
+        i = subj["index"]
+        subject_records.append(
+            {
+                "subject_id": sid,
+                "split": split_of[i],
+                "sex": subj["sex"],
+                "longitudinal": subj["longitudinal"],
+                "num_visits": len(subj["visits"]),
+                **anat,
+                "seed": {"entropy": int(root.entropy), "spawn_key": [1, i]},
+            }
+        )
+        for visit, (image_id, paths, truth) in enumerate(visits):
+            datalist[split_of[i]].append({**paths, "subject_id": sid, "visit": visit, **truth})
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "subject_id": sid,
+                    "visit": visit,
+                    "split": split_of[i],
+                    "longitudinal": int(subj["longitudinal"]),
+                    **paths,
+                    **truth,
+                }
+            )
 
     summary = {
         "num_subjects": num_subjects,

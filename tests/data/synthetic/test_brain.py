@@ -268,6 +268,22 @@ def test_cohort_image_is_reproducible_in_memory(cohort, template):
     np.testing.assert_array_equal(np.asarray(nib.load(out / e["image"]).dataobj), res["image"])
 
 
+def test_cohort_over_processes_is_the_same_cohort(cohort, tmp_path):
+    """``workers`` renders subjects in other processes; the files and records are those of the serial run."""
+    out, _ = cohort
+    par = tmp_path / "par"
+    synthesize_brain_cohort(par, num_subjects=4, num_longitudinal=1, visits=3, seed=3, split=(0.5, 0.25, 0.25),
+                            progress=False, workers=2)
+    for name in ("datalist.json", "ground_truth.csv"):
+        assert (par / name).read_text() == (out / name).read_text()
+    assert json.loads((par / "cohort.json").read_text())["subjects"] == json.loads(
+        (out / "cohort.json").read_text())["subjects"]
+    for _, e in _entries(out):
+        for key in ("image", "tissue"):
+            np.testing.assert_array_equal(np.asarray(nib.load(par / e[key]).dataobj),
+                                          np.asarray(nib.load(out / e[key]).dataobj))
+
+
 def test_refuses_non_empty_folder(tmp_path, cohort):
     user_file = tmp_path / "notes.txt"
     user_file.write_text("keep me")
@@ -292,6 +308,7 @@ def test_refuses_non_empty_folder(tmp_path, cohort):
         ({"num_subjects": 2, "num_longitudinal": 3}, "num_longitudinal"),
         ({"visits": 0}, "visits"),
         ({"seed": -1}, "seed"),
+        ({"workers": 0}, "workers"),
     ],
 )
 def test_cohort_bad_arguments(tmp_path, kwargs, name):
