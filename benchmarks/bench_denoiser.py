@@ -7,6 +7,7 @@ weights, in one process, interleaved round-robin with repeats (benchmarks/_harne
 compile, is timed separately). Break-even: how many PIE rounds (25 steps each) the compile time buys back.
 
     python benchmarks/bench_denoiser.py --repeats 8   # 2D 64x64 latent, 3D 24^3, brain bundle; ~8 min on 2 cores
+    python benchmarks/bench_denoiser.py --device cuda # on a GPU, with CUDA-graph replay of ours as a fourth method
 """
 
 from __future__ import annotations
@@ -25,31 +26,65 @@ from bench_progression import CASES, build  # noqa: E402
 STEPS_PER_ROUND = 25
 CALLS_PER_REPEAT = 3
 BATCHES = {1: "1 (no guidance)", 2: "2 (guidance)"}
-METHODS = {"plain": "as built", "ours": "ours (default)", "compiled": "ours + torch.compile"}
+METHODS = {"plain": "as built", "ours": "ours (default)", "compiled": "ours + torch.compile",
+           "graphed": "ours + CUDA graphs (the sampler's GPU default)"}
 
 
-def prepare(name: str, batch: int, compile_too: bool) -> tuple[dict, tuple, float]:
-    """The case's denoisers, the inputs of one call and the compile seconds (0 without ``compile_too``)."""
+def _graphed(unet):
+    """``unet`` called through the samplers' CUDA-graph replay (``graphed_denoise`` wants a ``denoise`` method)."""
+    import torch
+
+    from monai_pie.networks.cuda_graphs import graphed_denoise
+
+    class Denoiser(torch.nn.Module):
+        def __init__(self, unet):
+            super().__init__()
+            self.unet = unet
+
+        def denoise(self, x, timesteps, context):
+            return self.unet(x, timesteps=timesteps, context=context)
+
+    wrapper = Denoiser(unet)
+    call = lambda x, timesteps, context: graphed_denoise(wrapper, x, timesteps, context)  # noqa: E731
+    call.keep = wrapper  # the graph cache holds the wrapper weakly
+    return call
+
+
+def prepare(name: str, batch: int, compile_too: bool, device: str = "cpu") -> tuple[dict, tuple, float]:
+    """The case's denoisers on ``device``, the inputs of one call and the compile seconds (0 without
+    ``compile_too``)."""
     import torch
 
     from monai_pie.networks.acceleration import accelerate_for_inference
 
     net, x, cond = build(CASES[name])
+    net, x = net.to(device), x.to(device)
+    cond = cond.to(device) if torch.is_tensor(cond) else {k: v.to(device) for k, v in cond.items()}
     with torch.inference_mode():
         z = net.encode(x)
         z = torch.cat([z + 0.1 * torch.randn_like(z) for _ in range(batch)])
         context = net.make_condition(cond).context
         context = context.expand(batch, *context.shape[1:]).contiguous()
-    t = torch.full((batch,), 500)
+    t = torch.full((batch,), 500, device=device)
     nets = {"plain": net.unet, "ours": accelerate_for_inference(copy.deepcopy(net.unet))}
+    if str(device).startswith("cuda"):
+        nets["graphed"] = _graphed(nets["ours"])
     compile_s = 0.0
     if compile_too:
         nets["compiled"] = torch.compile(copy.deepcopy(nets["ours"]), dynamic=False)
         t0 = time.perf_counter()
         with torch.inference_mode():
             nets["compiled"](z, timesteps=t, context=context)
+        _sync(device)
         compile_s = time.perf_counter() - t0
     return nets, (z, t, context), compile_s
+
+
+def _sync(device) -> None:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -57,6 +92,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
     ap.add_argument("--no_compile", action="store_true", help="skip torch.compile (it needs a C++ compiler)")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "denoiser.md"))
     args = ap.parse_args()
     import torch
@@ -68,16 +104,18 @@ def main() -> None:
     rows = []
     for name in chosen:
         for batch in BATCHES:
-            nets, (z, t, context), compile_s = prepare(name, batch, not args.no_compile)
+            nets, (z, t, context), compile_s = prepare(name, batch, not args.no_compile, args.device)
             with torch.inference_mode():
                 ref = nets["plain"](z, timesteps=t, context=context)
                 error = {m: float((n(z, timesteps=t, context=context) - ref).abs().max()) for m, n in nets.items()}
 
                 def timed(net):
                     def run() -> float:
+                        _sync(args.device)
                         t0 = time.perf_counter()
                         for _ in range(CALLS_PER_REPEAT):
                             net(z, timesteps=t, context=context)
+                        _sync(args.device)
                         return (time.perf_counter() - t0) / CALLS_PER_REPEAT
                     return run
 
@@ -95,7 +133,7 @@ def main() -> None:
                             f"{compile_cell} | {break_even} | {error[m]:.1e} | {flag} |")
                 print(rows[-1], file=sys.stderr)
     lines = header("Denoiser call (one sampler step's U-Net): as built, our default acceleration, torch.compile",
-                   args.repeats, before)
+                   args.repeats, before, args.device)
     lines += [f"Each repeat times {CALLS_PER_REPEAT} calls; `compile` is the compiled network's first call; "
               f"break-even is compile time / (time saved per call x {STEPS_PER_ROUND} steps of a PIE round); "
               "`max abs diff` is against the network as built. Cases as in bench_progression.py (random weights with a "

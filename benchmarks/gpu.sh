@@ -13,10 +13,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 REPEATS=${REPEATS:-3}
+# the denoiser table skips torch.compile here (minutes of compiling; `python benchmarks/bench_denoiser.py --device cuda`
+# takes it); on the CPU it times the brain network only
 if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    DEVICE=cuda; SIZE=()
+    DEVICE=cuda; SIZE=(); DENOISER=(--no_compile)
 else
-    DEVICE=cpu; SIZE=(--quick)
+    DEVICE=cpu; SIZE=(--quick); DENOISER=(--no_compile --cases "brain bundle")
     echo "no CUDA device: running every table at reduced sizes on the CPU" >&2
 fi
 OUT=${RESULTS:-benchmarks/results/$DEVICE}
@@ -39,6 +41,8 @@ if [ "$DEVICE" = cuda ]; then
 fi
 run "PIE rounds" "$PY" benchmarks/bench_progression.py --device "$DEVICE" --repeats "$REPEATS" "${SIZE[@]}" \
     --out "$OUT/progression.md"
+run "denoiser call" "$PY" benchmarks/bench_denoiser.py --device "$DEVICE" --repeats "$REPEATS" "${DENOISER[@]}" \
+    --out "$OUT/denoiser.md"
 run "autoencoder memory vs volume size" "$PY" benchmarks/bench_memory.py --device "$DEVICE" --repeats "$REPEATS" \
     "${SIZE[@]}" --out "$OUT/memory.md"
 run "ssProp FLOPs and step time" "$PY" benchmarks/bench_sparse_backprop.py --device "$DEVICE" --skip-quality \
