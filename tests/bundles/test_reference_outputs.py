@@ -26,9 +26,13 @@ def test_outputs_match_the_reference(name, tmp_path):
         assert got["size"] == want["size"], rel
         sub = SUBSAMPLES[f"{name}/{rel}"]
         scale = max(float(np.abs(sub).max()), 1.0)
-        # exact on the machine that made the reference; the tolerance only absorbs another CPU's last-bit rounding
-        np.testing.assert_allclose(got["sub"], sub, rtol=0, atol=1e-5 * scale, err_msg=rel)
-        assert got["sum"] == pytest.approx(want["sum"], rel=1e-6, abs=1e-4), rel
+        # exact on the machine that made the reference; the tolerance absorbs another CPU's rounding (oneDNN picks
+        # other kernels on other x86 generations: up to 3e-5 of the range in float frames, and then one level of an
+        # 8- or 16-bit picture), far below what a change of behaviour moves
+        level = 1.0 if rel.endswith((".png", ".gif")) else 0.0
+        np.testing.assert_allclose(got["sub"], sub, rtol=0, atol=max(1e-4 * scale, level), err_msg=rel)
+        # a change map's sum is a small difference of large parts: its rounding scales with the absolute sum
+        assert got["sum"] == pytest.approx(want["sum"], rel=1e-6, abs=max(1e-4, 1e-4 * want["abs_sum"])), rel
 
 
 def test_scenarios_cover_every_inference_bundle(tmp_path):
