@@ -15,7 +15,7 @@ network to float rounding (the tests check it). Three changes, measured in ``ben
 - Layers of large volumes run slab by slab (``use_slab_execution``): exact, and leaner at 1 mm
   (``benchmarks/results/memory.md``). Layers of at most 2^19 voxels run as before, so small volumes pay nothing,
   except that a batch-1 3D convolution of a small volume (the brain U-Net's latent without guidance, the deepest
-  autoencoder level) runs on oneDNN where PyTorch's CPU heuristic would pick its reference kernel (2.3x faster
+  autoencoder level) runs on oneDNN where PyTorch's CPU heuristic would pick its reference kernel (2.5x faster
   for the brain U-Net at batch 1, ``benchmarks/results/denoiser.md``; not under ``torch.compile``).
 
 ``precision="bf16"`` (``inference_autocast``) is the one change that alters outputs beyond rounding; it is opt-in and
