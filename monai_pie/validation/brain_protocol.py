@@ -38,6 +38,7 @@ from .protocol import (
     check_lines,
     check_not_frozen,
     freeze_settings,
+    machine,
     parallel_progression_runs,
     read_frozen,
     recorded_progression_run,
@@ -573,16 +574,6 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
     if workers > 1:
         params["seconds_parallel_runs"] = parallel_seconds
     return write_evaluation("brain", methods, frozen, params, t0, output_dir, write_report)
-
-
-def machine() -> str:
-    """Where the runs ran (the bundle picks CUDA when there is one): GPU name or CPU count, and torch's version."""
-    import os
-
-    import torch
-
-    where = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    return f"{where}, torch {torch.__version__}"
 
 
 # ------------------------------------------------------------------------------------------------- report

@@ -44,6 +44,8 @@ from .protocol import (
     check_lines,
     check_not_frozen,
     freeze_settings,
+    machine,
+    parallel_progression_runs,
     read_frozen,
     recorded_progression_run,
     validation_modes,
@@ -148,6 +150,20 @@ def edit_items(subjects: list[Subject], seed: int, rois: dict[str, str],
     return items, keys
 
 
+def seed_runs(progression: Path, model_path: str | None, settings: ProgressionSettings, subjects: list[Subject],
+              seeds: int, rois: dict[str, str], out_dir: Path, overrides: dict[str, Any] | None = None,
+              batch_size: int = 16) -> list[tuple[dict[str, Any], list[tuple[str, int, str]]]]:
+    """One progression run per sampler seed (a batch shares its seed): ``[(the keyword arguments of
+    recorded_progression_run, the items' keys)]``, the runs :func:`run_edits` records under ``seed<k>``."""
+    runs = []
+    for k in range(seeds):
+        items, keys = edit_items(subjects, k, rois, settings)
+        runs.append(({"progression": progression, "settings": settings, "items": items, "out_dir": out_dir / f"seed{k}",
+                      "model_path": model_path,
+                      "overrides": {**(overrides or {}), "dataloader#batch_size": batch_size}}, keys))
+    return runs
+
+
 def run_edits(progression: Path, model_path: str | None, settings: ProgressionSettings, subjects: list[Subject],
               seeds: int, rois: dict[str, str], out_dir: Path, overrides: dict[str, Any] | None = None,
               batch_size: int = 16, tally: dict[str, int] | None = None) -> dict[tuple[str, int, str], list[str]]:
@@ -158,10 +174,9 @@ def run_edits(progression: Path, model_path: str | None, settings: ProgressionSe
     with the same record reuses those frames, so an interrupted evaluation resumes and a changed measure is
     recomputed without re-running the model. ``tally`` counts the runs ``"ran"`` and ``"reused"``."""
     out, tally = {}, tally if tally is not None else {}
-    for k in range(seeds):
-        items, keys = edit_items(subjects, k, rois, settings)
-        frames, reused = recorded_progression_run(progression, settings, items, out_dir / f"seed{k}", model_path,
-                                                  {**(overrides or {}), "dataloader#batch_size": batch_size})
+    for run, keys in seed_runs(progression, model_path, settings, subjects, seeds, rois, out_dir, overrides,
+                               batch_size):
+        frames, reused = recorded_progression_run(**run)
         tally["reused" if reused else "ran"] = tally.get("reused" if reused else "ran", 0) + 1
         out.update(dict(zip(keys, frames)))
     return out
@@ -472,7 +487,8 @@ def tune_cxr(cohort_dir: str, settings_file: str = "docs/validation/cxr_settings
 def evaluate_cxr(cohort_dir: str, settings_file: str = "docs/validation/cxr_settings.json",
                  output_dir: str = "docs", work_dir: str = "outputs/validation/cxr_eval", num_subjects: int = 32,
                  num_seeds: int = 3, model_path: str | None = None, progression_bundle: str = "cxr_progression",
-                 readers_dir: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                 readers_dir: str | None = None, overrides: dict[str, Any] | None = None,
+                 workers: int = 1) -> dict[str, Any]:
     """Evaluation split: fresh phantoms, the frozen settings, every mode and the linear baseline; the report.
 
     Args:
@@ -486,6 +502,8 @@ def evaluate_cxr(cohort_dir: str, settings_file: str = "docs/validation/cxr_sett
         progression_bundle: The progression bundle (folder or name).
         readers_dir: The readers' cache (default: the tuning run's, named in the settings file).
         overrides: Bundle config overrides for every run.
+        workers: ``> 1``: every mode's seed runs side by side in that many processes first (they share a GPU), then
+            the sequential pass reuses their records.
     """
     t0 = time.perf_counter()
     cohort = Path(cohort_dir)
@@ -503,13 +521,22 @@ def evaluate_cxr(cohort_dir: str, settings_file: str = "docs/validation/cxr_sett
     timing: dict[str, float] = {}
     tally: dict[str, int] = {}
     shown: dict[str, EditResult] = {}
-    for name, settings in validation_modes(progression, frozen).items():
+    modes = validation_modes(progression, frozen)
+    slugs = {name: "".join(c if c.isalnum() else "_" for c in name) for name in modes}
+    if workers > 1:
         t = time.perf_counter()
-        slug = "".join(c if c.isalnum() else "_" for c in name)
-        res = edit_subjects(progression, model_path, settings, subjects, num_seeds, rois, work / slug, overrides, tally)
+        reused = parallel_progression_runs([run for name, settings in modes.items() for run, _ in seed_runs(
+            progression, model_path, settings, subjects, num_seeds, rois, work / slugs[name], overrides)], workers)
+        timing["all modes side by side"] = time.perf_counter() - t
+    for name, settings in modes.items():
+        t = time.perf_counter()
+        res = edit_subjects(progression, model_path, settings, subjects, num_seeds, rois, work / slugs[name], overrides,
+                            tally)
         timing[name] = time.perf_counter() - t
         methods[name] = {"settings": settings.as_dict(), **measure(res, subjects, readers, ae)}
         shown[name] = res[(subjects[0].key, 0)]
+    if workers > 1:  # the sequential pass found every run recorded: count what the parallel pass did
+        tally = {"ran": reused.count(False), "reused": reused.count(True)}
     linear = linear_results(linear_baseline(cohort, size), subjects, rois, num_seeds)
     methods["linear baseline"] = {"settings": {"model": "intensity ~ 1 + the four finding severities, pixelwise OLS "
                                                         "on the cohort's training images; added inside the ROI"},
@@ -525,7 +552,8 @@ def evaluate_cxr(cohort_dir: str, settings_file: str = "docs/validation/cxr_sett
             m["checks"]["no worse than the linear baseline"] = (max(gaps), max(gaps) <= THRESHOLDS["baseline_margin"])
     params = {"settings_file": str(path), "settings_sha256": digest, "num_subjects": num_subjects,
               "num_seeds": num_seeds, "model_path": model_path or "the bundle's models/model.pt",
-              "seconds_per_mode": timing, "cohort_dir": cohort_dir, "bundle_runs": tally}
+              "seconds_per_mode": timing, "cohort_dir": cohort_dir, "bundle_runs": tally, "workers": workers,
+              "machine": machine()}
     return write_evaluation("cxr", methods, frozen, params, t0, output_dir, write_report)
 
 
@@ -557,7 +585,7 @@ def write_report(methods: dict[str, Any], frozen: dict[str, Any], params: dict[s
         f"{frozen['frozen_at']} on {frozen['splits']['tuning_subjects']} tuning phantoms, seeds "
         f"{frozen['splits']['tuning_seed']}+); evaluation: {first['num_subjects']} fresh phantoms (seeds "
         f"{frozen['splits']['evaluation_seed']}+) x {first['num_seeds']} sampler seeds; model {params['model_path']}; "
-        f"{params['seconds'] / 60:.0f} min in all"
+        f"{params['seconds'] / 60:.0f} min in all on {params.get('machine', 'an unrecorded machine')}"
         + (f" ({params['bundle_runs']['reused']} of {sum(params['bundle_runs'].values())} bundle runs reused from the "
            "work folder's `run.json` records, same items, settings and weights; their model time is not in the "
            "minutes)" if params.get("bundle_runs", {}).get("reused") else "") + ".  ",

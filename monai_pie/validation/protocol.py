@@ -16,7 +16,7 @@ from ..engines import ProgressionSummary
 from ..utils import atomic_write_text
 from .settings import ProgressionSettings
 
-__all__ = ["check_lines", "check_not_frozen", "freeze_settings", "parallel_progression_runs", "read_frozen",
+__all__ = ["check_lines", "check_not_frozen", "freeze_settings", "machine", "parallel_progression_runs", "read_frozen",
            "recorded_progression_run", "run_once", "split_items", "validation_modes", "weights_digest",
            "write_evaluation"]
 
@@ -31,6 +31,17 @@ def validation_modes(progression: str | Path | None,
 
     bundle = ProgressionSettings.from_config(parse_bundle(progression).config)
     return {"PIE, bundle defaults": bundle, "PIE, published setting": ProgressionSettings.published()}
+
+
+def machine() -> str:
+    """Where the runs ran (the bundles pick CUDA when there is one): the GPU's name or the CPU count, and torch's
+    version."""
+    import os
+
+    import torch
+
+    where = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    return f"{where}, torch {torch.__version__}"
 
 
 def weights_digest(progression: str | Path, model_path: str | None) -> str:
@@ -101,11 +112,12 @@ def split_items(items: list[Any], shards: int) -> list[list[Any]]:
     return [p for p in parts if p]
 
 
-def parallel_progression_runs(runs: list[dict[str, Any]], workers: int, progress: bool = True) -> None:
+def parallel_progression_runs(runs: list[dict[str, Any]], workers: int, progress: bool = True) -> list[bool]:
     """Record several progression runs at once: each run (the keyword arguments of
     :func:`recorded_progression_run`, ``shards`` among them) is split into its shards and every shard runs in one of
     ``workers`` processes. A later :func:`recorded_progression_run` with the same arguments reuses them. On a GPU
-    the processes share the device; on a CPU this only pays where the CPUs outnumber a run's threads."""
+    the processes share the device; on a CPU this only pays where the CPUs outnumber a run's threads. Returns, per
+    shard, whether it was reused from an earlier record."""
     from ..utils.parallel import process_map
 
     jobs = []
@@ -117,11 +129,11 @@ def parallel_progression_runs(runs: list[dict[str, Any]], workers: int, progress
         for k, part in enumerate(parts):
             jobs.append((run["progression"], run["settings"], part, out_dir / f"part{k}" if shards > 1 else out_dir,
                          run.get("model_path"), run.get("overrides")))
-    process_map(_recorded_run_job, jobs, workers, desc="progression runs", progress=progress)
+    return process_map(_recorded_run_job, jobs, workers, desc="progression runs", progress=progress)
 
 
-def _recorded_run_job(*args: Any) -> None:
-    recorded_progression_run(*args)
+def _recorded_run_job(*args: Any) -> bool:
+    return recorded_progression_run(*args)[1]
 
 
 def read_frozen(path: str | Path, task: str) -> tuple[dict[str, Any], str]:

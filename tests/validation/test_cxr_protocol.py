@@ -170,3 +170,9 @@ def test_finished_runs_are_reused_until_the_items_settings_or_weights_change(tmp
     cp.run_edits(progression, None, settings.replace(strength=0.3), subjects, 1, rois, tmp_path / "out")
     assert len(calls) == 5  # other weights: run again
     assert all(c["dataloader#batch_size"] == 16 for c in calls)
+    # --workers: the seed runs recorded side by side first are the ones run_edits then finds
+    runs = [run for run, _ in cp.seed_runs(progression, None, settings, subjects, 2, rois, tmp_path / "par")]
+    assert protocol.parallel_progression_runs(runs, workers=1, progress=False) == [False, False]
+    tally = {}
+    assert cp.run_edits(progression, None, settings, subjects, 2, rois, tmp_path / "par", tally=tally) == first
+    assert len(calls) == 7 and tally == {"reused": 2}
