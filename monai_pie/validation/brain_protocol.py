@@ -130,7 +130,8 @@ def true_change(s: Subject, stage: float = TARGET_STAGE) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------- the runs
-def edit_items(subjects: list[Subject], targets: dict[str, float]) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+def edit_items(subjects: list[Subject],
+               targets: dict[str, float]) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """The progression bundle's datalist for every subject toward every target, and each item's
     ``(subject key, target name)``."""
     items, keys = [], []
@@ -142,6 +143,15 @@ def edit_items(subjects: list[Subject], targets: dict[str, float]) -> tuple[list
     return items, keys
 
 
+def edit_run(progression_bundle: Path, model_path: str | None, settings: ProgressionSettings,
+             subjects: list[Subject], targets: dict[str, float], out_dir: Path,
+             overrides: dict[str, Any] | None = None, shards: int = 1) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The run :func:`run_edits` records, as ``(recorded_progression_run's keyword arguments, the items' keys)``."""
+    items, keys = edit_items(subjects, targets)
+    return {"progression": progression_bundle, "settings": settings, "items": items, "out_dir": out_dir,
+            "model_path": model_path, "overrides": overrides, "shards": shards}, keys
+
+
 def run_edits(progression_bundle: Path, model_path: str | None, settings: ProgressionSettings,
               subjects: list[Subject], targets: dict[str, float], out_dir: Path,
               overrides: dict[str, Any] | None = None, shards: int = 1) -> dict[tuple[str, str], list[str]]:
@@ -149,8 +159,8 @@ def run_edits(progression_bundle: Path, model_path: str | None, settings: Progre
     ``{(subject key, target): frames}``. ``model_path`` (default: the weights the bundle's config, or the settings'
     ``config``, names) replaces the weights. A run recorded in ``out_dir/run.json`` with the same items, settings and
     weights is reused (``recorded_progression_run``)."""
-    items, keys = edit_items(subjects, targets)
-    frames, _ = recorded_progression_run(progression_bundle, settings, items, out_dir, model_path, overrides, shards)
+    run, keys = edit_run(progression_bundle, model_path, settings, subjects, targets, out_dir, overrides, shards)
+    frames, _ = recorded_progression_run(**run)
     return dict(zip(keys, frames))
 
 
@@ -405,8 +415,9 @@ def summarise(per: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
 
 def results_from_frames(frames: dict[tuple[str, str], list[str]], subjects: list[Subject],
                         settings: ProgressionSettings) -> dict[str, EditResult]:
-    """Frames of a bundle run as :class:`EditResult` s (paths, read when measured). Counterfactual frames are the dose ladder (frame ``n`` is
-    ``n / N`` of the way from the source stage); PIE's rounds are not, so only its final frame is kept."""
+    """Frames of a bundle run as :class:`EditResult` s (paths, read when measured). Counterfactual frames are the
+    dose ladder (frame ``n`` is ``n / N`` of the way from the source stage); PIE's rounds are not, so only its final
+    frame is kept."""
     out = {}
     for s in subjects:
         ad, null = frames[(s.key, "target")], frames[(s.key, "null")]
@@ -539,10 +550,9 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
     shards = 1 if workers == 1 else -(-2 * workers // len(modes))
     if workers > 1:
         t = time.perf_counter()
-        parallel_progression_runs([{"progression": progression, "settings": settings,
-                                    "items": edit_items(subjects, EDIT_TARGETS)[0], "out_dir": work / slugs[name],
-                                    "model_path": weights.get(settings.config), "overrides": overrides,
-                                    "shards": shards} for name, settings in modes.items()], workers)
+        parallel_progression_runs([edit_run(progression, weights.get(settings.config), settings, subjects, EDIT_TARGETS,
+                                            work / slugs[name], overrides, shards)[0]
+                                   for name, settings in modes.items()], workers)
         parallel_seconds = time.perf_counter() - t
     methods: dict[str, Any] = {}
     timing: dict[str, float] = {}

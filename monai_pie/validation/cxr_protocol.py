@@ -527,7 +527,7 @@ def evaluate_cxr(cohort_dir: str, settings_file: str = "docs/validation/cxr_sett
         t = time.perf_counter()
         reused = parallel_progression_runs([run for name, settings in modes.items() for run, _ in seed_runs(
             progression, model_path, settings, subjects, num_seeds, rois, work / slugs[name], overrides)], workers)
-        timing["all modes side by side"] = time.perf_counter() - t
+        parallel_seconds = time.perf_counter() - t
     for name, settings in modes.items():
         t = time.perf_counter()
         res = edit_subjects(progression, model_path, settings, subjects, num_seeds, rois, work / slugs[name], overrides,
@@ -554,6 +554,8 @@ def evaluate_cxr(cohort_dir: str, settings_file: str = "docs/validation/cxr_sett
               "num_seeds": num_seeds, "model_path": model_path or "the bundle's models/model.pt",
               "seconds_per_mode": timing, "cohort_dir": cohort_dir, "bundle_runs": tally, "workers": workers,
               "machine": machine()}
+    if workers > 1:
+        params["seconds_parallel_runs"] = parallel_seconds
     return write_evaluation("cxr", methods, frozen, params, t0, output_dir, write_report)
 
 

@@ -17,7 +17,7 @@ from ..utils import atomic_write_text
 from .settings import ProgressionSettings
 
 __all__ = ["check_lines", "check_not_frozen", "freeze_settings", "machine", "parallel_progression_runs", "read_frozen",
-           "recorded_progression_run", "run_once", "split_items", "validation_modes", "weights_digest",
+           "recorded_progression_run", "run_once", "shard_runs", "split_items", "validation_modes", "weights_digest",
            "write_evaluation"]
 
 
@@ -80,9 +80,8 @@ def recorded_progression_run(progression: str | Path, settings: ProgressionSetti
     reused)``."""
     if shards > 1:
         frames, reused = [], True
-        for k, part in enumerate(split_items(items, shards)):
-            got, was = recorded_progression_run(progression, settings, part, Path(out_dir) / f"part{k}", model_path,
-                                                overrides)
+        for part in shard_runs(progression, settings, items, out_dir, model_path, overrides, shards):
+            got, was = recorded_progression_run(*part)
             frames, reused = frames + got, reused and was
         return frames, reused
 
@@ -120,16 +119,19 @@ def parallel_progression_runs(runs: list[dict[str, Any]], workers: int, progress
     shard, whether it was reused from an earlier record."""
     from ..utils.parallel import process_map
 
-    jobs = []
-    for run in runs:
-        run = dict(run)
-        shards = run.pop("shards", 1)
-        items, out_dir = run.pop("items"), Path(run.pop("out_dir"))
-        parts = split_items(items, shards) if shards > 1 else [items]
-        for k, part in enumerate(parts):
-            jobs.append((run["progression"], run["settings"], part, out_dir / f"part{k}" if shards > 1 else out_dir,
-                         run.get("model_path"), run.get("overrides")))
+    jobs = [part for run in runs for part in shard_runs(**run)]
     return process_map(_recorded_run_job, jobs, workers, desc="progression runs", progress=progress)
+
+
+def shard_runs(progression: str | Path, settings: ProgressionSettings, items: list[dict[str, Any]], out_dir: Path,
+               model_path: str | None = None, overrides: dict[str, Any] | None = None,
+               shards: int = 1) -> list[tuple[Any, ...]]:
+    """The unsharded :func:`recorded_progression_run` arguments of each shard of a run (one per part under
+    ``out_dir/part<k>``, or the run itself when ``shards`` is 1)."""
+    if shards <= 1:
+        return [(progression, settings, items, Path(out_dir), model_path, overrides)]
+    return [(progression, settings, part, Path(out_dir) / f"part{k}", model_path, overrides)
+            for k, part in enumerate(split_items(items, shards))]
 
 
 def _recorded_run_job(*args: Any) -> bool:
