@@ -9,11 +9,13 @@ Subjects come from the synthetic cohort's generator with seeds of their own (tun
 ``900000+``; no cohort uses them), each a CN subject at stage ``SOURCE_STAGE`` with several noise draws (the
 "seeds": image noise and sampler seed together). Its truth is the same subject and noise re-rendered at the target
 stages. Every edit runs through the ``brain_mri_progression`` bundle; every effect is reported as target minus null
-(an edit toward the subject's own stage), beside the truth and beside a voxelwise linear baseline.
+(an edit toward the subject's own stage), beside the truth and beside two simple baselines: a voxelwise linear model
+of intensity on stage, and a Jacobian-controlled deformation of the subject's own ventricles and hippocampi.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -28,11 +30,13 @@ from tqdm.auto import tqdm
 
 from ..bundle_tools import bundle_dir, find_handler, parse_bundle, run_bundle
 from ..data import load_datalist
+from ..data.synthetic._deform import pullback_with_log_jacobian, warp
 from ..data.synthetic.brain import load_brain_template, synthesize_brain_subject
 from ..engines import ProgressionSummary
 from ..metrics import BrainMarkers
+from ..metrics.brain_markers import tissue_class_means, tissue_fractions
 from ..metrics.brain_readers import TensorBasedMorphometry, TissueEM
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, check_positive_int
 from ..utils.parallel import process_map
 from .protocol import (
     check_lines,
@@ -453,6 +457,69 @@ def linear_results(slope: np.ndarray, subjects: list[Subject]) -> dict[str, Edit
     return out
 
 
+DEFORMATION_MODEL = ("Jacobian-controlled deformation: the subject's ventricle CSF and hippocampal GM change volume "
+                     "at the cohort's training-split rate per unit stage (OLS of log volume on stage, age, sex); the "
+                     "ROI's other tissue makes room")
+BASELINES = ("linear baseline", "deformation baseline")
+#: the marker each region's frame-0 tissue fraction stands for: (tissue channel of ``tissue_fractions``, ROI)
+DEFORMATION_REGIONS = {"ventricle_ml": (0, "ventricle"), "hippocampal_gm_ml": (1, "hippocampal")}
+DEFORMATION_SMOOTH_VOX = 1.0
+
+
+def deformation_rates(cohort_dir: Path) -> dict[str, float]:
+    """Each marker's log volume change per unit stage: OLS of ``log(volume)`` on stage, age and sex over the cohort's
+    training split (``ground_truth.csv``: the volumes a user would measure on their own training scans)."""
+    path = Path(cohort_dir) / "ground_truth.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the deformation baseline reads the cohort's training volumes.")
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "training"]
+    if len(rows) < 5:
+        raise ValueError(f"{path} has {len(rows)} training rows; the deformation baseline needs at least 5.")
+    design = np.array([[1.0, float(r["stage"]), float(r["age"]), float(r["sex"])] for r in rows])
+    return {m: float(np.linalg.lstsq(design, np.log([float(r[col]) for r in rows]), rcond=None)[0][1])
+            for m, col in MARKERS.items()}
+
+
+def deformation_edit(x0: np.ndarray, rates: dict[str, float], ctx: Context,
+                     stages: Sequence[float] = DOSE_STAGES) -> dict[float, np.ndarray]:
+    """A Jacobian-controlled deformation of ``x0`` ``(X, Y, Z)`` toward each of ``stages``: the subject's own
+    ventricle CSF and hippocampal GM (voxels of the marker ROIs where frame 0's tissue fraction is the majority) change
+    volume by ``exp(rate * (stage - SOURCE_STAGE))`` (as a mean log Jacobian over the region), the ROI's other tissue
+    gives or takes the difference (a shrinking hippocampus makes room for CSF, growing ventricles push the tissue
+    around them), and tissue keeps its intensity (the image is resampled, not repainted). The field is solved once at
+    the largest stage and scaled for the others. Returns ``{stage: frame}``."""
+    fractions = tissue_fractions(x0, tissue_class_means(x0, ctx.core))
+    top = max(stages) - SOURCE_STAGE
+    log_jac = np.zeros(x0.shape, dtype=np.float64)
+    for m, (channel, roi) in DEFORMATION_REGIONS.items():
+        inside = (ctx.rois[roi] & ctx.brain).astype(np.float64)
+        region = (fractions[channel] > 0.5) * inside  # where the tissue is the majority: a deformation moves
+        # voxels, and a partial-volume mixture spread evenly over the ROI would have nothing to move apart
+        grows = ndimage.gaussian_filter(region, DEFORMATION_SMOOTH_VOX)
+        if not 0 < region.sum() < inside.sum():
+            raise ValueError(f"the {roi} ROI of frame 0 has {int(region.sum())} of {int(inside.sum())} voxels where "
+                             f"{('CSF', 'GM', 'WM')[channel]} is the majority; the deformation baseline needs some, "
+                             "and some other tissue.")
+        rest = ndimage.gaussian_filter(inside - region, DEFORMATION_SMOOTH_VOX)
+        shape = grows - rest * (grows.sum() / rest.sum())  # the ROI's other tissue gives or takes the volume
+        # content at y has its volume scaled by exp(-L(y)): L = -c * shape, c such that the region's mean log volume
+        # change is rate * (stage change)
+        log_jac -= rates[m] * top * float(region.sum() / (region * shape).sum()) * shape
+    grid = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float32) for n in x0.shape), indexing="ij"))
+    disp = pullback_with_log_jacobian(log_jac) - grid
+    return {st: warp(x0[None], grid + disp * np.float32((st - SOURCE_STAGE) / top))[0] for st in stages}
+
+
+def deformation_results(rates: dict[str, float], subjects: list[Subject], ctx: Context,
+                        workers: int = 1) -> dict[str, EditResult]:
+    """The deformation baseline's edits (:func:`deformation_edit`) of every subject, over ``workers`` processes; the
+    null edit is the input (no stage change, no deformation)."""
+    frames = process_map(deformation_edit, [(s.images[SOURCE_STAGE], rates, ctx) for s in subjects], workers,
+                         desc="deformation baseline")
+    return {s.key: EditResult(f, s.images[SOURCE_STAGE].copy()) for s, f in zip(subjects, frames)}
+
+
 # ------------------------------------------------------------------------------------------ tune / evaluate
 def tune_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_settings.json",
                work_dir: str = "outputs/validation/brain_tune", num_subjects: int = 4, model_path: str | None = None,
@@ -529,12 +596,14 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
                    num_seeds: int = 3, model_path: str | None = None,
                    progression_bundle: str = "brain_mri_progression",
                    overrides: dict[str, Any] | None = None, longitudinal_model_path: str | None = None,
-                   workers: int = 1) -> dict[str, Any]:
-    """Evaluation split: fresh subjects, the frozen settings, every mode and the linear baseline; the report.
+                   workers: int = 1, shards: int | None = None) -> dict[str, Any]:
+    """Evaluation split: fresh subjects, the frozen settings, every mode and both baselines; the report.
     ``model_path`` / ``longitudinal_model_path`` replace the bundle's cross-sectional / longitudinal weights.
     ``workers > 1`` synthesises and measures the subjects over that many processes and runs every mode's edits side by
     side, each mode's items in shards (records under ``<mode>/part<k>``: a rerun reuses them only with the same
-    ``workers``); on a GPU machine with many CPUs this turns hours into minutes."""
+    ``workers``); on a GPU machine with many CPUs this turns hours into minutes. ``shards`` sets the number of parts
+    per mode (default: one, or about two per worker): on a CPU, ``--shards 6`` records every few subjects, so a
+    stopped evaluation resumes from its last finished part."""
     t0 = time.perf_counter()
     load_datalist(Path(cohort_dir) / "datalist.json", "training", cohort_dir)  # the baseline's cohort: fail now
     path = Path(settings_file)
@@ -547,7 +616,9 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
     modes = validation_modes(progression, frozen)
     slugs = {name: "".join(c if c.isalnum() else "_" for c in name) for name in modes}
     # about two shards per worker over all modes: the modes' costs differ (rounds, frames), small shards even them out
-    shards = 1 if workers == 1 else -(-2 * workers // len(modes))
+    if shards is None:
+        shards = 1 if workers == 1 else -(-2 * workers // len(modes))
+    check_positive_int(shards, "shards")
     if workers > 1:
         t = time.perf_counter()
         parallel_progression_runs([edit_run(progression, weights.get(settings.config), settings, subjects, EDIT_TARGETS,
@@ -569,9 +640,14 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
                                                         "cohort's training images"},
                                   **measure(linear, subjects, readers, ctx, ae, workers)}
     shown["linear baseline"] = linear[subjects[0].key]
+    rates = deformation_rates(Path(cohort_dir))
+    deformation = deformation_results(rates, subjects, ctx, workers)
+    methods["deformation baseline"] = {"settings": {"model": DEFORMATION_MODEL, "log_volume_change_per_stage": rates},
+                                       **measure(deformation, subjects, readers, ctx, ae, workers)}
+    shown["deformation baseline"] = deformation[subjects[0].key]
     methods_figure(subjects[0], shown, Path(output_dir) / "figures" / "brain_progression_methods.png")
     for name, m in methods.items():
-        if name != "linear baseline":
+        if name not in BASELINES:
             lin = methods["linear baseline"]["stats"]
             gap_r2 = lin["r2"][0] - m["stats"]["r2"][0]
             gap_r = max(abs(m["stats"][f"{k}_ratio"][0] - 1) - abs(lin[f"{k}_ratio"][0] - 1) for k in MARKERS)
@@ -580,7 +656,8 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
     params = {"settings_file": str(path), "settings_sha256": digest, "num_subjects": num_subjects,
               "num_seeds": num_seeds, "model_path": model_path or "the bundle's models/model.pt",
               "longitudinal_model_path": longitudinal_model_path or "the bundle's models/model_longitudinal.pt",
-              "seconds_per_mode": timing, "cohort_dir": cohort_dir, "workers": workers, "machine": machine()}
+              "seconds_per_mode": timing, "cohort_dir": cohort_dir, "workers": workers, "shards": shards,
+              "machine": machine()}
     if workers > 1:
         params["seconds_parallel_runs"] = parallel_seconds
     return write_evaluation("brain", methods, frozen, params, t0, output_dir, write_report)

@@ -166,7 +166,8 @@ def write_evaluation(task: str, methods: dict[str, Any], frozen: dict[str, Any],
     params["seconds"] = round(time.perf_counter() - t0, 1)
     params["command"] = (f"monai-pie validate {task} {params.pop('cohort_dir')} --stage evaluate --num_subjects "
                          f"{params['num_subjects']} --num_seeds {params['num_seeds']}"
-                         + (f" --workers {params['workers']}" if params.get("workers", 1) > 1 else ""))
+                         + (f" --workers {params['workers']}" if params.get("workers", 1) > 1 else "")
+                         + (f" --shards {params['shards']}" if params.get("shards", 1) > 1 else ""))
     out = Path(output_dir) / "validation"
     report = write_report(methods, frozen, params, out / f"{task}_progression.md")
     atomic_write_text(out / f"{task}_progression.json",

@@ -219,3 +219,48 @@ def test_sharded_runs_record_each_part_and_parallel_runs_are_reused(tmp_path, mo
     assert len(calls) == 5 + 2
     assert bp.run_edits(progression, None, settings, subjects, bp.EDIT_TARGETS, tmp_path / "par", shards=2) == whole
     assert len(calls) == 7  # the recorded parts were reused
+
+
+def test_deformation_rates_recover_the_log_volume_slope(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = ["split,stage,age,sex,ventricle_volume_ml,hippocampal_gm_ml"]
+    for i in range(12):
+        stage, age, sex = rng.uniform(0, 1), rng.uniform(55, 90), i % 2
+        vent, hip = np.exp(3.0 + 0.4 * stage + 0.01 * age), np.exp(1.6 - 0.2 * stage - 0.002 * age + 0.05 * sex)
+        rows.append(f"{'training' if i < 10 else 'test'},{stage},{age},{sex},{vent},{hip}")
+    rows.append("test,0.5,70,0,1000.0,1000.0")  # other splits are not read
+    (tmp_path / "ground_truth.csv").write_text("\n".join(rows) + "\n")
+    rates = bp.deformation_rates(tmp_path)
+    assert rates == pytest.approx({"ventricle_ml": 0.4, "hippocampal_gm_ml": -0.2}, abs=1e-9)
+    with pytest.raises(FileNotFoundError, match="ground_truth.csv"):
+        bp.deformation_rates(tmp_path / "missing")
+    (tmp_path / "ground_truth.csv").write_text("\n".join(rows[:3]) + "\n")
+    with pytest.raises(ValueError, match="2 training rows"):
+        bp.deformation_rates(tmp_path)
+
+
+def test_deformation_baseline_grows_ventricles_and_shrinks_hippocampi_with_stage():
+    from monai_pie.data.synthetic.brain import load_brain_template, synthesize_brain_subject
+
+    ctx = bp.Context.build()
+    x0 = synthesize_brain_subject(7, bp.SOURCE_STAGE, 70.0, 0, load_brain_template())["image"]
+    rates = {"ventricle_ml": 0.45, "hippocampal_gm_ml": -0.25}
+    frames = bp.deformation_edit(x0, rates, ctx)
+    assert list(frames) == list(bp.DOSE_STAGES)
+    read = bp.marker_reader({m: "fixed" for m in bp.MARKERS}, x0, ctx)
+    changes = [read(frames[st]) for st in bp.DOSE_STAGES]
+    vent, hip = ([c[m] for c in changes] for m in ("ventricle_ml", "hippocampal_gm_ml"))
+    assert 0 < vent[0] < vent[1] < vent[2] < vent[3] and 0 > hip[0] > hip[1] > hip[2] > hip[3]
+    # size: the ventricle CSF region's promised growth, exp(rate x 0.8) - 1 of its volume, as the reader sees it
+    from monai_pie.metrics.brain_markers import tissue_class_means, tissue_fractions
+
+    csf = tissue_fractions(x0, tissue_class_means(x0, ctx.core))[0]
+    region_ml = float(((csf > 0.5) & ctx.rois["ventricle"] & ctx.brain).sum() * ctx.voxel_ml)
+    promised = region_ml * (np.exp(0.45 * (bp.TARGET_STAGE - bp.SOURCE_STAGE)) - 1.0)
+    assert 0.5 * promised < vent[-1] < 1.1 * promised  # 0.70 x: partial volumes at the edge
+    # resampled, not repainted: intensities stay within the input's, deep white matter far away barely moves
+    top = frames[bp.TARGET_STAGE]
+    assert x0.min() - 1e-6 <= top.min() and top.max() <= x0.max() + 1e-6
+    far = np.abs(top - x0)[ctx.deep_wm].mean()
+    near = np.abs(top - x0)[ctx.rois["ventricle"]].mean()
+    assert far < 0.1 * near

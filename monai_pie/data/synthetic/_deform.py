@@ -11,7 +11,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["dct_basis", "jacobian_determinant", "random_dct_field", "random_displacement", "warp"]
+__all__ = [
+    "dct_basis", "jacobian_determinant", "pullback_with_log_jacobian", "random_dct_field", "random_displacement",
+    "warp",
+]
 
 
 def dct_basis(n: int, order: int) -> np.ndarray:
@@ -118,3 +121,50 @@ def jacobian_determinant(coords: np.ndarray, step: int = 1) -> np.ndarray:
         [np.stack(np.gradient(coords[i].astype(np.float64), float(step)), 0) for i in range(3)], 0
     )  # (3, 3, X, Y, Z)
     return np.linalg.det(np.moveaxis(jac, (0, 1), (-2, -1)))
+
+
+def _solve_poisson_neumann(rhs: np.ndarray) -> np.ndarray:
+    """``phi`` with ``laplacian(phi) = rhs - mean(rhs)`` and zero normal derivative at the grid's faces (DCT-II)."""
+    from scipy import fft
+
+    coef = fft.dctn(rhs, type=2, norm="ortho")
+    eig = sum(np.reshape(2.0 * np.cos(np.pi * np.arange(n) / n) - 2.0, [-1 if a == i else 1 for a in range(rhs.ndim)])
+              for i, n in enumerate(rhs.shape))
+    eig.flat[0] = 1.0
+    coef /= eig
+    coef.flat[0] = 0.0  # the constant part has no solution; it is the mean the caller must balance
+    return fft.idctn(coef, type=2, norm="ortho")
+
+
+def pullback_with_log_jacobian(log_jacobian: np.ndarray, iterations: int = 3) -> np.ndarray:
+    """Sampling coordinates ``psi(x) = x + grad phi(x)`` whose log Jacobian determinant is ``log_jacobian``.
+
+    A curl-free displacement whose divergence is the wanted log volume change: ``laplacian(phi) = L`` solved with
+    zero normal displacement at the grid's faces, then corrected by fixed-point iterations on the measured
+    ``log det D psi`` (the linear solve alone is exact only for small changes). Warping an image with ``psi``
+    (:func:`warp`) scales the volume of what lies at ``x`` by ``1 / det D psi(x)``: a negative ``L`` expands the
+    content, a positive one shrinks it. ``L`` must sum to zero over the grid (the volume taken from one place is given
+    to another); its mean is removed.
+
+    Args:
+        log_jacobian: ``(X, Y, Z)`` wanted ``log det D psi``; smooth it first (a sharp edge cannot be met).
+        iterations: Corrections after the first solve.
+
+    Returns:
+        np.ndarray: ``(3, X, Y, Z)`` float32 voxel coordinates into the same grid.
+    """
+    want = np.asarray(log_jacobian, dtype=np.float64)
+    if want.ndim != 3 or not np.all(np.isfinite(want)):
+        raise ValueError(f"log_jacobian must be a finite (X, Y, Z) array, got shape {want.shape}.")
+    want = want - want.mean()
+    grid = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float64) for n in want.shape), indexing="ij"))
+    rhs = want.copy()
+    for k in range(iterations + 1):
+        coords = grid + np.stack(np.gradient(_solve_poisson_neumann(rhs)))
+        if k == iterations:
+            break
+        det = jacobian_determinant(coords)
+        if np.any(det <= 0):
+            raise ValueError("the wanted volume change folds the grid; ask for less, or smooth log_jacobian more.")
+        rhs += want - np.log(det)
+    return coords.astype(np.float32)
