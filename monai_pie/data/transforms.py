@@ -309,15 +309,19 @@ class ItemDefaultsd(MapTransform):
         numeric: fields that must be finite numbers (converted to float).
         ranges: ``{field: (low, high)}``: numbers that must lie in the range (converted to float).
         choices: ``{field: allowed values}`` (e.g. ``{"sex": [0, 1]}``).
+        fallbacks: ``{field: other field}``: a field still unset after ``defaults`` takes the item's own value of the
+            other field (e.g. ``{"target_age": "age"}``: an edit keeps the input's age unless asked otherwise).
     """
 
     def __init__(self, defaults: Mapping[str, Any], numeric: Sequence[str] = (),
                  ranges: Mapping[str, Sequence[float]] | None = None,
-                 choices: Mapping[str, Sequence[Any]] | None = None) -> None:
-        fields = list(dict.fromkeys([*defaults, *numeric, *(ranges or {}), *(choices or {})]))
+                 choices: Mapping[str, Sequence[Any]] | None = None,
+                 fallbacks: Mapping[str, str] | None = None) -> None:
+        fields = list(dict.fromkeys([*defaults, *numeric, *(ranges or {}), *(choices or {}), *(fallbacks or {})]))
         super().__init__(fields, allow_missing_keys=True)
         self.defaults, self.numeric = dict(defaults), tuple(numeric)
         self.ranges, self.choices = dict(ranges or {}), {k: list(v) for k, v in (choices or {}).items()}
+        self.fallbacks = dict(fallbacks or {})
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -327,6 +331,9 @@ class ItemDefaultsd(MapTransform):
                     d.pop(key, None)
                 else:
                     d[key] = value
+        for key, other in self.fallbacks.items():
+            if d.get(key) is None and d.get(other) is not None:
+                d[key] = d[other]
         where = f" (item {d['image']})" if "image" in d else ""
         for key in (*self.numeric, *self.ranges):
             try:

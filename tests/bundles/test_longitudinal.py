@@ -42,18 +42,21 @@ def test_the_progression_bundle_runs_the_longitudinal_weights(longitudinal_train
     ckpt, _ = longitudinal_trained
     common = dict(BRAIN_NET, bundle_root=str(BRAIN_PROG), ckpt_dir=str(ckpt), num_rounds=2, num_inference_steps=4,
                   progress=False, age=70.0, source_stage=0.2, output_dtype="float32")
-    runs = {}
-    for name, stage in (("ad", 0.9), ("null", 0.2)):
+    runs, summaries = {}, {}
+    for name, stage, extra in (("ad", 0.9, {}), ("null", 0.2, {}), ("older", 0.2, {"target_age": 80.0})):
         bundle_run(config_file=cfg(BRAIN_PROG, "inference.json", OVERLAY), output_dir=str(tmp_path / name),
-                   target_stage=stage, **common)
-        runs[name] = [nib.load(f).get_fdata() for f in json.loads((tmp_path / name / "progression.json").read_text())
-                      ["frames"]]
+                   target_stage=stage, **common, **extra)
+        summaries[name] = json.loads((tmp_path / name / "progression.json").read_text())
+        runs[name] = [nib.load(f).get_fdata() for f in summaries[name]["frames"]]
     x0 = nib.load(EXAMPLE).get_fdata()
     assert all(np.array_equal(f, runs["null"][0]) for f in runs["null"])  # toward its own stage: the input itself
     assert np.allclose(runs["null"][0], x0, atol=1e-4 * np.abs(x0).max())
     # toward AD the frames move (a tiny one-epoch net barely responds to the stage, so only "moves" is asserted here;
     # the size of the response is the validation's business)
     assert np.isfinite(runs["ad"][-1]).all() and np.abs(runs["ad"][-1] - runs["ad"][0]).max() > 0
+    # the age-only edit: own stage, ten years older, is no longer the identity
+    assert summaries["older"]["target"]["age"] == 80.0 and summaries["null"]["target"]["age"] == 70.0
+    assert np.abs(runs["older"][-1] - runs["older"][0]).max() > 0
 
 
 def test_the_longitudinal_edit_needs_the_inputs_own_stage(longitudinal_trained, tmp_path):

@@ -34,6 +34,12 @@ def test_item_defaults_fill_only_what_is_missing_and_check_it():
     optional = ItemDefaultsd({"source_stage": None})  # a None default leaves the field out, so batches collate
     assert optional({"image": "a", "source_stage": None}) == {"image": "a"}
     assert optional({"image": "a", "source_stage": 0.2}) == {"image": "a", "source_stage": 0.2}
+    older = ItemDefaultsd({"age": 72.0, "target_age": None}, ranges={"target_age": [40, 100]},
+                          fallbacks={"target_age": "age"})  # an edit keeps the input's age unless asked otherwise
+    assert older({"age": 65.0})["target_age"] == 65.0 and older({})["target_age"] == 72.0
+    assert older({"age": 65.0, "target_age": 75})["target_age"] == 75.0
+    with pytest.raises(ValueError, match="`target_age` must be in"):
+        older({"age": 65.0, "target_age": 120})
     for item, says in (({"image": "x", "age": "old", "stage": 0.1}, "`age` must be a finite number, got 'old' (item x)"),
                        ({"stage": 1.5}, "`stage` must be in [0, 1]"), ({"stage": 0.2, "sex": 2}, "`sex` must be one of"),
                        ({"stage": float("nan")}, "`stage` must be a finite number"), ({"stage": True}, "finite number")):

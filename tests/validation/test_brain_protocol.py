@@ -52,7 +52,9 @@ def test_linear_baseline_recovers_the_stage_slope(tmp_path):
         nib.save(nib.Nifti1Image(img.astype(np.float32), np.eye(4)), str(tmp_path / f"{i}.nii.gz"))
         items.append({"image": f"{i}.nii.gz", "stage": stage, "age": age, "sex": sex})
     (tmp_path / "datalist.json").write_text(json.dumps({"training": items}))
-    np.testing.assert_allclose(bp.linear_baseline(tmp_path), slope, atol=1e-4)
+    got = bp.linear_baseline(tmp_path)
+    np.testing.assert_allclose(got["stage"], slope, atol=1e-4)
+    np.testing.assert_allclose(got["age"], 0.01 * age_effect, atol=1e-5)
 
 
 def test_counterfactual_frames_are_read_as_the_dose_ladder(tmp_path):
@@ -121,6 +123,14 @@ def test_tune_then_evaluate_end_to_end(brain_cohort, brain_trained, longitudinal
     assert long["checks"]["null whole brain"][0] == 0.0 and set(long["stats"]) == set(cf["stats"])
     assert "longitudinal model" in report
     assert data["methods"]["linear baseline"]["checks"]["null ventricle_ml"][1]  # and so is the linear model's
+    # both baselines and every mode carry the age-only edit (own stage, AGE_YEARS older, first seeds)
+    for name in (*bp.BASELINES, "counterfactual (tuned)", bp.LONGITUDINAL_MODE):
+        stats = data["methods"][name]["stats"]
+        assert np.isfinite(stats["ventricle_ml_age_true"][0]) and stats["ventricle_ml_age_true"][0] > 0, name
+        assert np.isfinite(stats["age_r2"][0]) and np.isfinite(stats["hippocampal_gm_ml_age_ratio"][0]), name
+    assert "deformation baseline" in report and "age-only edit: ventricle r" in report
+    older = json.loads(next((tmp_path / "eval").glob("counterfactual__tuned__older/run.json")).read_text())
+    assert {i["target_age"] - i["age"] for i in older["record"]["items"]} == {bp.AGE_YEARS}
     assert res["seconds"] > 0
     # the same evaluation over processes (subjects, runs side by side, measures): the same frames up to the rounding
     # of another thread count (the tiny nets' edits are near zero, so ratios of them are no test of equality)
@@ -231,11 +241,12 @@ def test_deformation_rates_recover_the_log_volume_slope(tmp_path):
     rows.append("test,0.5,70,0,1000.0,1000.0")  # other splits are not read
     (tmp_path / "ground_truth.csv").write_text("\n".join(rows) + "\n")
     rates = bp.deformation_rates(tmp_path)
-    assert rates == pytest.approx({"ventricle_ml": 0.4, "hippocampal_gm_ml": -0.2}, abs=1e-9)
+    assert rates["stage"] == pytest.approx({"ventricle_ml": 0.4, "hippocampal_gm_ml": -0.2}, abs=1e-9)
+    assert rates["age"] == pytest.approx({"ventricle_ml": 0.01, "hippocampal_gm_ml": -0.002}, abs=1e-9)
     with pytest.raises(FileNotFoundError, match="ground_truth.csv"):
         bp.deformation_rates(tmp_path / "missing")
     (tmp_path / "ground_truth.csv").write_text("\n".join(rows[:3]) + "\n")
-    with pytest.raises(ValueError, match="2 training rows"):
+    with pytest.raises(ValueError, match="2 training rows whose stage, age and sex cannot separate"):
         bp.deformation_rates(tmp_path)
 
 
@@ -244,13 +255,16 @@ def test_deformation_baseline_grows_ventricles_and_shrinks_hippocampi_with_stage
 
     ctx = bp.Context.build()
     x0 = synthesize_brain_subject(7, bp.SOURCE_STAGE, 70.0, 0, load_brain_template())["image"]
-    rates = {"ventricle_ml": 0.45, "hippocampal_gm_ml": -0.25}
-    frames = bp.deformation_edit(x0, rates, ctx)
+    rates = {"stage": {"ventricle_ml": 0.45, "hippocampal_gm_ml": -0.25},
+             "age": {"ventricle_ml": 0.02, "hippocampal_gm_ml": -0.005}}
+    frames, older = bp.deformation_edit(x0, rates, ctx, older=True)
     assert list(frames) == list(bp.DOSE_STAGES)
     read = bp.marker_reader({m: "fixed" for m in bp.MARKERS}, x0, ctx)
     changes = [read(frames[st]) for st in bp.DOSE_STAGES]
     vent, hip = ([c[m] for c in changes] for m in ("ventricle_ml", "hippocampal_gm_ml"))
     assert 0 < vent[0] < vent[1] < vent[2] < vent[3] and 0 > hip[0] > hip[1] > hip[2] > hip[3]
+    aged = read(older)  # ten years at the age rates: a smaller change the same way
+    assert 0 < aged["ventricle_ml"] < vent[-1] and 0 > aged["hippocampal_gm_ml"] > hip[-1]
     # size: the ventricle CSF region's promised growth, exp(rate x 0.8) - 1 of its volume, as the reader sees it
     from monai_pie.metrics.brain_markers import tissue_class_means, tissue_fractions
 
