@@ -665,6 +665,9 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
     per mode (default: one, or about two per worker): on a CPU, ``--shards 6`` records every few subjects, so a
     stopped evaluation resumes from its last finished part."""
     t0 = time.perf_counter()
+    check_positive_int(workers, "workers")
+    if shards is not None:
+        check_positive_int(shards, "shards")
     load_datalist(Path(cohort_dir) / "datalist.json", "training", cohort_dir)  # the baseline's cohort: fail now
     path = Path(settings_file)
     frozen, digest = read_frozen(path, "brain")
@@ -679,13 +682,13 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
     # about two shards per worker over all modes: the modes' costs differ (rounds, frames), small shards even them out
     if shards is None:
         shards = 1 if workers == 1 else -(-2 * workers // len(modes))
-    check_positive_int(shards, "shards")
     if workers > 1:
         t = time.perf_counter()
         runs = [edit_run(progression, weights.get(settings.config), settings, subjects, EDIT_TARGETS,
                          work / slugs[name], overrides, shards)[0] for name, settings in modes.items()]
-        runs += [age_run(progression, weights.get(settings.config), settings, subjects, work / slugs[name], overrides,
-                         shards)[0] for name, settings in modes.items()]
+        older = [age_run(progression, weights.get(settings.config), settings, subjects, work / slugs[name], overrides,
+                         shards) for name, settings in modes.items()]
+        runs += [run[0] for run in older if run is not None]
         parallel_progression_runs(runs, workers)
         parallel_seconds = time.perf_counter() - t
     methods: dict[str, Any] = {}
@@ -812,7 +815,9 @@ def write_report(methods: dict[str, Any], frozen: dict[str, Any], params: dict[s
               "Age-only edit (specificity: age is not disease): each subject's first seed edited toward its own "
               f"stage, {AGE_YEARS:g} years older, less its null edit, against the same subject and noise rendered "
               f"{AGE_YEARS:g} years older; the issue sets no threshold for it. The true age changes are small, so "
-              "their ratios are noisier than the disease ratios.", ""]
+              "their ratios are noisier than the disease ratios. Evaluation subjects are 60-85, so the oldest are "
+              f"edited to up to {85 + AGE_YEARS:g}, past the cohort's oldest training subjects (90): there the model "
+              "and both baselines extrapolate.", ""]
     lines += ["", "## Settings of each method", ""]
     for n in names:
         lines.append(f"- **{n}**: `{json.dumps(methods[n]['settings'])}`")

@@ -57,16 +57,16 @@ def test_a_datalist_runs_each_item_with_its_own_fields_into_its_own_folder(brain
     roi = np.zeros(nib.load(EXAMPLE).shape, np.float32)
     roi[30:70, 40:80, 30:65] = 1
     write(tmp_path / "roi.nii.gz", roi, nib.load(EXAMPLE).affine)
-    items = [{"image": str(EXAMPLE), "age": 81.0, "sex": 1, "roi": str(tmp_path / "roi.nii.gz")},
-             {"image": str(EXAMPLE), "target_age": 90.0}]
+    items = [{"image": str(EXAMPLE), "age": 81.0, "target_age": 90.0, "sex": 1, "roi": str(tmp_path / "roi.nii.gz")},
+             {"image": str(EXAMPLE)}]
     (tmp_path / "list.json").write_text(json.dumps({"test": items}))
     progress(brain_trained / "model.pt", tmp_path / "out", datalist_file=str(tmp_path / "list.json"),
              dataset_dir=str(tmp_path), target_stage=0.6)
     first = json.loads((tmp_path / "out" / "example_t1" / "progression.json").read_text())
     second = json.loads((tmp_path / "out" / "example_t1_2" / "progression.json").read_text())
-    assert first["target"] == {"stage": 0.6, "diagnosis": "MCI", "age": 81.0, "sex": 1}
-    # an item's target_age asks for an older brain; without one the edit keeps the input's age
-    assert second["target"]["age"] == 90.0 and second["roi"] == "whole brain (automatic)"
+    # an item's target_age asks for an older brain; without one the edit keeps the input's (here the bundle's) age
+    assert first["target"] == {"stage": 0.6, "diagnosis": "MCI", "age": 90.0, "sex": 1}
+    assert second["target"]["age"] == 72.0 and second["roi"] == "whole brain (automatic)"
     assert first["roi"].endswith("roi.nii.gz")
     change = np.abs(nib.load(tmp_path / "out" / "example_t1" / "frame_02.nii.gz").get_fdata() - nib.load(EXAMPLE).get_fdata())
     assert change[roi > 0].mean() > 5 * change[roi == 0].mean()  # the ROI file is respected
