@@ -321,12 +321,17 @@ class EditResult:
                           *(load(f) if isinstance(f, str) else f for f in (self.null, self.older)))
 
 
+def covariate_design(rows: Sequence[dict[str, Any]]) -> np.ndarray:
+    """``(N, 4)`` OLS design ``[1, stage, age, sex]`` of the baselines (the column order their slopes are read in)."""
+    return np.array([[1.0, float(r["stage"]), float(r["age"]), float(r["sex"])] for r in rows]).reshape(-1, 4)
+
+
 def linear_baseline(cohort_dir: Path) -> dict[str, np.ndarray]:
     """Voxelwise OLS of intensity on stage, age and sex over the cohort's training images; the stage and age slope
     maps ``{"stage": (X, Y, Z), "age": (X, Y, Z)}`` (intensity per unit stage, per year). The edit is
     ``x + (s_target - s_source) * slope`` (and ``+ years * age slope`` for the age-only edit)."""
     items = load_datalist(cohort_dir / "datalist.json", "training", cohort_dir)
-    design = np.array([[1.0, float(d["stage"]), float(d["age"]), float(d["sex"])] for d in items])
+    design = covariate_design(items)
     xty = None
     for row, d in zip(design, tqdm(items, desc="linear baseline", leave=False)):
         img = load(d["image"]).astype(np.float64)
@@ -520,7 +525,7 @@ def deformation_rates(cohort_dir: Path) -> dict[str, dict[str, float]]:
         raise FileNotFoundError(f"{path} not found: the deformation baseline reads the cohort's training volumes.")
     with path.open(newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "training"]
-    design = np.array([[1.0, float(r["stage"]), float(r["age"]), float(r["sex"])] for r in rows]).reshape(-1, 4)
+    design = covariate_design(rows)
     if np.linalg.matrix_rank(design) < 4:
         raise ValueError(f"{path} has {len(rows)} training rows whose stage, age and sex cannot separate the three "
                          "effects; the deformation baseline needs more (and more varied) training subjects.")
