@@ -6,9 +6,10 @@ classifier-free guidance through the inferer's ``cfg`` argument, the PIE blend i
 decoded by the inferer and re-encoded at the start of every round (it has no way to stay in latent space).
 A second baseline runs the same loop on networks built with MONAI's ``use_flash_attention=True``.
 Ours: ``ProgressionInferer`` with the same networks, steps, strength, guidance and blend; latents stay latent and only
-the returned frames are decoded (residual decoding, one extra decode). Three settings: unaccelerated
-(``accelerate=False``, the inferer before fused attention and channels-last weights), the default, and
-``precision="bf16"``.
+the returned frames are decoded (residual decoding, one extra decode). Five settings: unaccelerated
+(``accelerate=False``, the inferer before fused attention and channels-last weights), the default,
+``precision="bf16"``, and both with the denoiser compiled (``compile_denoiser=True``; its first call, which compiles,
+is reported beside the rounds with the number of rounds it takes to pay for itself).
 
 On the CPU each case runs in its own process so peak RSS is per case (on CUDA the peak allocated memory is reset per
 case, in one process); all cases run
@@ -40,7 +41,9 @@ QUICK = {"2D": {"image": 64}, "3D": {"image": 32}, "brain bundle": {}}
 #: networks built with MONAI's ``use_flash_attention=True`` (the best a MONAI user can do by configuration), and our
 #: inferer without its acceleration (the inferer as it was), with it (the default), and with bf16 denoising
 METHODS = {"monai": "MONAI loop", "monai_sdpa": "MONAI loop, flash attention", "plain": "ours, unaccelerated",
-           "ours": "ours (default)", "bf16": "ours, bf16 denoiser"}
+           "ours": "ours (default)", "bf16": "ours, bf16 denoiser", "compiled": "ours, compiled denoiser",
+           "compiled_bf16": "ours, compiled bf16 denoiser"}
+#: methods that compile the denoiser (``compile_denoiser=True``): their first call includes the compilation
 #: CUDA only: the default without CUDA-graph replay of the denoiser (on the CPU it is the default itself)
 CUDA_METHODS = {"ours_eager": "ours, no CUDA graphs"}
 
@@ -108,14 +111,17 @@ def run_case(name: str, method: str, rounds: int, quick: bool, device_name: str)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with torch.no_grad():
-        if method in ("plain", "ours", "bf16", "ours_eager"):
+        if method in ("plain", "ours", "bf16", "ours_eager", "compiled", "compiled_bf16"):
             inferer = ProgressionInferer(DDIMScheduler(1000, clip_sample=False), num_rounds=rounds, strength=strength,
                                          num_inference_steps=steps, guidance_scale=w, blend_in=b_in,
                                          reinject_background=False, progress=False, accelerate=method != "plain",
-                                         precision="bf16" if method == "bf16" else "fp32")
+                                         precision="bf16" if method.endswith("bf16") else "fp32",
+                                         compile_denoiser=method.startswith("compiled"))
             inferer.sampler.cuda_graphs = method != "ours_eager"
-            inferer(x, net, condition=cond, seed=0)  # warm-up (one full call)
+            t0 = time.perf_counter()
+            inferer(x, net, condition=cond, seed=0)  # warm-up (one full call; compiles a compiled denoiser)
             sync()
+            first_call = time.perf_counter() - t0
             t0 = time.perf_counter()
             res = inferer(x, net, condition=cond, seed=0)
             sync()
@@ -146,8 +152,10 @@ def run_case(name: str, method: str, rounds: int, quick: bool, device_name: str)
                     frames.append(img)
                 return frames
 
-            monai_loop(1)  # warm-up
+            t0 = time.perf_counter()
+            monai_loop(rounds)  # warm-up (the same call)
             sync()
+            first_call = time.perf_counter() - t0
             t0 = time.perf_counter()
             frames = monai_loop(rounds)
             sync()
@@ -157,6 +165,7 @@ def run_case(name: str, method: str, rounds: int, quick: bool, device_name: str)
         latent = "x".join(str(s) for s in net.encode(x).shape[2:])
     return {"case": name, "method": method, "image": "x".join(str(s) for s in x.shape[2:]), "latent": latent,
             "steps_per_round": int(steps * strength), "rounds": rounds, "sec_per_round": elapsed / rounds,
+            "first_call_sec": first_call,
             "peak_mem_mb": peak_memory_mb(device)}
 
 
@@ -197,9 +206,13 @@ def main() -> None:
                    before, args.device)
     lines += ["Speed-ups are ratios of medians, with the median of the per-repeat ratios in brackets. `2D` / `3D`: "
               "random weights, MONAI's default autoencoder (non-local attention at the latent level); `brain bundle`: "
-              "the shipped brain_mri_progression network and weights (no autoencoder attention).", "",
+              "the shipped brain_mri_progression network and weights (no autoencoder attention). `first call`: the "
+              f"warm-up call of {args.rounds} rounds (median), which for a compiled denoiser includes compiling it "
+              "(from inductor's on-disk cache after the first process); `break-even`: rounds after which the compiled "
+              "denoiser has paid for its first call against the default.", "",
               "| case | image | latent | method | s/round (median / min) | peak MB | vs MONAI loop | vs MONAI loop, "
-              "flash attention | vs ours unaccelerated | note |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "flash attention | vs ours unaccelerated | first call s | break-even rounds | note |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in chosen:
         times = {m: [r["sec_per_round"] for r in runs[f"{name} {m}"]] for m in methods}
 
@@ -209,12 +222,25 @@ def main() -> None:
             paired = statistics.median(a / b for a, b in zip(times[base], times[method]))
             return f"{statistics.median(times[base]) / statistics.median(times[method]):.2f}x ({paired:.2f}x)"
 
+        first = {m: statistics.median(r["first_call_sec"] for r in runs[f"{name} {m}"]) for m in methods}
+
+        def break_even(method: str) -> str:
+            """Rounds until the compiled denoiser's extra first-call time is repaid by its faster rounds."""
+            if not method.startswith("compiled"):
+                return ""
+            base = "bf16" if method.endswith("bf16") else "ours"
+            extra = first[method] - first[base] - args.rounds * (statistics.median(times[method])
+                                                                 - statistics.median(times[base]))
+            saved = statistics.median(times[base]) - statistics.median(times[method])
+            return f"{max(extra, 0.0) / saved:.0f}" if saved > 0 else "never"
+
         for method, label in methods.items():
             med, low, flag = median_min_flag(times[method])
             row = runs[f"{name} {method}"]
             lines.append(f"| {name} | {row[0]['image']} | {row[0]['latent']} | {label} | {med:.2f} / {low:.2f} | "
                          f"{max(r['peak_mem_mb'] for r in row):.0f} | {versus(method, 'monai')} | "
-                         f"{versus(method, 'monai_sdpa')} | {versus(method, 'plain')} | {flag} |")
+                         f"{versus(method, 'monai_sdpa')} | {versus(method, 'plain')} | {first[method]:.1f} | "
+                         f"{break_even(method)} | {flag} |")
     table = "\n".join(lines)
     print(table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -129,8 +129,9 @@ class AnomalyInferer(Inferer):
         seed: seed of the partial noise and of stochastic samplers; both reconstructions get the same noise.
         method, eta, prediction_type, clip_sample: passed to the ``DiffusionSampler``.
         progress: progress bars.
-        precision, accelerate: passed to the ``DiffusionSampler`` (``"bf16"`` denoiser autocast; fused attention and
-            channels-last weights, slab-wise large layers).
+        precision, accelerate, compile_denoiser: passed to the ``DiffusionSampler`` (``"bf16"`` denoiser autocast;
+            fused attention and channels-last weights, slab-wise large layers; the denoiser through ``torch.compile``,
+            for long jobs).
         device: where the result's tensors are put (default the inputs' device); 3D Slicer's bundle runner sets it.
 
     Call ``inferer(inputs, network, healthy=..., unhealthy=..., mask=None, labels=None)``: ``inputs`` ``(B, C,
@@ -157,6 +158,7 @@ class AnomalyInferer(Inferer):
         device: torch.device | str | None = None,
         precision: str = "fp32",
         accelerate: bool = True,
+        compile_denoiser: bool = False,
     ) -> None:
         super().__init__()
         self.device = None if device is None else torch.device(device)
@@ -168,7 +170,7 @@ class AnomalyInferer(Inferer):
         if guidance_scale < 0:
             raise ValueError(f"`guidance_scale` must be >= 0, got {guidance_scale}.")
         self.sampler = DiffusionSampler(scheduler, num_inference_steps, method, eta, prediction_type, clip_sample,
-                                        progress, precision, accelerate)
+                                        progress, precision, accelerate, compile_denoiser=compile_denoiser)
         self.t0, self.start, self.inversion_condition = float(t0), start, inversion_condition
         self.anomaly_map, self.guidance_scale, self.refine_steps = anomaly_map, float(guidance_scale), int(refine_steps)
         self.seed = seed

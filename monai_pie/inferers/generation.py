@@ -62,8 +62,9 @@ class GenerationInferer(Inferer):
         output_range: clamp of the decoded images (``None`` to keep them as decoded).
         device: where the images are put; default the network's device.
         progress: progress bar over steps.
-        precision, accelerate: passed to the ``DiffusionSampler`` (``"bf16"`` denoiser autocast; fused attention and
-            channels-last weights, slab-wise large layers).
+        precision, accelerate, compile_denoiser: passed to the ``DiffusionSampler`` (``"bf16"`` denoiser autocast;
+            fused attention and channels-last weights, slab-wise large layers; the denoiser through ``torch.compile``,
+            for long jobs).
 
     Call ``inferer(conditions, network)`` -> ``(B, C, *image_size)``; ``conditions`` is what the network's conditioner
     takes for ``B`` images (a list of prompts, a dict of ``(B,)`` covariates), or an int ``B`` for an unconditional
@@ -86,6 +87,7 @@ class GenerationInferer(Inferer):
         progress: bool = True,
         precision: str = "fp32",
         accelerate: bool = True,
+        compile_denoiser: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
@@ -94,7 +96,7 @@ class GenerationInferer(Inferer):
         if not size or min(size) < 1 or len(size) not in (2, 3):
             raise ValueError(f"`image_size` must be 2 or 3 positive sides, got {list(image_size)}.")
         self.sampler = DiffusionSampler(scheduler, num_inference_steps, method, eta, prediction_type, clip_sample,
-                                        progress, precision, accelerate)
+                                        progress, precision, accelerate, compile_denoiser=compile_denoiser)
         self.image_size = size
         self.guidance_scale = float(guidance_scale)
         self.seed = seed

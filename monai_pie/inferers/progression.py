@@ -203,9 +203,11 @@ class ProgressionInferer(Inferer):
             averaged over ``n_restarts`` noise draws; needs ``source_condition``; ``blend_*`` and ``anchor`` do not
             apply). See the module docstring.
         progress: progress bars over rounds and steps.
-        precision, accelerate: passed to the ``DiffusionSampler``: ``"bf16"`` autocasts the denoiser (faster on bf16
-            hardware; error on the shipped brain bundle in docs/performance.md); ``accelerate`` switches attention to
-            the fused kernel, weights to channels-last and large layers to slabs (same outputs to float rounding).
+        precision, accelerate, compile_denoiser: passed to the ``DiffusionSampler``: ``"bf16"`` autocasts the denoiser
+            (faster on bf16 hardware; error on the shipped brain bundle in docs/performance.md); ``accelerate``
+            switches attention to the fused kernel, weights to channels-last and large layers to slabs (same outputs
+            to float rounding); ``compile_denoiser`` calls the denoiser through ``torch.compile`` (faster steps after
+            a first call that compiles: for long jobs).
 
     Call ``inferer(inputs, network, condition=..., roi_mask=..., seed=...)`` -> ``ProgressionResult``; see ``__call__``.
     """
@@ -235,6 +237,7 @@ class ProgressionInferer(Inferer):
         progress: bool = True,
         precision: str = "fp32",
         accelerate: bool = True,
+        compile_denoiser: bool = False,
     ) -> None:
         super().__init__()
         check_positive_int(num_rounds, "num_rounds")
@@ -251,7 +254,7 @@ class ProgressionInferer(Inferer):
             if value not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}.")
         self.sampler = DiffusionSampler(scheduler, num_inference_steps, method, eta, prediction_type, clip_sample, progress,
-                                        precision, accelerate)
+                                        precision, accelerate, compile_denoiser=compile_denoiser)
         self.levels = self.sampler.levels(strength=strength, t_start=t_start)
         if noise_mode == "ddim_inversion" and n_restarts > 1 and eta == 0 and method == "ddim":
             warnings.warn("n_restarts > 1 with ddim_inversion and eta=0 gives identical restarts; set eta > 0.", stacklevel=2)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..conditioning import DiffusionCondition
 from ..networks import PRECISIONS, DiffusionModel, accelerate_for_inference, as_diffusion_model, inference_autocast
+from ..networks.compiled import compiled_denoise
 from ..networks.cuda_graphs import graphed_denoise
 from ..schedules import NoiseSchedule
 from .updates import ddim_update, ddpm_update, euler_update, posterior_variance
@@ -64,6 +65,10 @@ class DiffusionSampler:
         cuda_graphs: with ``accelerate``, replay the denoiser from CUDA graphs when the sample is on a GPU
             (``monai_pie.networks.cuda_graphs``: the same kernels without the per-step launch overhead; fp32 only).
             No effect on the CPU.
+        compile_denoiser: call the denoiser through ``torch.compile`` (``monai_pie.networks.compiled``): 1.2-1.35x
+            faster guided steps on the CPU, 1.3-1.6x with bf16, after a first call per input shape that compiles
+            (tens of seconds cold, seconds from inductor's cache). For long jobs; off by default. Replaces CUDA-graph
+            replay where both would apply.
     """
 
     def __init__(
@@ -78,6 +83,7 @@ class DiffusionSampler:
         precision: str = "fp32",
         accelerate: bool = True,
         cuda_graphs: bool = True,
+        compile_denoiser: bool = False,
     ) -> None:
         self.schedule = NoiseSchedule.from_scheduler(scheduler, prediction_type)
         if method not in METHODS:
@@ -99,6 +105,7 @@ class DiffusionSampler:
         self.precision = precision
         self.accelerate = bool(accelerate)
         self.cuda_graphs = bool(cuda_graphs)
+        self.compile_denoiser = bool(compile_denoiser)
 
     def prepare_model(self, network: Any) -> DiffusionModel:
         """``network`` as a ``DiffusionModel`` (a bare denoiser is wrapped), accelerated once when ``accelerate``; every
@@ -168,13 +175,21 @@ class DiffusionSampler:
         t = self.schedule.model_level(level)
         timesteps = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         with inference_autocast(self.precision, x.device):  # nested in a run's own: its weight casts are reused
-            denoise = partial(graphed_denoise, model) if self.accelerate and self.cuda_graphs else model.denoise
+            denoise = self.denoiser(model)
             if null_condition is None or guidance_scale == 1.0:
                 return denoise(x, timesteps, condition).to(x.dtype)
             both = DiffusionCondition.cat([condition, null_condition])
             out = denoise(torch.cat([x, x]), torch.cat([timesteps, timesteps]), both).to(x.dtype)
         out_c, out_u = out.chunk(2)
         return out_u + guidance_scale * (out_c - out_u)
+
+    def denoiser(self, model: DiffusionModel) -> Callable[..., torch.Tensor]:
+        """``model.denoise`` as this sampler calls it: compiled, replayed from CUDA graphs, or eager."""
+        if self.compile_denoiser:
+            return partial(compiled_denoise, model)
+        if self.accelerate and self.cuda_graphs:
+            return partial(graphed_denoise, model)
+        return model.denoise
 
     # ------------------------------------------------------------------ one update
     def step(

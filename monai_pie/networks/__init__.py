@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .acceleration import PRECISIONS, accelerate_for_inference, inference_autocast, use_channels_last, use_fused_attention
+from .compiled import compiled_denoise
 from .cuda_graphs import GraphedDenoiser, graphed_denoise, release_cuda_graphs
 from .introspection import ConvSpec, first_conv_spec
 from .slab_execution import DEFAULT_SLAB_VOXELS, slab_execution_modules, use_slab_execution
@@ -32,6 +33,7 @@ __all__ = [
     "SparseBackpropConv3d",
     "accelerate_for_inference",
     "as_diffusion_model",
+    "compiled_denoise",
     "convert_to_sparse_backprop",
     "first_conv_spec",
     "graphed_denoise",

@@ -14,8 +14,9 @@ network's layers compute, not what, so that the peak is about two full-resolutio
 - MONAI's autoencoder residual blocks apply SiLU in place and add the shortcut into the branch output.
 
 Modules are changed by swapping their class in place (like ``convert_to_sparse_backprop``): parameters, names and
-state dicts are untouched. The slab path runs only without autograd (inference); training is unchanged. Attention
-over the whole volume (MONAI's non-local attention) is left as is: it is not slab-separable.
+state dicts are untouched. The slab path runs only without autograd (inference) and outside ``torch.compile`` (which
+gets the plain layers); training is unchanged. Attention over the whole volume (MONAI's non-local attention) is left
+as is: it is not slab-separable.
 Measured in ``benchmarks/bench_memory.py`` (peak memory against volume size, error against a full decode).
 """
 
@@ -44,8 +45,11 @@ MIN_SLAB_ROWS = 16
 _AXIS = -1
 
 
-def _no_autograd(*tensors: torch.Tensor | None) -> bool:
-    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)
+def _eager_inference(*tensors: torch.Tensor | None) -> bool:
+    """Whether a swapped layer may take its own path: no autograd through ``tensors``, and not being traced by
+    ``torch.compile`` (inductor gets the plain layer and picks its own kernels; its GroupNorm is accurate)."""
+    return not torch.compiler.is_compiling() and (
+        not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors))
 
 
 def _runs_whole(voxels: int, slab_voxels: int) -> bool:
@@ -115,8 +119,7 @@ def _falls_to_reference_kernel(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -
     """Whether PyTorch would run ``conv`` on ``x`` with its slow CPU reference kernel though oneDNN can: a 3D float32
     batch-1 input of a small volume (the brain U-Net's 16 x 20 x 16 latent without guidance: 3-4x slower per
     convolution than oneDNN, which PyTorch does pick for batch 2)."""
-    return (not torch.compiler.is_compiling()  # inductor has no lowering for the direct call; it picks its own kernels
-            and x.device.type == "cpu" and x.dtype == torch.float32 and x.ndim == 5 and x.shape[0] == 1
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.ndim == 5 and x.shape[0] == 1
             and conv.groups == 1 and not conv.transposed and torch.backends.mkldnn.is_available()
             and not (conv.kernel_size[-1] > 3 and conv.kernel_size[-2] > 3)
             and math.prod(x.shape[:4]) <= _REFERENCE_KERNEL_MAX
@@ -146,7 +149,7 @@ class _SlabConvMixin:
             not batched
             or isinstance(self.padding, str)  # type: ignore[attr-defined]
             or self.padding_mode != "zeros"  # type: ignore[attr-defined]
-            or not _no_autograd(input, self.weight, self.bias)  # type: ignore[attr-defined]
+            or not _eager_inference(input, self.weight, self.bias)  # type: ignore[attr-defined]
         ):
             return super().forward(input)  # type: ignore[misc]
         if _runs_whole(math.prod(input.shape[2:]), self.slab_voxels):
@@ -217,7 +220,7 @@ class SlabGroupNorm(nn.GroupNorm):
     slab_voxels: int
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.ndim < 3 or not _no_autograd(input, self.weight, self.bias):
+        if input.ndim < 3 or not _eager_inference(input, self.weight, self.bias):
             return super().forward(input)
         # PyTorch's channels-last CPU GroupNorm loses precision (float32 sums of squares: 9 % of the output's std
         # after a 1 mm decode, benchmarks/results/memory.md), so channels-last inputs never reach that kernel
@@ -280,7 +283,7 @@ class _SlabUpSampleMixin:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pair = _fusable_upsample(self)  # type: ignore[arg-type]
-        if pair is None or not _no_autograd(x, pair[1].weight):
+        if pair is None or not _eager_inference(x, pair[1].weight):
             return super().forward(x)  # type: ignore[misc]
         up, conv = pair
         factors = [int(v) for v in _scale_factors(up, x.ndim - 2)]
@@ -316,7 +319,7 @@ class _LeanResBlockMixin:
         return _slab_conv(conv, activated_rows, x.shape[_AXIS], _plane(x.shape), self.slab_voxels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _no_autograd(x, *self.parameters()) or _runs_whole(math.prod(x.shape[2:]), self.slab_voxels):  # type: ignore[attr-defined]
+        if not _eager_inference(x, *self.parameters()) or _runs_whole(math.prod(x.shape[2:]), self.slab_voxels):  # type: ignore[attr-defined]
             return super().forward(x)  # type: ignore[misc]
         h = self._norm_silu_conv(self.norm1, self.conv1, x)  # type: ignore[attr-defined]
         h = self._norm_silu_conv(self.norm2, self.conv2, h)  # type: ignore[attr-defined]

@@ -83,6 +83,15 @@ def tiny_unet(spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 1
     )
 
 
+def with_random_output(unet: DiffusionModelUNet, seed: int = 1) -> DiffusionModelUNet:
+    """``unet`` in eval mode with its output layer randomised: MONAI zero-initialises it, and an all-zero denoiser
+    tests nothing."""
+    torch.manual_seed(seed)
+    for p in unet.out.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return unet.eval()
+
+
 def tiny_autoencoder(spatial_dims: int = 2, in_channels: int = 1, latent_channels: int = 3) -> AutoencoderKL:
     torch.manual_seed(0)
     return AutoencoderKL(

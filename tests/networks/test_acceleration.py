@@ -10,16 +10,12 @@ from monai.networks.schedulers import DDIMScheduler
 from monai_pie import LatentDiffusionModel, ProgressionInferer
 from monai_pie.inferers import DiffusionSampler
 from monai_pie.networks import accelerate_for_inference, use_channels_last, use_fused_attention
-from tests.helpers.toy_models import tiny_autoencoder, tiny_unet
+from tests.helpers.toy_models import tiny_autoencoder, tiny_unet, with_random_output
 
 
 def _unet(spatial_dims: int = 2, context_dim: int | None = 4):
     """A tiny U-Net whose (zero-initialised) output convolution is randomised, so its output is not identically 0."""
-    unet = tiny_unet(spatial_dims, in_channels=3, out_channels=3, context_dim=context_dim)
-    torch.manual_seed(1)
-    for p in unet.out.parameters():
-        torch.nn.init.normal_(p, std=0.2)
-    return unet.eval()
+    return with_random_output(tiny_unet(spatial_dims, in_channels=3, out_channels=3, context_dim=context_dim))
 
 
 def _flash_flags(module):

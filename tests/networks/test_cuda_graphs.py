@@ -13,15 +13,11 @@ from monai_pie.conditioning import DiffusionCondition
 from monai_pie.inferers import DiffusionSampler
 from monai_pie.networks import GraphedDenoiser, graphed_denoise, release_cuda_graphs
 from monai_pie.networks import cuda_graphs
-from tests.helpers.toy_models import tiny_unet
+from tests.helpers.toy_models import tiny_unet, with_random_output
 
 
 def _model() -> LatentDiffusionModel:
-    unet = tiny_unet(2, in_channels=4, out_channels=3, context_dim=4)
-    torch.manual_seed(0)
-    for p in unet.out.parameters():
-        torch.nn.init.normal_(p, std=0.2)
-    return LatentDiffusionModel(unet).eval()
+    return LatentDiffusionModel(with_random_output(tiny_unet(2, in_channels=4, out_channels=3, context_dim=4), seed=0))
 
 
 def _inputs(batch: int = 2, size: int = 8, seed: int = 0):
