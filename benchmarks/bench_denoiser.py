@@ -4,7 +4,10 @@ One denoiser call is what a sampler step costs: the U-Net on a batch of 2 latent
 conditioned and the null half) or of 1 without it (``guidance_scale=1``, DDIM inversion). Three methods on the same
 weights, in one process, interleaved round-robin with repeats (benchmarks/_harness.py): as built, ours
 (``accelerate_for_inference``), and ours under ``torch.compile`` (inductor, static shapes; its first call, the
-compile, is timed separately). Break-even: how many PIE rounds (25 steps each) the compile time buys back.
+compile, is timed separately), which is what ``compile_denoiser=True`` runs: under compilation our accelerated layers
+take PyTorch's plain path and inductor fuses them. The sampler itself calls batch-1 3D inputs on the CPU eagerly
+(``monai_pie.networks.compiled``); this table shows why. Break-even: how many PIE rounds (25 steps each) the compile
+time buys back.
 
     python benchmarks/bench_denoiser.py --repeats 8   # 2D 64x64 latent, 3D 24^3, brain bundle; ~8 min on 2 cores
     python benchmarks/bench_denoiser.py --device cuda # on a GPU, with CUDA-graph replay of ours as a fourth method

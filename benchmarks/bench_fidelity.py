@@ -1,11 +1,11 @@
 """How far the inference speed-ups move the shipped brain progression: frames of the accelerated fp32 path (fused
-attention, channels-last, slab-wise large layers; the default) and of the bf16 denoiser, against the unaccelerated
-fp32 path, on the bundle's example T1 with the bundle's settings and seed. Sizes are given beside the edit itself
+attention, channels-last, slab-wise large layers; the default), of the bf16 denoiser and of the compiled denoiser
+(``compile_denoiser``, fp32 and bf16), against the unaccelerated fp32 path, on the bundle's example T1 with the bundle's settings and seed. Sizes are given beside the edit itself
 (the mean |frame_k - frame_0|), so a difference reads as a share of what PIE changes.
 
 Usage::
 
-    python benchmarks/bench_fidelity.py              # 8 rounds (~2 min on 2 CPU cores)
+    python benchmarks/bench_fidelity.py              # 8 rounds (~3 min on 2 CPU cores, compiling included)
     python benchmarks/bench_fidelity.py --rounds 2
 """
 
@@ -21,18 +21,21 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 BUNDLE = REPO / "bundles" / "brain_mri_progression"
-SETTINGS = {"unaccelerated fp32": ("fp32", False), "accelerated fp32 (default)": ("fp32", True),
-            "accelerated bf16": ("bf16", True)}
+#: setting -> (precision, accelerate, compile_denoiser)
+SETTINGS = {"unaccelerated fp32": ("fp32", False, False), "accelerated fp32 (default)": ("fp32", True, False),
+            "accelerated bf16": ("bf16", True, False), "compiled fp32": ("fp32", True, True),
+            "compiled bf16": ("bf16", True, True)}
 
 
-def frames(precision: str, accelerate: bool, rounds: int):
+def frames(precision: str, accelerate: bool, compile_denoiser: bool, rounds: int):
     """``(frames (R + 1, 1, *spatial), seconds)`` of one progression with a freshly loaded network."""
     import torch
 
     from monai_pie.bundle_tools import load_bundle_model
 
     loaded = load_bundle_model(BUNDLE, overrides={"bundle_root": str(BUNDLE), "precision": precision,
-                                                  "num_rounds": rounds, "progress": False})
+                                                  "compile_denoiser": compile_denoiser, "num_rounds": rounds,
+                                                  "progress": False})
     parser = loaded["parser"]
     inferer = parser.get_parsed_content("inferer")
     inferer.sampler.accelerate = accelerate
@@ -54,14 +57,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fidelity.md"))
     args = parser.parse_args(argv)
     load_before = load_average()
-    out = {name: frames(p, a, args.rounds) for name, (p, a) in SETTINGS.items()}
+    out = {name: frames(*setting, args.rounds) for name, setting in SETTINGS.items()}
     ref, _ = out["unaccelerated fp32"]
     edit = (ref[1:] - ref[:1]).abs().mean()
-    lines = header(f"# Shipped brain progression: accelerated and bf16 frames against unaccelerated fp32 "
+    lines = header(f"# Shipped brain progression: accelerated, bf16 and compiled frames against unaccelerated fp32 "
                    f"({args.rounds} rounds, bundle settings, example T1)", 1, load_before)
     lines += ["Intensities in [0, 1] (the bundle's preprocessing). Edit: mean |frame_k - frame_0| of the reference "
               f"over rounds = {float(edit):.4f}. One run each, in order: the seconds are indicative only (speed "
-              "tables: progression.md).", "",
+              "tables: progression.md; a compiled setting's seconds include compiling).", "",
               "| setting | s / progression | mean abs diff | max abs diff | mean abs diff / edit | "
               "last frame: mean abs diff / edit |", "|---|---:|---:|---:|---:|---:|"]
     for name, (f, seconds) in out.items():

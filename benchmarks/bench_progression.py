@@ -177,6 +177,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "progression.md"))
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
+    ap.add_argument("--no_compile", action="store_true",
+                    help="leave out the compiled-denoiser methods (minutes of compiling; inductor needs a C compiler)")
     ap.add_argument("--worker", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -198,6 +200,8 @@ def main() -> None:
         raise SystemExit(f"--cases must name some of {list(CASES)}, got {args.cases!r}.")
     before = load_average()
     methods = {**METHODS, **(CUDA_METHODS if args.device.startswith("cuda") else {})}
+    if args.no_compile:
+        methods = {m: label for m, label in methods.items() if not m.startswith("compiled")}
     cases = {f"{name} {method}": worker(name, method) for name in chosen for method in methods}
     runs = interleaved(cases, args.repeats, log=lambda msg: print(f"  {msg[:120]}", file=sys.stderr))
     first = runs[next(iter(runs))][0]

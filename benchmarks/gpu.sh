@@ -13,8 +13,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 REPEATS=${REPEATS:-3}
-# the denoiser table skips torch.compile here (minutes of compiling; `python benchmarks/bench_denoiser.py --device cuda`
-# takes it); on the CPU it times the brain network only
+# the denoiser and PIE-round tables skip torch.compile here (minutes of compiling; `python
+# benchmarks/bench_denoiser.py --device cuda` and `python benchmarks/bench_progression.py --device cuda` take it); on
+# the CPU the denoiser table times the brain network only
 if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     DEVICE=cuda; SIZE=(); DENOISER=(--no_compile)
 else
@@ -40,7 +41,7 @@ if [ "$DEVICE" = cuda ]; then
     "$PY" -c "import torch; p = torch.cuda.get_device_properties(0); print(f'== {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}')" >&2
 fi
 run "PIE rounds" "$PY" benchmarks/bench_progression.py --device "$DEVICE" --repeats "$REPEATS" "${SIZE[@]}" \
-    --out "$OUT/progression.md"
+    --no_compile --out "$OUT/progression.md"
 run "denoiser call" "$PY" benchmarks/bench_denoiser.py --device "$DEVICE" --repeats "$REPEATS" "${DENOISER[@]}" \
     --out "$OUT/denoiser.md"
 run "autoencoder memory vs volume size" "$PY" benchmarks/bench_memory.py --device "$DEVICE" --repeats "$REPEATS" \
