@@ -404,21 +404,41 @@ def measure(results: dict[str, EditResult], subjects: list[Subject], readers: di
     for s, (row, edit, true_map) in zip(subjects, process_map(measure_subject, jobs, workers, desc="measures")):
         per.setdefault(s.index, []).append(row)
         edit_maps[s.key], truth_maps[s.key] = edit, true_map
-    # identity: each subject's own part (minus the mean over subjects) against its own truth's, and retrieval
-    keys = list(edit_maps)
-    mean_edit = np.mean([edit_maps[k] for k in keys], 0)
-    mean_truth = np.mean([truth_maps[k] for k in keys], 0)
     by_key = {s.key: s for s in subjects}
+    rows = {k: next(r for r in per[s.index] if r["noise"] == s.noise) for k, s in by_key.items()}
+    for k, (identity, retrieved) in identity_and_retrieval(edit_maps, truth_maps, by_key, ctx.brain).items():
+        rows[k]["identity_corr"], rows[k]["retrieved_self"] = identity, retrieved
+    if ae is not None:  # the same of the autoencoder's round trip of the truth: what a latent model can reach
+        ae_maps = {k: smooth(ae[(k, TARGET_STAGE)] - ae[(k, SOURCE_STAGE)]) for k in by_key}
+        for k, (identity, retrieved) in identity_and_retrieval(ae_maps, truth_maps, by_key, ctx.brain).items():
+            rows[k]["identity_corr_autoencoder_limit"] = identity
+            rows[k]["retrieved_self_autoencoder_limit"] = retrieved
+    return summarise(per)
+
+
+def identity_and_retrieval(maps: dict[str, np.ndarray], truth_maps: dict[str, np.ndarray],
+                           subjects: dict[str, Subject], brain: np.ndarray) -> dict[str, tuple[float, float]]:
+    """Per subject key: the correlation of its own part of the change map (minus the mean over subjects) with its own
+    truth's, and whether its map correlates best with its own true change among the subjects of the same noise
+    seed (1.0 or 0.0).
+
+    Args:
+        maps, truth_maps: smoothed change maps ``(X, Y, Z)`` of an edit and of the truth, by subject key.
+        subjects: the subject of each key.
+        brain: ``(X, Y, Z)`` boolean mask the correlations are taken over.
+    """
+    keys = list(maps)
+    mean_map = np.mean([maps[k] for k in keys], 0)
+    mean_truth = np.mean([truth_maps[k] for k in keys], 0)
+    out = {}
     for k in keys:
-        s = by_key[k]
-        row = next(r for r in per[s.index] if r["noise"] == s.noise)
-        row["identity_corr"] = corr((edit_maps[k] - mean_edit)[ctx.brain], (truth_maps[k] - mean_truth)[ctx.brain])
+        s = subjects[k]
+        identity = corr((maps[k] - mean_map)[brain], (truth_maps[k] - mean_truth)[brain])
         # retrieval on change maps, not frames (a frame is nearest its own subject's truth whatever the edit did: the
         # anatomy dominates), by correlation (the pattern; the size is the ratio r's business)
-        sims = {j: corr(edit_maps[k][ctx.brain], truth_maps[j][ctx.brain]) for j in keys
-                if by_key[j].noise == s.noise}
-        row["retrieved_self"] = float(by_key[max(sims, key=sims.get)].index == s.index)
-    return summarise(per)
+        sims = {j: corr(maps[k][brain], truth_maps[j][brain]) for j in keys if subjects[j].noise == s.noise}
+        out[k] = (identity, float(subjects[max(sims, key=sims.get)].index == s.index))
+    return out
 
 
 def summarise(per: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -442,6 +462,9 @@ def summarise(per: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
     checks["identity"] = (stats["identity_corr"][0], stats["identity_corr"][0] >= th["identity_corr_min"])
     retrieval = float(np.mean([v["retrieved_self"] for v in subjects.values()]))
     checks["retrieval"] = (retrieval, retrieval >= th["retrieval_min"])
+    if all("retrieved_self_autoencoder_limit" in v for v in subjects.values()):
+        stats["retrieval_autoencoder_limit"] = (
+            float(np.mean([v["retrieved_self_autoencoder_limit"] for v in subjects.values()])), np.nan, np.nan)
     checks["specificity"] = (stats["specificity"][0], stats["specificity"][0] <= th["specificity_max"])
     return {"subjects": subjects, "stats": stats, "seed_cv": cv, "checks": checks,
             "num_subjects": len(subjects), "num_seeds": max(len(r) for r in per.values())}
@@ -802,7 +825,12 @@ def write_report(methods: dict[str, Any], frozen: dict[str, Any], params: dict[s
                        ("hippocampal_gm_ml_ratio", "hippocampal GM r"), ("r2", "voxelwise R^2 of the change map"),
                        ("r2_autoencoder_limit", "R^2 of the autoencoder's own round trip of the truth (limit)"),
                        ("null_whole_brain_ratio", "null / AD whole-brain change"),
-                       ("identity_corr", "subject-specific correlation"), ("specificity", "deep WM / ventricle ROI"),
+                       ("identity_corr", "subject-specific correlation"),
+                       ("identity_corr_autoencoder_limit", "subject-specific correlation of the autoencoder's round "
+                                                           "trip of the truth (limit)"),
+                       ("retrieval_autoencoder_limit", "retrieval of the autoencoder's round trip of the truth (share "
+                                                       "of subjects; limit)"),
+                       ("specificity", "deep WM / ventricle ROI"),
                        ("ventricle_ml_age_true", f"true ventricle change, {AGE_YEARS:g} years older (ml)"),
                        ("ventricle_ml_age_ratio", "age-only edit: ventricle r"),
                        ("hippocampal_gm_ml_age_true", f"true hippocampal GM change, {AGE_YEARS:g} years older (ml)"),

@@ -56,9 +56,12 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def format_ci(stat: tuple[float, float, float], nd: int = 2) -> str:
-    """``median [low, high]`` of a :func:`median_ci` result with ``nd`` decimals, or ``n/a``."""
+    """``median [low, high]`` of a :func:`median_ci` result with ``nd`` decimals (the value alone without an
+    interval), or ``n/a``."""
     med, lo, hi = stat
-    return "n/a" if not np.isfinite(med) else f"{med:.{nd}f} [{lo:.{nd}f}, {hi:.{nd}f}]"
+    if not np.isfinite(med):
+        return "n/a"
+    return f"{med:.{nd}f}" + (f" [{lo:.{nd}f}, {hi:.{nd}f}]" if np.isfinite(lo) and np.isfinite(hi) else "")
 
 
 def subject_medians(per: Mapping[Any, Sequence[Mapping[str, Any]]], index_keys: Sequence[str]) -> tuple[

@@ -280,3 +280,20 @@ def test_deformation_baseline_grows_ventricles_and_shrinks_hippocampi_with_stage
     far = np.abs(top - x0)[ctx.deep_wm].mean()
     near = np.abs(top - x0)[ctx.rois["ventricle"]].mean()
     assert far < 0.1 * near
+
+
+def test_identity_and_retrieval_see_the_subjects_own_pattern():
+    """A map that is its own truth plus a shared change is retrieved and identified; one that is only the shared change
+    (what a model ignoring the subject does) is not."""
+    rng = np.random.default_rng(0)
+    brain = np.ones((6, 6, 6), bool)
+    shared = rng.standard_normal((6, 6, 6))
+    subjects = {f"s{i}_n{n}": bp.Subject(index=i, seed=i, noise=n, age=70.0, sex=0) for i in range(5) for n in (0, 1)}
+    own = {k: rng.standard_normal((6, 6, 6)) for k in subjects}
+    truth = {k: shared + own[k] for k in subjects}
+    faithful = bp.identity_and_retrieval({k: 0.5 * truth[k] for k in subjects}, truth, subjects, brain)
+    assert all(identity > 0.99 and retrieved == 1.0 for identity, retrieved in faithful.values())
+    generic = {k: shared + 0.01 * rng.standard_normal((6, 6, 6)) for k in subjects}
+    blind = bp.identity_and_retrieval(generic, truth, subjects, brain)
+    assert np.median([identity for identity, _ in blind.values()]) < 0.5
+    assert np.mean([retrieved for _, retrieved in blind.values()]) < 0.6
