@@ -66,12 +66,16 @@ def main(argv: list[str] | None = None) -> None:
               f"over rounds = {float(edit):.4f}. One run each, in order: the seconds are indicative only (speed "
               "tables: progression.md; a compiled setting's seconds include compiling).", "",
               "| setting | s / progression | mean abs diff | max abs diff | mean abs diff / edit | "
-              "last frame: mean abs diff / edit |", "|---|---:|---:|---:|---:|---:|"]
+              "last frame: mean abs diff / edit | vs the default: mean / max abs diff |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    default, _ = out["accelerated fp32 (default)"]
     for name, (f, seconds) in out.items():
         d = (f - ref).abs()
         last = d[-1].mean() / (ref[-1] - ref[0]).abs().mean()
+        vs_default = (f - default).abs()
         lines.append(f"| {name} | {seconds:.1f} | {float(d.mean()):.2e} | {float(d.max()):.2e} | "
-                     f"{float(d[1:].mean() / edit):.2%} | {float(last):.2%} |")
+                     f"{float(d[1:].mean() / edit):.2%} | {float(last):.2%} | "
+                     f"{float(vs_default.mean()):.1e} / {float(vs_default.max()):.1e} |")
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.out).write_text(text)

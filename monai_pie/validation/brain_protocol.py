@@ -717,7 +717,7 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
         older = [age_run(progression, weights.get(settings.config), settings, subjects, work / slugs[name], overrides,
                          shards) for name, settings in modes.items()]
         runs += [run[0] for run in older if run is not None]
-        parallel_progression_runs(runs, workers)
+        reused = parallel_progression_runs(runs, workers)
         parallel_seconds = time.perf_counter() - t
     methods: dict[str, Any] = {}
     timing: dict[str, float] = {}
@@ -753,6 +753,7 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
               "machine": machine()}
     if workers > 1:
         params["seconds_parallel_runs"] = parallel_seconds
+        params["edit_parts_reused"] = [int(sum(reused)), len(reused)]
     return write_evaluation("brain", methods, frozen, params, t0, output_dir, write_report)
 
 
@@ -785,7 +786,10 @@ def write_report(methods: dict[str, Any], frozen: dict[str, Any], params: dict[s
         f"{frozen['splits']['evaluation_seed']}+) x {first['num_seeds']} noise/sampler seeds; model "
         f"{params['model_path']}"
         + (f", longitudinal model {params['longitudinal_model_path']}" if LONGITUDINAL_MODE in methods else "")
-        + f"; {params['seconds'] / 60:.0f} min in all on {params.get('machine', 'an unrecorded machine')}.  ",
+        + f"; {params['seconds'] / 60:.0f} min in all on {params.get('machine', 'an unrecorded machine')}"
+        + (" ({} of {} recorded edit runs reused from an earlier run of the command, so not the cost of a fresh "
+           "evaluation)".format(*params["edit_parts_reused"]) if params.get("edit_parts_reused", [0])[0] else "")
+        + ".  ",
         f"Edits go from stage {SOURCE_STAGE} to {TARGET_STAGE} (AD); the null edit goes to the subject's own stage "
         f"{SOURCE_STAGE}. Readers (chosen on the tuning split): "
         + ", ".join(f"{m}: `{r}`" for m, r in frozen["readers"].items()) + ". Maps are compared after Gaussian "
