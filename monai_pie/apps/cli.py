@@ -120,9 +120,11 @@ class Label:
         return str(out)
 
     def serve(self, studies: str, port: int = 8000, host: str = "127.0.0.1", tasks: str | Sequence[str] | None = None,
-              device: str | None = None, app_dir: str | None = None) -> None:
+              device: str | None = None, app_dir: str | None = None, compile_denoiser: bool = False) -> None:
         """Start ``monailabel start_server`` with the app on ``host:port`` (local only by default) over the
-        ``studies`` folder; ``--tasks`` limits the served tasks, ``--device`` picks where models run."""
+        ``studies`` folder; ``--tasks`` limits the served tasks, ``--device`` picks where models run,
+        ``--compile_denoiser`` runs denoisers through ``torch.compile`` where a bundle has that switch (the first
+        request of a task compiles; later ones are faster)."""
         import shutil
         import subprocess
 
@@ -131,7 +133,8 @@ class Label:
                                     "&& pip install -c constraints.txt --no-deps monailabel pydicom-seg")
         command = ["monailabel", "start_server", "--app", self.app(app_dir), "--studies", studies, "--host", host,
                    "--port", str(port)]
-        for key, value in (("tasks", ",".join(_names(tasks) or [])), ("device", device)):
+        for key, value in (("tasks", ",".join(_names(tasks) or [])), ("device", device),
+                           ("compile_denoiser", "true" if compile_denoiser else None)):
             if value:
                 command += ["--conf", key, str(value)]
         sys.exit(subprocess.call(command))

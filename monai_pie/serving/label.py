@@ -72,11 +72,21 @@ class GenerativeInferTask(InferTask):
         return str(result.path), result.info
 
 
+def _flag(value: str | bool, name: str) -> bool:
+    """A ``--conf`` yes/no option as a bool; anything else is an error that names the option."""
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"--conf {name} must be true or false, got {value!r}.")
+    return text in ("true", "1", "yes")
+
+
 class MonaiPieApp(MONAILabelApp):
     """The monai-pie MONAI Label app: every task of :data:`~monai_pie.serving.tasks.TASKS` as an infer task.
 
     Server ``--conf`` options: ``tasks`` (comma-separated names, default all), ``device`` (default: CUDA when
-    available), ``<task>_model_path`` and ``<task>_bundle_root`` (weights and bundle folder of one task).
+    available), ``<task>_model_path`` and ``<task>_bundle_root`` (weights and bundle folder of one task),
+    ``compile_denoiser`` (``true``: denoisers through ``torch.compile`` where the bundle has the switch; the first
+    request of each task compiles, later ones are faster).
     """
 
     def __init__(self, app_dir: str, studies: str, conf: Mapping[str, str]) -> None:
@@ -93,7 +103,9 @@ class MonaiPieApp(MONAILabelApp):
         infers: dict[str, InferTask] = {}
         for name in self.task_names:
             service = TaskService(name, bundle_root=self.conf.get(f"{name}_bundle_root"),
-                                  model_path=self.conf.get(f"{name}_model_path"), device=self.conf.get("device"))
+                                  model_path=self.conf.get(f"{name}_model_path"), device=self.conf.get("device"),
+                                  compile_denoiser=_flag(self.conf.get("compile_denoiser", "false"),
+                                                         "compile_denoiser"))
             logger.info(f"monai-pie: loaded {name} ({service.spec.bundle}, weights {service.model_path})")
             infers[name] = GenerativeInferTask(service)
         return infers

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,13 +75,17 @@ class TaskService:
         bundle_root: the bundle folder (default: ``bundles/<task.bundle>`` beside the package).
         model_path: the weights (default: the bundle's ``model_path``, its shipped ``models/model.pt``).
         device: where the network runs (default: the bundle's ``device``, CUDA when available).
+        compile_denoiser: run the bundle's denoiser through ``torch.compile`` (its ``compile_denoiser`` switch): the
+            first request compiles, later ones are faster, which is what a long-lived server is for. A bundle
+            without the switch is served uncompiled, with a warning.
 
     Raises:
         FileNotFoundError / ValueError / RuntimeError: missing, mismatched or corrupt weights, naming the file.
     """
 
     def __init__(self, task: str | TaskSpec, bundle_root: str | Path | None = None,
-                 model_path: str | Path | None = None, device: str | torch.device | None = None) -> None:
+                 model_path: str | Path | None = None, device: str | torch.device | None = None,
+                 compile_denoiser: bool = False) -> None:
         self.spec = get_task(task) if isinstance(task, str) else task
         self.root = bundle_dir(bundle_root or self.spec.bundle)
         base = parse_bundle(self.root)
@@ -92,6 +97,10 @@ class TaskService:
         load_network_weights(network, self.model_path, f"{self.spec.bundle} model")
         self.network = network.to(self.device).eval()
         self._lock = threading.Lock()  # one request at a time on the shared network
+        self.compile_denoiser = bool(compile_denoiser) and "compile_denoiser" in base.config
+        if compile_denoiser and not self.compile_denoiser:
+            warnings.warn(f"the {self.spec.bundle} bundle has no `compile_denoiser` switch; task {self.spec.name!r} "
+                          "is served uncompiled.", stacklevel=2)
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """Each parameter's default, range or choices and help (for ``/info/`` and the Slicer modules)."""
@@ -141,6 +150,8 @@ class TaskService:
             overrides["reference_image"] = str(_existing(image)) if image else self.reference_image
         work = Path(tempfile.mkdtemp(prefix=f"monai_pie_{self.spec.name}_"))
         overrides.update({"output_dir": str(work), "device": self.device, "network": self.network})
+        if self.compile_denoiser:
+            overrides["compile_denoiser"] = True
         start = time.perf_counter()
         try:
             parser = parse_bundle(self.root, overrides)

@@ -46,3 +46,19 @@ def test_label_app_is_written_outside_the_package_and_slicer_modules_for_every_t
     with pytest.raises(SystemExit) as exc:
         main(["slicer", "modules", str(tmp_path / "slicer"), "--tasks", "tau"])
     assert exc.value.code == 2 and "no task 'tau'" in capsys.readouterr().err
+
+
+def test_label_serve_passes_its_options_to_monailabel(monkeypatch, tmp_path):
+    import shutil
+    import subprocess
+
+    calls = []
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(subprocess, "call", lambda command: calls.append(command) or 0)
+    for extra in ([], ["--compile_denoiser"]):
+        with pytest.raises(SystemExit):
+            main(["label", "serve", str(tmp_path), "--tasks", "brain_progression", "--app_dir", str(tmp_path / "app"),
+                  *extra])
+    plain, compiled = (" ".join(c) for c in calls)
+    assert "--conf tasks brain_progression" in plain and "compile_denoiser" not in plain
+    assert "--conf compile_denoiser true" in compiled and "--host 127.0.0.1" in compiled

@@ -155,3 +155,36 @@ def test_tau_anomaly_map_on_the_input_grid():
     with pytest.raises(RequestError, match="`anomaly_map` must be one of"):
         service.run(image, {"anomaly_map": "zscore"})
     result.path.unlink()
+
+
+def test_a_compiled_server_asks_the_bundle_for_its_compiled_denoiser(brain_progression, monkeypatch):
+    """``compile_denoiser`` reaches the bundle of every request where the bundle has the switch, and a bundle without
+    it is served uncompiled with a warning that says so."""
+    from monai_pie.serving import service as service_module
+
+    compiled = TaskService("brain_progression", device="cpu", compile_denoiser=True)
+    seen = []
+
+    def capture(root, overrides):
+        seen.append(dict(overrides))
+        raise RuntimeError("stop after parsing")
+
+    monkeypatch.setattr(service_module, "parse_bundle", capture)
+    image = BRAIN_PROG / "docs" / "example_t1.nii.gz"
+    for served in (compiled, brain_progression):
+        with pytest.raises(RuntimeError, match="stop after parsing"):
+            served.run(image, FAST)
+    assert seen[0]["compile_denoiser"] is True and "compile_denoiser" not in seen[1]
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match="no `compile_denoiser` switch"):
+        plain = TaskService("cxr_progression", device="cpu", compile_denoiser=True)
+    assert not plain.compile_denoiser
+
+
+def test_the_label_apps_compile_option_must_be_a_yes_or_no():
+    pytest.importorskip("monailabel")
+    from monai_pie.serving.label import _flag
+
+    assert _flag("true", "compile_denoiser") and _flag("Yes", "x") and not _flag("false", "x") and not _flag("0", "x")
+    with pytest.raises(ValueError, match="--conf compile_denoiser must be true or false, got 'fast'"):
+        _flag("fast", "compile_denoiser")
