@@ -85,8 +85,8 @@ class MonaiPieApp(MONAILabelApp):
 
     Server ``--conf`` options: ``tasks`` (comma-separated names, default all), ``device`` (default: CUDA when
     available), ``<task>_model_path`` and ``<task>_bundle_root`` (weights and bundle folder of one task),
-    ``compile_denoiser`` (``true``: denoisers through ``torch.compile`` where the bundle has the switch; the first
-    request of each task compiles, later ones are faster).
+    ``compile_denoiser`` (``true``: denoisers through ``torch.compile`` where the bundle has the switch, as every
+    shipped bundle does; the first request of each task compiles, later ones are faster).
     """
 
     def __init__(self, app_dir: str, studies: str, conf: Mapping[str, str]) -> None:

@@ -194,12 +194,3 @@ def test_both_brain_bundles_define_the_same_network():
               "ae_channels", "unet_channels", "latent_channels", "context_dim", "condition_keys", "condition_ranges"]:
         assert a[k] == b[k], k
 
-
-@pytest.mark.parametrize("value", [False, True])
-def test_the_compile_switch_reaches_the_sampler(value):
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(cfg(BRAIN_PROG, "inference.json"))
-    parser.update({"bundle_root": str(BRAIN_PROG), "compile_denoiser": value})
-    assert parser.get_parsed_content("inferer").sampler.compile_denoiser is value

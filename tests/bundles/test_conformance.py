@@ -119,3 +119,14 @@ def test_components_resolve_by_short_name_in_a_config():
     assert isinstance(inferer, ProgressionInferer) and inferer.num_rounds == 3 and inferer.levels[0] == 399
     assert isinstance(parser.get_parsed_content("generator"), GenerationInferer)
     assert isinstance(parser.get_parsed_content("model"), torch.nn.Module)
+
+
+@pytest.mark.parametrize("bundle", ALL_BUNDLES, ids=IDS)
+def test_every_bundle_can_compile_its_denoiser(bundle):
+    """``--compile_denoiser true`` reaches the sampler of every bundle's inferer (off by default)."""
+    from monai_pie.bundle_tools import parse_bundle
+
+    for value in (False, True):
+        parser = parse_bundle(bundle, {"compile_denoiser": value})
+        assert parser.get_parsed_content("inferer").sampler.compile_denoiser is value
+    assert parse_bundle(bundle).get_parsed_content("compile_denoiser") is False

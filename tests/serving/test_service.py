@@ -176,6 +176,14 @@ def test_a_compiled_server_asks_the_bundle_for_its_compiled_denoiser(brain_progr
             served.run(image, FAST)
     assert seen[0]["compile_denoiser"] is True and "compile_denoiser" not in seen[1]
     monkeypatch.undo()
+    parse = service_module.parse_bundle
+
+    def without_switch(root, overrides=None):  # a bundle of the user's own that predates the switch
+        parser = parse(root, overrides)
+        parser.config.pop("compile_denoiser")
+        return parser
+
+    monkeypatch.setattr(service_module, "parse_bundle", without_switch)
     with pytest.warns(UserWarning, match="no `compile_denoiser` switch"):
         plain = TaskService("cxr_progression", device="cpu", compile_denoiser=True)
     assert not plain.compile_denoiser
