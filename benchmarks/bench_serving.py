@@ -6,6 +6,11 @@ the table reports median and min over repeats, the load average before and after
 spread by more than 25 % of the median.
 
     python benchmarks/bench_serving.py [--repeats 3] [--default_repeats 1] [--output benchmarks/results/serving.md]
+    python benchmarks/bench_serving.py --compiled [--default_repeats 3]   # -> benchmarks/results/serving_compiled.md
+
+``--compiled`` instead serves the tasks twice, from a plain server and from one started with ``--conf
+compile_denoiser true``: each task's first request to the compiled server (which compiles) is timed on its own,
+then requests with the bundle defaults alternate between the two servers.
 """
 
 from __future__ import annotations
@@ -47,6 +52,40 @@ def row(name: str, times: list[float]) -> str:
     return f"| {name} | {len(times)} | {med:.2f} | {low:.2f} | {flag} |"
 
 
+def compiled_table(app: str, studies: Path, env: dict[str, str], repeats: int) -> list[str]:
+    """Rows of the compiled-server comparison (see the module docstring)."""
+    from monai_pie.serving.server import start_local_server
+
+    plain = start_local_server(app, studies, env=env)
+    compiled = start_local_server(app, studies, env=env, conf={"compile_denoiser": "true"})
+    first: dict[str, float] = {}
+    times: dict[tuple[str, str], list[float]] = {(t, k): [] for t in TINY for k in ("plain", "compiled")}
+    try:
+        for task in TINY:
+            request(plain.url, task, {})  # warm-up, excluded
+            first[task] = request(compiled.url, task, {})  # compiles
+            print(f"{task}: compiled server's first request {first[task]:.1f} s", flush=True)
+        for _ in range(repeats):
+            for task in TINY:
+                times[(task, "plain")].append(request(plain.url, task, {}))
+                times[(task, "compiled")].append(request(compiled.url, task, {}))
+    finally:
+        plain.stop()
+        compiled.stop()
+    lines = ["| task (bundle defaults) | plain server, median / min s | compiled server, median / min s | speed-up | "
+             "compiled server's first request s | requests to break even | note |", "|---|---|---|---|---|---|---|"]
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _harness import median_min_flag
+
+    for task in TINY:
+        (pm, pl, pf), (cm, cl, cf) = median_min_flag(times[(task, "plain")]), median_min_flag(times[(task, "compiled")])
+        saved = pm - cm
+        even = f"{max(first[task] - cm, 0.0) / saved:.0f}" if saved > 0 else "never"
+        lines.append(f"| {task} | {pm:.2f} / {pl:.2f} | {cm:.2f} / {cl:.2f} | {pm / cm:.2f}x | {first[task]:.1f} | "
+                     f"{even} | {' '.join(f for f in (pf, cf) if f)} |")
+    return lines
+
+
 def main() -> None:
     from monai_pie.serving.server import start_local_server
 
@@ -54,8 +93,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--default_repeats", type=int, default=1)
     parser.add_argument("--starts", type=int, default=3)
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "serving.md"))
+    parser.add_argument("--compiled", action="store_true", help="compare a compiled server with a plain one")
+    parser.add_argument("--output", default=None)
     args = parser.parse_args()
+    output = args.output or str(ROOT / "benchmarks" / "results" / ("serving_compiled.md" if args.compiled
+                                                                    else "serving.md"))
     work = Path(tempfile.mkdtemp(prefix="bench_serving_"))
     studies = work / "studies"
     studies.mkdir()
@@ -65,6 +107,23 @@ def main() -> None:
                           str(work / "app")], capture_output=True, text=True, check=True).stdout.strip()
     env = {"MONAI_LABEL_SESSION_PATH": str(work / "sessions")}
     load_before = os.getloadavg()
+    if args.compiled:
+        try:
+            rows = compiled_table(app, studies, env, args.default_repeats)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        text = "\n".join(["# MONAI Label serving: a compiled server (`--conf compile_denoiser true`) against a plain one",
+                          "", f"`python benchmarks/bench_serving.py --compiled --default_repeats {args.default_repeats}`"
+                          f" on {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU; "
+                          f"torch {__import__('torch').__version__}; {time.strftime('%Y-%m-%d')}; load average "
+                          f"{load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after.", "",
+                          "Seconds, HTTP request to answer (JSON output), the bundle's own settings; requests alternate "
+                          "between the two servers (both up at once). Break-even: requests after which the first "
+                          "request's compiling is repaid (from inductor's on-disk cache if an earlier process "
+                          "compiled the same shapes).", "", *rows]) + "\n"
+        Path(output).write_text(text)
+        print(text)
+        return
     starts = []
     for _ in range(args.starts):
         server = start_local_server(app, studies, env=env)
@@ -98,7 +157,7 @@ def main() -> None:
     lines += [row(f"{task}, tiny", tiny[task]) for task in TINY]
     lines += [row(f"{task}, bundle defaults", defaults[task]) for task in TINY if defaults[task]]
     text = "\n".join(lines) + "\n"
-    Path(args.output).write_text(text)
+    Path(output).write_text(text)
     print(text)
 
 

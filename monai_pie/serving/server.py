@@ -53,7 +53,7 @@ def _answers(url: str) -> bool:
 
 def start_local_server(app_dir: str | Path, studies: str | Path, port: int | None = None, device: str = "cpu",
                        tasks: str | None = None, timeout: float = 180.0, env: dict[str, str] | None = None,
-                       log: str | Path | None = None) -> LocalServer:
+                       log: str | Path | None = None, conf: dict[str, str] | None = None) -> LocalServer:
     """Start ``monailabel start_server`` bound to 127.0.0.1 and wait until ``/info/`` answers.
 
     Args:
@@ -65,6 +65,7 @@ def start_local_server(app_dir: str | Path, studies: str | Path, port: int | Non
         timeout: seconds to wait for the server.
         env: extra environment variables (e.g. ``MONAI_LABEL_SESSION_PATH``).
         log: where the server's output goes (default: ``<app_dir>/server.log``).
+        conf: more ``--conf`` options of the app (e.g. ``{"compile_denoiser": "true"}``).
 
     Raises:
         RuntimeError: the server exited or did not answer in time; the message ends with its log.
@@ -75,6 +76,8 @@ def start_local_server(app_dir: str | Path, studies: str | Path, port: int | Non
                str(studies), "--host", "127.0.0.1", "--port", str(port), "--conf", "device", device]
     if tasks:
         command += ["--conf", "tasks", tasks]
+    for key, value in (conf or {}).items():
+        command += ["--conf", key, str(value)]
     url = f"http://127.0.0.1:{port}"
     start = time.perf_counter()
     with open(log_path, "w") as out:
