@@ -45,6 +45,7 @@ from .protocol import (
     machine,
     parallel_progression_runs,
     read_frozen,
+    recorded_parts,
     recorded_progression_run,
     validation_modes,
     write_evaluation,
@@ -710,15 +711,17 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
     # about two shards per worker over all modes: the modes' costs differ (rounds, frames), small shards even them out
     if shards is None:
         shards = 1 if workers == 1 else -(-2 * workers // len(modes))
+    runs = [edit_run(progression, weights.get(settings.config), settings, subjects, EDIT_TARGETS,
+                     work / slugs[name], overrides, shards)[0] for name, settings in modes.items()]
+    older = [age_run(progression, weights.get(settings.config), settings, subjects, work / slugs[name], overrides,
+                     shards) for name, settings in modes.items()]
+    runs += [run[0] for run in older if run is not None]
     if workers > 1:
         t = time.perf_counter()
-        runs = [edit_run(progression, weights.get(settings.config), settings, subjects, EDIT_TARGETS,
-                         work / slugs[name], overrides, shards)[0] for name, settings in modes.items()]
-        older = [age_run(progression, weights.get(settings.config), settings, subjects, work / slugs[name], overrides,
-                         shards) for name, settings in modes.items()]
-        runs += [run[0] for run in older if run is not None]
         reused = parallel_progression_runs(runs, workers)
         parallel_seconds = time.perf_counter() - t
+    else:  # the runs below reuse what is recorded: say so in the report
+        reused = [was for run in runs for was in recorded_parts(**run)]
     methods: dict[str, Any] = {}
     timing: dict[str, float] = {}
     shown: dict[str, EditResult] = {}  # the first subject's edits, for the figure
@@ -751,9 +754,9 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
               "longitudinal_model_path": longitudinal_model_path or "the bundle's models/model_longitudinal.pt",
               "seconds_per_mode": timing, "cohort_dir": cohort_dir, "workers": workers, "shards": shards,
               "machine": machine()}
+    params["edit_parts_reused"] = [int(sum(reused)), len(reused)]
     if workers > 1:
         params["seconds_parallel_runs"] = parallel_seconds
-        params["edit_parts_reused"] = [int(sum(reused)), len(reused)]
     return write_evaluation("brain", methods, frozen, params, t0, output_dir, write_report)
 
 

@@ -95,9 +95,29 @@ def recorded_progression_run(progression: str | Path, settings: ProgressionSetti
             raise RuntimeError(f"the bundle wrote {len(summaries)} progressions for {len(items)} items.")
         return [list(summary["frames"]) for summary in summaries]
 
-    record = {"items": items, "settings": settings.as_dict(), "overrides": overrides or {},
-              "weights_sha256": weights_digest(progression, model_path)}
-    return run_once(Path(out_dir) / "run.json", record, run)
+    return run_once(Path(out_dir) / "run.json", _run_record(progression, settings, items, model_path, overrides), run)
+
+
+def _run_record(progression: str | Path, settings: ProgressionSettings, items: list[dict[str, Any]],
+                model_path: str | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """What a recorded progression run used (items, settings, overrides, the weights' hash): a run is reused only
+    when all of it is the same."""
+    return {"items": items, "settings": settings.as_dict(), "overrides": overrides or {},
+            "weights_sha256": weights_digest(progression, model_path)}
+
+
+def recorded_parts(progression: str | Path, settings: ProgressionSettings, items: list[dict[str, Any]],
+                   out_dir: Path, model_path: str | None = None, overrides: dict[str, Any] | None = None,
+                   shards: int = 1) -> list[bool]:
+    """Per part of a :func:`recorded_progression_run` with these arguments, whether it is already recorded (and
+    would be reused rather than run)."""
+    out = []
+    for prog, sett, part, where, path, over in shard_runs(progression, settings, items, out_dir, model_path,
+                                                          overrides, shards):
+        index = Path(where) / "run.json"
+        done = json.loads(index.read_text()) if index.is_file() else {}
+        out.append(done.get("record") == json.loads(json.dumps(_run_record(prog, sett, part, path, over))))
+    return out
 
 
 def split_items(items: list[Any], shards: int) -> list[list[Any]]:

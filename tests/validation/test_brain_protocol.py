@@ -226,9 +226,12 @@ def test_sharded_runs_record_each_part_and_parallel_runs_are_reused(tmp_path, mo
     assert sharded == whole and len(calls) == 1 + 4
     assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == [f"part{k}" for k in range(4)]
     items = bp.edit_items(subjects, bp.EDIT_TARGETS)[0]
-    protocol.parallel_progression_runs([{"progression": progression, "settings": settings, "items": items,
-                                         "out_dir": tmp_path / "par", "shards": 2}], workers=1, progress=False)
+    run = {"progression": progression, "settings": settings, "items": items, "out_dir": tmp_path / "par", "shards": 2}
+    assert protocol.recorded_parts(**run) == [False, False]
+    protocol.parallel_progression_runs([run], workers=1, progress=False)
     assert len(calls) == 5 + 2
+    assert protocol.recorded_parts(**run) == [True, True]  # what the report counts as reused
+    assert protocol.recorded_parts(**{**run, "settings": settings.replace(strength=0.3)}) == [False, False]
     assert bp.run_edits(progression, None, settings, subjects, bp.EDIT_TARGETS, tmp_path / "par", shards=2) == whole
     assert len(calls) == 7  # the recorded parts were reused
 
