@@ -352,9 +352,10 @@ def _mean_abs(x: np.ndarray, mask: np.ndarray) -> float:
 
 
 def measure_subject(s: Subject, res: EditResult, readers: dict[str, str], ctx: Context,
-                    ae: tuple[np.ndarray, np.ndarray] | None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+                    ae: tuple[np.ndarray, np.ndarray] | None
+                    ) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray | None]:
     """One subject and noise draw's measures (a job of :func:`measure`): ``(row, smoothed edit map, smoothed true
-    change map)``. ``res`` may hold frame paths (read here) or arrays; ``ae`` is the autoencoder's round trip of the
+    change map, smoothed change map of the autoencoder's round trip of the truth or None)``. ``res`` may hold frame paths (read here) or arrays; ``ae`` is the autoencoder's round trip of the
     source and target truth."""
     res = res.loaded()
     x0, final = s.images[SOURCE_STAGE], res.dose[TARGET_STAGE]
@@ -377,8 +378,9 @@ def measure_subject(s: Subject, res: EditResult, readers: dict[str, str], ctx: C
     edit = smooth(final - res.null)
     true_map = smooth(s.images[TARGET_STAGE] - x0)
     row["r2"] = r_squared(edit, true_map, ctx.brain)
-    if ae is not None:
-        row["r2_autoencoder_limit"] = r_squared(smooth(ae[1] - ae[0]), true_map, ctx.brain)
+    ae_map = None if ae is None else smooth(ae[1] - ae[0])
+    if ae_map is not None:
+        row["r2_autoencoder_limit"] = r_squared(ae_map, true_map, ctx.brain)
     row["null_whole_brain_ratio"] = _mean_abs(res.null - x0, ctx.brain) / max(_mean_abs(final - x0, ctx.brain), 1e-12)
     row["specificity"] = float(np.abs(edit)[ctx.deep_wm].mean() / max(np.abs(edit)[ctx.rois["ventricle"]].mean(),
                                                                        1e-12))
@@ -391,7 +393,7 @@ def measure_subject(s: Subject, res: EditResult, readers: dict[str, str], ctx: C
         row[f"{m}_age_ratio"] = (older_change[m] - null_change[m]) / true_age if aged else float("nan")
     row["age_r2"] = (r_squared(smooth(res.older - res.null), smooth(s.aged - x0), ctx.brain) if aged
                      else float("nan"))
-    return row, edit, true_map
+    return row, edit, true_map, ae_map
 
 
 def measure(results: dict[str, EditResult], subjects: list[Subject], readers: dict[str, str], ctx: Context,
@@ -401,16 +403,16 @@ def measure(results: dict[str, EditResult], subjects: list[Subject], readers: di
     jobs = [(s, results[s.key], readers, ctx, None if ae is None else (ae[(s.key, SOURCE_STAGE)],
                                                                      ae[(s.key, TARGET_STAGE)])) for s in subjects]
     per: dict[int, list[dict[str, Any]]] = {}
-    edit_maps, truth_maps = {}, {}
-    for s, (row, edit, true_map) in zip(subjects, process_map(measure_subject, jobs, workers, desc="measures")):
+    edit_maps, truth_maps, ae_maps = {}, {}, {}
+    for s, (row, edit, true_map, ae_map) in zip(subjects, process_map(measure_subject, jobs, workers,
+                                                                       desc="measures")):
         per.setdefault(s.index, []).append(row)
-        edit_maps[s.key], truth_maps[s.key] = edit, true_map
+        edit_maps[s.key], truth_maps[s.key], ae_maps[s.key] = edit, true_map, ae_map
     by_key = {s.key: s for s in subjects}
     rows = {k: next(r for r in per[s.index] if r["noise"] == s.noise) for k, s in by_key.items()}
     for k, (identity, retrieved) in identity_and_retrieval(edit_maps, truth_maps, by_key, ctx.brain).items():
         rows[k]["identity_corr"], rows[k]["retrieved_self"] = identity, retrieved
     if ae is not None:  # the same of the autoencoder's round trip of the truth: what a latent model can reach
-        ae_maps = {k: smooth(ae[(k, TARGET_STAGE)] - ae[(k, SOURCE_STAGE)]) for k in by_key}
         for k, (identity, retrieved) in identity_and_retrieval(ae_maps, truth_maps, by_key, ctx.brain).items():
             rows[k]["identity_corr_autoencoder_limit"] = identity
             rows[k]["retrieved_self_autoencoder_limit"] = retrieved

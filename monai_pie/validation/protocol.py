@@ -62,12 +62,18 @@ def run_once(index: str | Path, record: Mapping[str, Any], run: Callable[[], Any
     recorded result instead, so an interrupted evaluation resumes and a changed measure is recomputed without
     re-running the model. Returns ``(result, reused)``."""
     index = Path(index)
-    done = json.loads(index.read_text()) if index.is_file() else {}
-    if done.get("record") == json.loads(json.dumps(record)):
-        return done["frames"], True
+    done = _recorded(index, record)
+    if done is not None:
+        return done, True
     frames = run()
     atomic_write_text(index, json.dumps({"record": record, "frames": frames}) + "\n")
     return frames, False
+
+
+def _recorded(index: Path, record: Mapping[str, Any]) -> Any:
+    """The frames recorded at ``index`` under the same ``record``, or None."""
+    done = json.loads(index.read_text()) if index.is_file() else {}
+    return done["frames"] if done.get("record") == json.loads(json.dumps(record)) else None
 
 
 def recorded_progression_run(progression: str | Path, settings: ProgressionSettings, items: list[dict[str, Any]],
@@ -95,15 +101,16 @@ def recorded_progression_run(progression: str | Path, settings: ProgressionSetti
             raise RuntimeError(f"the bundle wrote {len(summaries)} progressions for {len(items)} items.")
         return [list(summary["frames"]) for summary in summaries]
 
-    return run_once(Path(out_dir) / "run.json", _run_record(progression, settings, items, model_path, overrides), run)
+    record = _run_record(settings, items, overrides, weights_digest(progression, model_path))
+    return run_once(Path(out_dir) / "run.json", record, run)
 
 
-def _run_record(progression: str | Path, settings: ProgressionSettings, items: list[dict[str, Any]],
-                model_path: str | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
+def _run_record(settings: ProgressionSettings, items: list[dict[str, Any]], overrides: dict[str, Any] | None,
+                weights_sha256: str) -> dict[str, Any]:
     """What a recorded progression run used (items, settings, overrides, the weights' hash): a run is reused only
     when all of it is the same."""
     return {"items": items, "settings": settings.as_dict(), "overrides": overrides or {},
-            "weights_sha256": weights_digest(progression, model_path)}
+            "weights_sha256": weights_sha256}
 
 
 def recorded_parts(progression: str | Path, settings: ProgressionSettings, items: list[dict[str, Any]],
@@ -111,13 +118,10 @@ def recorded_parts(progression: str | Path, settings: ProgressionSettings, items
                    shards: int = 1) -> list[bool]:
     """Per part of a :func:`recorded_progression_run` with these arguments, whether it is already recorded (and
     would be reused rather than run)."""
-    out = []
-    for prog, sett, part, where, path, over in shard_runs(progression, settings, items, out_dir, model_path,
-                                                          overrides, shards):
-        index = Path(where) / "run.json"
-        done = json.loads(index.read_text()) if index.is_file() else {}
-        out.append(done.get("record") == json.loads(json.dumps(_run_record(prog, sett, part, path, over))))
-    return out
+    digest = weights_digest(progression, model_path)  # the parts share the weights: read them once
+    return [_recorded(Path(where) / "run.json", _run_record(settings, part, overrides, digest)) is not None
+            for _, _, part, where, _, _ in shard_runs(progression, settings, items, out_dir, model_path, overrides,
+                                                      shards)]
 
 
 def split_items(items: list[Any], shards: int) -> list[list[Any]]:
