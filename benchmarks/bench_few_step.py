@@ -10,7 +10,10 @@ Usage::
 
     monai-pie synth brain COHORT --num_subjects 200 --num_longitudinal 40 --visits 3 --seed 0
     python benchmarks/bench_few_step.py COHORT                      # ~50 min on 2 CPU cores
-    python benchmarks/bench_few_step.py COHORT --num_subjects 2 --num_samples 3 --samplers "DDIM 50,DDIM 10"
+    python benchmarks/bench_few_step.py COHORT --num_subjects 2 --num_samples 3 --samplers "DDIM 50 (default),DDIM 10"
+    # the evaluation split at its full size, reusing the 50-step edits `monai-pie validate brain` recorded:
+    python benchmarks/bench_few_step.py COHORT --samplers "DDIM 50 (default),DDIM 10" --num_subjects 20 \
+        --num_seeds 3 --shards 6 --workers 2 --work_dir outputs/validation/brain_eval
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ SAMPLERS = {"DDIM 50 (default)": (50, None), "DDIM 10": (10, None), "rectified f
             "rectified flow 5": (5, "rectified_flow.json")}
 
 
+def seconds(row: dict, mode: str) -> str:
+    """A mode's seconds per subject, or where its edits came from when they were reused rather than run."""
+    value = row["seconds"][mode]
+    return "reused (recorded run)" if value is None else f"{value:.1f}"
+
+
 def report(result: dict, title_lines: list[str]) -> list[str]:
     from monai_pie.validation.few_step import PARITY_MODES
 
@@ -36,7 +45,8 @@ def report(result: dict, title_lines: list[str]) -> list[str]:
     ref = next(iter(rows))
     lines = [*title_lines,
              f"Settings: `{result['params']['settings_file']}` (sha256 `{result['params']['settings_sha256'][:16]}...`); "
-             f"{result['params']['num_subjects']} evaluation subjects x 1 seed; {result['params']['num_samples']} "
+             f"{result['params']['num_subjects']} evaluation subjects x {result['params'].get('num_seeds', 1)} seed(s); "
+             f"{result['params']['num_samples']} "
              f"generated volumes per covariate set (CN stage 0.05, AD stage 0.9, age 70); {result['params']['seconds']:.0f}"
              " s in all. **Synthetic to real caveat**: the cohort comes from the generator the weights were trained on.",
              "", "## Parity (against the first row)", "",
@@ -47,7 +57,7 @@ def report(result: dict, title_lines: list[str]) -> list[str]:
         steps = next(s["num_inference_steps"] for s in result["params"]["samplers"] if s["name"] == name)
         verdict = "reference" if name == ref else ("yes" if not short[name] else "no")
         lines.append(f"| {name} | {steps} | {r['steps_per_round'][PARITY_MODES[0]]} | "
-                     f"{r['seconds'][PARITY_MODES[0]]:.1f} | {r['seconds'][PARITY_MODES[1]]:.1f} | "
+                     f"{seconds(r, PARITY_MODES[0])} | {seconds(r, PARITY_MODES[1])} | "
                      f"{r['generation']['seconds_per_volume']:.1f} | {verdict} | {'; '.join(short[name]) or '-'} |")
     for mode in PARITY_MODES:
         lines += ["", f"## Progression, {mode} (medians over subjects [95 % bootstrap interval])", "",
@@ -103,7 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cohort")
     parser.add_argument("--num_subjects", type=int, default=8)
+    parser.add_argument("--num_seeds", type=int, default=1, help="noise draws per subject")
     parser.add_argument("--num_samples", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=1, help="processes that synthesise and measure subjects")
+    parser.add_argument("--shards", type=int, default=1, help="recorded parts per edit run (resumable)")
     parser.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated labels of SAMPLERS")
     parser.add_argument("--work_dir", default="outputs/validation/few_step")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "few_step.md"))
@@ -118,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     load_before = load_average()
     samplers = [Sampler(n, *SAMPLERS[n]) for n in names]
     result = compare_samplers(args.cohort, samplers, num_subjects=args.num_subjects, num_samples=args.num_samples,
-                              work_dir=args.work_dir)
+                              work_dir=args.work_dir, num_seeds=args.num_seeds, workers=args.workers,
+                              shards=args.shards)
     title = [line for line in header("# Few-step sampling at parity: brain progression and generation", 1, load_before)
              if "interleaved" not in line]  # one validation run, not a timing table
     text = "\n".join(report(result, title))

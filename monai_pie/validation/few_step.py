@@ -26,15 +26,17 @@ from ..metrics import fid_from_features
 from ..schedules import NoiseSchedule
 from .brain import load_brain_bundle, validate_generation
 from .brain_protocol import (
+    EDIT_TARGETS,
     EVALUATION_SEED,
     MARKERS,
     Context,
     autoencoder_round_trips,
+    edit_run,
     edit_subjects,
     make_subjects,
     measure,
 )
-from .protocol import read_frozen
+from .protocol import read_frozen, recorded_parts
 from .settings import ProgressionSettings
 
 __all__ = ["PARITY", "PARITY_MODES", "Sampler", "compare_samplers", "parity"]
@@ -75,6 +77,13 @@ class Sampler:
                 raise FileNotFoundError(f"{path} is missing: sampler {self.name!r} needs that overlay.")
             out = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
         return {**out, "num_inference_steps": self.num_inference_steps}
+
+    def run_overrides(self, bundle: str | Path) -> dict[str, Any] | None:
+        """:meth:`overrides` less the entries the bundle's config already has (``None`` when nothing is left): the
+        default sampler's run is then the brain evaluation's own run of a mode, and reuses its record."""
+        config = parse_bundle(bundle).config
+        out = {k: v for k, v in self.overrides(bundle).items() if k not in config or config[k] != v}
+        return out or None
 
     def schedule(self, bundle: str | Path) -> NoiseSchedule:
         return NoiseSchedule.from_scheduler(parse_bundle(bundle, self.overrides(bundle)).get_parsed_content(
@@ -137,17 +146,24 @@ def parity(row: dict[str, Any], ref: dict[str, Any]) -> list[str]:
 def compare_samplers(cohort_dir: str, samplers: list[Sampler], settings_file: str = "docs/validation/"
                      "brain_settings.json", num_subjects: int = 8, num_samples: int = 8,
                      work_dir: str = "outputs/validation/few_step", ldm_bundle: str = "brain_mri_ldm",
-                     progression_bundle: str = "brain_mri_progression") -> dict[str, Any]:
+                     progression_bundle: str = "brain_mri_progression", num_seeds: int = 1, workers: int = 1,
+                     shards: int = 1) -> dict[str, Any]:
     """Every sampler on the evaluation split (progression) and on CN / AD generation; the first is the reference.
 
     Args:
         cohort_dir: the synthetic cohort (``monai-pie synth brain``): real images for the generation metrics.
         samplers: the samplers, reference first.
         settings_file: the frozen validation settings (modes and readers).
-        num_subjects: evaluation subjects (one noise draw each).
+        num_subjects: evaluation subjects.
         num_samples: generated volumes per covariate set.
-        work_dir: working files.
+        work_dir: working files. A sampler that is the bundle's own (no overrides left, :meth:`Sampler.run_overrides`)
+            records its edits where ``monai-pie validate brain`` does (``<work_dir>/<mode>``), so with the
+            evaluation's ``--work_dir``, subjects, seeds and ``--shards`` its runs are reused, not repeated.
         ldm_bundle, progression_bundle: the brain bundles (folders or names).
+        num_seeds: noise draws per subject (the evaluation's ``--num_seeds``).
+        workers: processes that synthesise and measure the subjects (edits run one after the other, so their
+            times compare).
+        shards: recorded parts per edit run (a stopped run resumes from its last finished part).
 
     Returns:
         ``{"rows": {sampler: {"progression": {mode: medians}, "generation": {...}, "seconds": {...}}},
@@ -163,25 +179,28 @@ def compare_samplers(cohort_dir: str, samplers: list[Sampler], settings_file: st
             raise FileNotFoundError(f"sampler {s.name!r} needs weights at {path}: train them first "
                                     "(docs/performance.md, few-step sampling).")
     ctx = Context.build()
-    subjects = make_subjects(EVALUATION_SEED, num_subjects, 1, work / "subjects")
+    subjects = make_subjects(EVALUATION_SEED, num_subjects, num_seeds, work / "subjects", workers=workers)
     ae = autoencoder_round_trips(progression, None, subjects, work / "subjects")
     reference_schedule = samplers[0].schedule(progression)
     base = ProgressionSettings.from_config(parse_bundle(progression).config)
     rows: dict[str, Any] = {}
     for s in samplers:
-        schedule, overrides = s.schedule(progression), s.overrides(progression)
-        row: dict[str, Any] = {"progression": {}, "seconds": {}, "strength": {}, "steps_per_round": {}}
+        schedule, overrides = s.schedule(progression), s.run_overrides(progression)
+        row: dict[str, Any] = {"progression": {}, "seconds": {}, "strength": {}, "steps_per_round": {}, "reused": {}}
         for mode in PARITY_MODES:
             tuned = ProgressionSettings(**frozen["modes"][mode])
             settings = tuned.replace(num_inference_steps=s.num_inference_steps,
                                      strength=round(schedule.matching_strength(tuned.strength, reference_schedule), 3))
+            slug = "".join(c if c.isalnum() else "_" for c in (f"{s.name}_{mode}" if overrides else mode))
+            run = edit_run(progression, None, settings, subjects, EDIT_TARGETS, work / slug, overrides, shards)[0]
+            row["reused"][mode] = all(recorded_parts(**run))
             t = time.perf_counter()
-            slug = "".join(c if c.isalnum() else "_" for c in f"{s.name}_{mode}")
-            res = edit_subjects(progression, None, settings, subjects, work / slug, overrides)
-            row["seconds"][mode] = (time.perf_counter() - t) / len(subjects)
+            res = edit_subjects(progression, {}, settings, subjects, work / slug, overrides, shards)
+            # a reused run's time is not this run's cost: no time rather than a wrong one
+            row["seconds"][mode] = None if row["reused"][mode] else (time.perf_counter() - t) / len(subjects)
             row["strength"][mode] = settings.strength
             row["steps_per_round"][mode] = len(schedule.levels(s.num_inference_steps, strength=settings.strength)) - 1
-            measured = measure(res, subjects, frozen["readers"], ctx, ae)
+            measured = measure(res, subjects, frozen["readers"], ctx, ae, workers)
             stats = measured["stats"]
             row["progression"][mode] = {k: v[0] for k, v in stats.items()}
             row["progression"][mode]["retrieval"] = measured["checks"]["retrieval"][0]
@@ -191,6 +210,6 @@ def compare_samplers(cohort_dir: str, samplers: list[Sampler], settings_file: st
     ref = rows[samplers[0].name]
     short = {name: parity(row, ref) for name, row in rows.items()}
     params = {"settings_file": str(settings_file), "settings_sha256": digest, "num_subjects": num_subjects,
-              "num_samples": num_samples, "seconds": round(time.perf_counter() - t0, 1),
+              "num_seeds": num_seeds, "num_samples": num_samples, "seconds": round(time.perf_counter() - t0, 1),
               "samplers": [vars(s) for s in samplers], "parity": PARITY}
     return {"rows": rows, "short": short, "params": params}

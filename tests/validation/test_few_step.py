@@ -49,3 +49,10 @@ def test_within_the_margin_or_better_holds_parity():
 def test_a_sampler_names_a_missing_overlay():
     with pytest.raises(FileNotFoundError, match="no_such.json"):
         Sampler("x", 10, "no_such.json").overrides("brain_mri_ldm")
+
+
+def test_the_default_sampler_runs_as_the_bundle_so_its_recorded_edits_are_reused():
+    assert Sampler("default", 50).run_overrides("brain_mri_progression") is None  # the evaluation's own run
+    assert Sampler("fast", 10).run_overrides("brain_mri_progression") == {"num_inference_steps": 10}
+    flow = Sampler("flow", 50, "rectified_flow.json").run_overrides("brain_mri_progression")
+    assert "num_inference_steps" not in flow and "model_path" in flow  # the overlay's weights differ, steps do not
