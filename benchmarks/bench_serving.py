@@ -148,8 +148,9 @@ def main() -> None:
     lines = ["# MONAI Label serving latency", "",
              f"`python benchmarks/bench_serving.py --repeats {args.repeats} --default_repeats {args.default_repeats}`"
              f" on {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU; "
-             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average "
-             f"{load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after.", "",
+             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; torch {__import__('torch').__version__}; "
+             f"{time.strftime('%Y-%m-%d')}; load average {load_before[0]:.2f} before, "
+             f"{os.getloadavg()[0]:.2f} after.", "",
              "Seconds, HTTP request to answer (JSON output), the model already loaded; tiny = "
              "3 sampler steps (and 1 PIE round); defaults = the bundle's own settings.", "",
              "| case | repeats | median s | min s | note |", "|---|---|---|---|---|",
