@@ -39,9 +39,11 @@ def seconds(row: dict, mode: str) -> str:
 
 
 def report(result: dict, title_lines: list[str]) -> list[str]:
-    from monai_pie.validation.few_step import PARITY_MODES
+    from monai_pie.validation.few_step import PARITY_MODES, parity_by_scope
 
     rows, short = result["rows"], result["short"]
+    modes = result["params"].get("modes", list(PARITY_MODES))
+    holds = {name: parity_by_scope(v, modes) for name, v in short.items()}
     ref = next(iter(rows))
     lines = [*title_lines,
              f"Settings: `{result['params']['settings_file']}` (sha256 `{result['params']['settings_sha256'][:16]}...`); "
@@ -50,16 +52,20 @@ def report(result: dict, title_lines: list[str]) -> list[str]:
              f"generated volumes per covariate set (CN stage 0.05, AD stage 0.9, age 70); {result['params']['seconds']:.0f}"
              " s in all. **Synthetic to real caveat**: the cohort comes from the generator the weights were trained on.",
              "", "## Parity (against the first row)", "",
-             "| sampler | steps (full run) | steps per PIE round | s per subject (AD + null edit), PIE | s per subject, counterfactual | "
-             "s per generated volume | holds parity | short on |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| sampler | steps (full run) | steps per PIE round | "
+             + " | ".join(f"s per subject (AD + null edit), {m}" for m in modes)
+             + " | s per generated volume | holds parity in every use | " + " | ".join(f"holds: {m}" for m in modes)
+             + " | holds: generation | short on |",
+             "|---|---|---|" + "---|" * len(modes) + "---|---|" + "---|" * len(modes) + "---|---|"]
     for name, r in rows.items():
         steps = next(s["num_inference_steps"] for s in result["params"]["samplers"] if s["name"] == name)
         verdict = "reference" if name == ref else ("yes" if not short[name] else "no")
-        lines.append(f"| {name} | {steps} | {r['steps_per_round'][PARITY_MODES[0]]} | "
-                     f"{seconds(r, PARITY_MODES[0])} | {seconds(r, PARITY_MODES[1])} | "
-                     f"{r['generation']['seconds_per_volume']:.1f} | {verdict} | {'; '.join(short[name]) or '-'} |")
-    for mode in PARITY_MODES:
+        scope = [("-" if name == ref else ("yes" if ok else "no")) for ok in holds[name].values()]
+        lines.append(f"| {name} | {steps} | {r['steps_per_round'][modes[0]]} | "
+                     + " | ".join(seconds(r, m) for m in modes)
+                     + f" | {r['generation']['seconds_per_volume']:.1f} | {verdict} | " + " | ".join(scope)
+                     + f" | {'; '.join(short[name]) or '-'} |")
+    for mode in modes:
         lines += ["", f"## Progression, {mode} (medians over subjects [95 % bootstrap interval])", "",
                   "| sampler | strength | ventricle r | hippocampal GM r | R^2 of the change map | identity corr | "
                   "retrieval | null / AD whole brain | deep WM / ventricle ROI |", "|---|---|---|---|---|---|---|---|---|"]
@@ -117,12 +123,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_samples", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1, help="processes that synthesise and measure subjects")
     parser.add_argument("--shards", type=int, default=1, help="recorded parts per edit run (resumable)")
+    parser.add_argument("--longitudinal", action="store_true",
+                        help="also edit with the scan-conditioned model's frozen mode (samplers without an overlay)")
     parser.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated labels of SAMPLERS")
     parser.add_argument("--work_dir", default="outputs/validation/few_step")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "few_step.md"))
     args = parser.parse_args(argv)
     from monai_pie.utils import atomic_write_text
-    from monai_pie.validation.few_step import Sampler, compare_samplers
+    from monai_pie.validation.few_step import LONGITUDINAL_MODE, PARITY_MODES, Sampler, compare_samplers
 
     names = [n.strip() for n in args.samplers.split(",") if n.strip()]
     unknown = [n for n in names if n not in SAMPLERS]
@@ -132,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     samplers = [Sampler(n, *SAMPLERS[n]) for n in names]
     result = compare_samplers(args.cohort, samplers, num_subjects=args.num_subjects, num_samples=args.num_samples,
                               work_dir=args.work_dir, num_seeds=args.num_seeds, workers=args.workers,
-                              shards=args.shards)
+                              shards=args.shards,
+                              modes=(*PARITY_MODES, LONGITUDINAL_MODE) if args.longitudinal else PARITY_MODES)
     title = [line for line in header("# Few-step sampling at parity: brain progression and generation", 1, load_before)
              if "interleaved" not in line]  # one validation run, not a timing table
     text = "\n".join(report(result, title))

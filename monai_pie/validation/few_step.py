@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from .brain_protocol import (
 from .protocol import read_frozen, recorded_parts
 from .settings import ProgressionSettings
 
-__all__ = ["PARITY", "PARITY_MODES", "Sampler", "compare_samplers", "parity"]
+__all__ = ["LONGITUDINAL_MODE", "PARITY", "PARITY_MODES", "Sampler", "compare_samplers", "parity", "parity_by_scope"]
 
 #: how far a few-step sampler may fall short of the reference and still hold parity (per progression mode: the
 #: null-corrected size ratio of each marker as |r - 1|, the change map's R^2, the identity correlation, the null edit's
@@ -47,8 +48,12 @@ __all__ = ["PARITY", "PARITY_MODES", "Sampler", "compare_samplers", "parity"]
 #: on the marker reader's features)
 PARITY = {"ratio_gap": 0.1, "r2_gap": 0.05, "identity_gap": 0.05, "null_gap": 0.05, "conditioning_rel": 0.25,
           "diversity_gap": 0.01, "fd_factor": 1.5}
-#: the frozen settings' modes a parity run edits with
+#: the frozen settings' modes a parity run edits with (by default)
 PARITY_MODES = ("PIE, bundle defaults", "counterfactual (tuned)")
+#: the scan-conditioned mode (``configs/longitudinal.json``), measured on request: its own weights, the default schedule
+LONGITUDINAL_MODE = "longitudinal counterfactual (tuned)"
+#: the scope of the generation measures in :func:`parity`'s shortfalls
+GENERATION = "generation"
 #: the reader's features of a generated volume (``BrainMarkers`` keys), for the Frechet distance
 FEATURES = ("gm_ml", "parenchyma_ml", "hippocampal_gm_ml", "ventricle_ml")
 
@@ -135,19 +140,25 @@ def parity(row: dict[str, Any], ref: dict[str, Any]) -> list[str]:
     for k in MARKERS:
         if abs(g["conditioning_gap"][k] - rg["conditioning_gap"][k]) > p["conditioning_rel"] * abs(
                 rg["conditioning_gap"][k]):
-            short.append(f"generation: conditioning gap {k}")
+            short.append(f"{GENERATION}: conditioning gap {k}")
     if g["ms_ssim"] > rg["ms_ssim"] + p["diversity_gap"]:
-        short.append("generation: diversity")
+        short.append(f"{GENERATION}: diversity")
     if g["fd"] > max(p["fd_factor"] * rg["fd"], rg["fd"] + rg["fd_real_floor"]):
-        short.append("generation: Frechet distance")
+        short.append(f"{GENERATION}: Frechet distance")
     return short
+
+
+def parity_by_scope(short: list[str], modes: Sequence[str]) -> dict[str, bool]:
+    """Whether a sampler holds parity in each progression mode and in generation, from :func:`parity`'s shortfalls:
+    a bundle (or overlay) can take a few-step default for the use in which it holds, e.g. generation alone."""
+    return {scope: not any(s.startswith(f"{scope}: ") for s in short) for scope in (*modes, GENERATION)}
 
 
 def compare_samplers(cohort_dir: str, samplers: list[Sampler], settings_file: str = "docs/validation/"
                      "brain_settings.json", num_subjects: int = 8, num_samples: int = 8,
                      work_dir: str = "outputs/validation/few_step", ldm_bundle: str = "brain_mri_ldm",
                      progression_bundle: str = "brain_mri_progression", num_seeds: int = 1, workers: int = 1,
-                     shards: int = 1) -> dict[str, Any]:
+                     shards: int = 1, modes: Sequence[str] = PARITY_MODES) -> dict[str, Any]:
     """Every sampler on the evaluation split (progression) and on CN / AD generation; the first is the reference.
 
     Args:
@@ -164,6 +175,8 @@ def compare_samplers(cohort_dir: str, samplers: list[Sampler], settings_file: st
         workers: processes that synthesise and measure the subjects (edits run one after the other, so their
             times compare).
         shards: recorded parts per edit run (a stopped run resumes from its last finished part).
+        modes: the frozen settings' modes to edit with (:data:`PARITY_MODES`; :data:`LONGITUDINAL_MODE` adds the
+            scan-conditioned model, for samplers without an overlay).
 
     Returns:
         ``{"rows": {sampler: {"progression": {mode: medians}, "generation": {...}, "seconds": {...}}},
@@ -173,7 +186,14 @@ def compare_samplers(cohort_dir: str, samplers: list[Sampler], settings_file: st
     cohort, work = Path(cohort_dir), Path(work_dir)
     frozen, digest = read_frozen(settings_file, "brain")
     ldm, progression = bundle_dir(ldm_bundle), bundle_dir(progression_bundle)
+    unknown = [m for m in modes if m not in frozen["modes"]]
+    if unknown:
+        raise ValueError(f"modes {unknown} are not in {settings_file}; it has {list(frozen['modes'])}.")
     for s in samplers:  # every overlay and its weights exist: fail before anything long runs
+        own_weights = [m for m in modes if frozen["modes"][m].get("config")]
+        if s.overlay and own_weights:
+            raise ValueError(f"sampler {s.name!r} swaps the weights ({s.overlay}), and modes {own_weights} run "
+                             "weights of their own: measure those modes with samplers without an overlay.")
         path = Path(parse_bundle(progression, s.overrides(progression)).get_parsed_content("model_path"))
         if not path.is_file():
             raise FileNotFoundError(f"sampler {s.name!r} needs weights at {path}: train them first "
@@ -187,7 +207,7 @@ def compare_samplers(cohort_dir: str, samplers: list[Sampler], settings_file: st
     for s in samplers:
         schedule, overrides = s.schedule(progression), s.run_overrides(progression)
         row: dict[str, Any] = {"progression": {}, "seconds": {}, "strength": {}, "steps_per_round": {}, "reused": {}}
-        for mode in PARITY_MODES:
+        for mode in modes:
             tuned = ProgressionSettings(**frozen["modes"][mode])
             settings = tuned.replace(num_inference_steps=s.num_inference_steps,
                                      strength=round(schedule.matching_strength(tuned.strength, reference_schedule), 3))
@@ -211,5 +231,6 @@ def compare_samplers(cohort_dir: str, samplers: list[Sampler], settings_file: st
     short = {name: parity(row, ref) for name, row in rows.items()}
     params = {"settings_file": str(settings_file), "settings_sha256": digest, "num_subjects": num_subjects,
               "num_seeds": num_seeds, "num_samples": num_samples, "seconds": round(time.perf_counter() - t0, 1),
-              "samplers": [vars(s) for s in samplers], "parity": PARITY}
-    return {"rows": rows, "short": short, "params": params}
+              "samplers": [vars(s) for s in samplers], "parity": PARITY, "modes": list(modes)}
+    return {"rows": rows, "short": short, "holds": {n: parity_by_scope(v, modes) for n, v in short.items()},
+            "params": params}

@@ -56,3 +56,23 @@ def test_the_default_sampler_runs_as_the_bundle_so_its_recorded_edits_are_reused
     assert Sampler("fast", 10).run_overrides("brain_mri_progression") == {"num_inference_steps": 10}
     flow = Sampler("flow", 50, "rectified_flow.json").run_overrides("brain_mri_progression")
     assert "num_inference_steps" not in flow and "model_path" in flow  # the overlay's weights differ, steps do not
+
+
+def test_parity_is_told_per_use():
+    from monai_pie.validation.few_step import parity_by_scope
+
+    short = ["PIE, bundle defaults: R^2"]
+    assert parity_by_scope(short, PARITY_MODES) == {PARITY_MODES[0]: False, PARITY_MODES[1]: True, "generation": True}
+    assert parity_by_scope(["generation: diversity"], PARITY_MODES)["generation"] is False
+
+
+@pytest.mark.parametrize("sampler, modes, match", [
+    (Sampler("flow", 10, "rectified_flow.json"), ("longitudinal counterfactual (tuned)",), "weights of their own"),
+    (Sampler("fast", 10), ("no such mode",), "not in"),
+])
+def test_a_run_that_cannot_be_measured_fails_before_anything_runs(sampler, modes, match, tmp_path):
+    from monai_pie.validation.few_step import compare_samplers
+
+    with pytest.raises(ValueError, match=match):
+        compare_samplers(str(tmp_path), [sampler], modes=modes, work_dir=str(tmp_path / "work"))
+    assert not (tmp_path / "work").exists()
