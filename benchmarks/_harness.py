@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import shlex
 import statistics
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -53,7 +54,7 @@ def header(title: str, repeats: int, load_before: str, device: str = "cpu") -> l
     """The lines above a table: what was measured, the command, machine, torch, date and load average."""
     import torch
 
-    command = " ".join(["python", *[os.path.relpath(sys.argv[0]) if i == 0 else a for i, a in enumerate(sys.argv)]])
+    command = shlex.join(["python", *[os.path.relpath(sys.argv[0]) if i == 0 else a for i, a in enumerate(sys.argv)]])
     return [
         title, "",
         f"- command: `{command}`",

@@ -133,7 +133,9 @@ def write_report(gen: dict[str, Any], params: dict[str, Any], path: Path) -> str
     lines = [
         "# Brain LDM generation checks (synthetic cohort)", "",
         f"Command: `{params['command']}`  ",
-        f"Model: `{params['model_path']}`; {params['num_samples']} samples per covariate set; memorisation searched "
+        f"Model: `{params['model_path']}`; {params['num_samples']} samples per covariate set "
+        f"({params.get('num_inference_steps', '?')} DDIM steps, guidance {params.get('guidance_scale', '?')}); "
+        "memorisation searched "
         f"all {params['num_train']} training images and {params['num_test']} test images; device {params['device']}; "
         f"{params['seconds']:.0f} s in all.", "",
         "**Synthetic to real caveat: the model was trained on this generator's images; nothing here shows the same on "
@@ -178,8 +180,8 @@ def validate_brain(cohort_dir: str, model_path: str | None = None, bundle: str =
                    device: str = "cpu", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Generation checks of the LDM bundle: diversity, memorisation against every training and test image, and
     whether the stage condition reaches the samples. Writes ``<output_dir>/validation/brain_generation.md`` (and
-    ``.json``) and figures under ``<output_dir>/figures``. Sampling steps and guidance default to the progression
-    bundle's. The cohort is checked before anything long runs.
+    ``.json``) and figures under ``<output_dir>/figures``. Sampling steps and guidance default to the LDM bundle's
+    own (what its users get). The cohort is checked before anything long runs.
     """
     t0 = time.perf_counter()
     cohort = Path(cohort_dir)
@@ -189,8 +191,11 @@ def validate_brain(cohort_dir: str, model_path: str | None = None, bundle: str =
             raise FileNotFoundError(f"{cohort} lacks rois/{name}_roi.nii.gz: make the cohort with "
                                     "`monai-pie synth brain DIR`.")
     ldm, progression = bundle_dir(bundle), bundle_dir(progression_bundle)
-    settings = ProgressionSettings.from_config(parse_bundle(progression).config,
-                                               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+    ldm_config = parse_bundle(ldm).config
+    settings = ProgressionSettings.from_config(
+        parse_bundle(progression).config,
+        num_inference_steps=num_inference_steps or ldm_config["num_inference_steps"],
+        guidance_scale=guidance_scale if guidance_scale is not None else ldm_config["guidance_scale"])
     out = Path(output_dir)
     loaded = load_brain_bundle(ldm, model_path, device, overrides)
     work = out / "validation" / "brain_work"
@@ -204,7 +209,8 @@ def validate_brain(cohort_dir: str, model_path: str | None = None, bundle: str =
     command = (f"monai-pie validate brain {cohort_dir} --stage generation --output_dir {output_dir} "
                f"--num_samples {num_samples}" + (f" --model_path {model_path}" if model_path else ""))
     params = {"model_path": loaded["model_path"], "num_samples": num_samples, **counts, "device": device,
-              "seconds": time.perf_counter() - t0, "command": command}
+              "seconds": time.perf_counter() - t0, "command": command,
+              "num_inference_steps": settings.num_inference_steps, "guidance_scale": settings.guidance_scale}
     write_report(gen, params, out / "validation" / "brain_generation.md")
     atomic_write_text(out / "validation" / "brain_generation.json",
                       json.dumps({"generation": gen, "params": params}, indent=2, default=float))

@@ -85,3 +85,18 @@ def test_shipped_longitudinal_weights_load_and_share_the_default_autoencoder():
     ae = [k for k in default if k.startswith("autoencoder.")]
     assert ae and all(torch.allclose(state[k], default[k].float(), atol=1e-3, rtol=1e-3) for k in ae)
     assert state["unet.conv_in.conv.weight"].shape[1] == 2 * default["unet.conv_in.conv.weight"].shape[1]
+
+
+def test_the_overlay_edits_with_the_validated_settings():
+    """The overlay's edit is the frozen validation mode (strength, guidance, rounds, mode) at the step count whose
+    parity with it was measured, so a user gets what the report validated."""
+    from pathlib import Path
+
+    from monai_pie.validation.settings import ProgressionSettings
+
+    frozen = json.loads((Path(__file__).resolve().parents[2] / "docs/validation/brain_settings.json").read_text())
+    frozen = frozen["modes"]["longitudinal counterfactual (tuned)"]
+    got = ProgressionSettings.from_config(parse_bundle(BRAIN_PROG, overlay(BRAIN_PROG)).config).as_dict()
+    want = {k: v for k, v in frozen.items() if k not in ("config", "num_inference_steps")}
+    assert {k: got[k] for k in want} == want
+    assert got["num_inference_steps"] == 10  # benchmarks/results/few_step.md: parity with the frozen 50
