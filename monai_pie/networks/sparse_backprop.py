@@ -17,6 +17,14 @@ Why the channel block: oneDNN (CPU) and cuDNN compute convolutions in blocks of 
 altogether: on this project's 2-core CPU a 32-channel 3D backward with 19 channels kept took 1.2x the dense time,
 with 16 kept 0.64x (``benchmarks/bench_sparse_backprop.py``). Rounding the kept count up to whole blocks keeps at
 least the channels asked for and never costs more than dense.
+
+Why converted modules fall back to the dense backward above half the channels: the sparse backward's bookkeeping
+(scoring the channels, slicing ``grad_output`` and the weight, scattering the weight gradient back, the Python of a
+custom autograd function) costs about what a quarter of a layer's backward convolution saves. On this project's 2-core
+CPU a keep of 0.6 (48 of 64 channels after rounding) made every benchmarked network 3-8 % slower than dense
+(``benchmarks/results/sparse_backprop.md``). A converted module whose kept count (after rounding) is more than
+``SPARSE_MAX_SHARE`` of its output channels therefore runs as the plain convolution (its attribute
+``sparse_max_share`` overrides the share; 1.0 keeps every layer sparse).
 """
 
 from __future__ import annotations
@@ -45,10 +53,13 @@ __all__ = [
     "sparse_backprop_conv",
     "sparse_backprop_modules",
     "CHANNEL_BLOCK",
+    "SPARSE_MAX_SHARE",
 ]
 
 #: kept output channels are rounded up to a multiple of this in converted modules (see the module docstring)
 CHANNEL_BLOCK = 16
+#: converted modules keeping more than this share of their output channels run the dense backward (module docstring)
+SPARSE_MAX_SHARE = 0.5
 
 # a tiny tolerance so that e.g. keep=0.29 of 100 channels keeps 29, not 28 (0.29 * 100 = 28.999999999999996)
 _FLOOR_EPS = 1e-6
@@ -307,6 +318,15 @@ class _SparseBackpropConvMixin:
 
     sparse_keep: float
     sparse_channel_multiple: int | None = None  # None: the module-level CHANNEL_BLOCK
+    sparse_max_share: float | None = None  # None: the module-level SPARSE_MAX_SHARE
+
+    def sparse_backward_active(self) -> bool:
+        """Whether the backward is sparse: at most ``sparse_max_share`` of the output channels are kept after
+        rounding (above that the dense backward is cheaper; see the module docstring)."""
+        c_out = self.out_channels  # type: ignore[attr-defined]
+        share = SPARSE_MAX_SHARE if self.sparse_max_share is None else self.sparse_max_share
+        kept = num_kept_channels(c_out, self.sparse_keep, self.sparse_channel_multiple or CHANNEL_BLOCK)
+        return kept < c_out and kept <= share * c_out + _FLOOR_EPS
 
     def _ssprop_padding(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         # resolve padding_mode and string padding to explicit zero padding, as nn.ConvNd._conv_forward does
@@ -327,7 +347,7 @@ class _SparseBackpropConvMixin:
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias  # type: ignore[attr-defined]
         needs_grad = input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-        if not (torch.is_grad_enabled() and needs_grad):
+        if not (torch.is_grad_enabled() and needs_grad and self.sparse_backward_active()):
             return super().forward(input)  # type: ignore[misc]
         n = len(self.kernel_size)  # type: ignore[attr-defined]
         unbatched = input.ndim == n + 1

@@ -403,3 +403,27 @@ def test_num_kept_channels():
     assert num_kept_channels(100, 0.29) == 29  # no floating-point floor surprise
     assert num_kept_channels(3, 0.2) == 1  # at least one
     assert num_kept_channels(7, 1.0) == 7
+
+
+def _weight_grad(conv: nn.Module, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 4, 6, 6, generator=g)
+    conv.zero_grad()
+    (conv(x) * torch.randn(2, 64, 6, 6, generator=g)).sum().backward()
+    return conv.weight.grad.clone()
+
+
+@pytest.mark.parametrize("keep, sparse", [(0.6, False), (0.5, True), (0.2, True)])
+def test_a_layer_keeping_more_than_half_its_channels_runs_the_dense_backward(keep, sparse):
+    torch.manual_seed(0)
+    dense = nn.Conv2d(4, 64, 3, padding=1)
+    conv = convert_to_sparse_backprop(copy.deepcopy(dense), keep=keep)  # 64 channels: 48 / 32 / 16 kept
+    assert conv.sparse_backward_active() is sparse
+    dropped = 64 - num_kept_channels(64, keep, sparse_backprop.CHANNEL_BLOCK)
+    zero_rows = int((_weight_grad(conv).flatten(1).abs().sum(1) == 0).sum())
+    assert zero_rows == (dropped if sparse else 0)
+    if not sparse:  # exactly the dense gradient: the plain convolution ran
+        assert torch.equal(_weight_grad(conv), _weight_grad(dense))
+        conv.sparse_max_share = 1.0  # asked for: sparse at any share
+        assert conv.sparse_backward_active()
+        assert int((_weight_grad(conv).flatten(1).abs().sum(1) == 0).sum()) == dropped > 0
