@@ -101,7 +101,9 @@ class SparseKeepSchedule:
     def mean_keep(self, total: int | None = None) -> float:
         """Mean keep over steps ``0 .. total - 1`` (default ``self.total``).
 
-        This is the fraction of the dense backward-convolution FLOPs spent, up to channel rounding.
+        This is the fraction of the dense backward-convolution FLOPs spent, up to channel rounding, for keeps of at
+        most 0.5; layers keeping more than half their channels run the dense backward
+        (``monai_pie.networks.sparse_backprop.SPARSE_MAX_SHARE``).
         """
         total = self.total if total is None else total
         total = _check_int(total, "total", 1)

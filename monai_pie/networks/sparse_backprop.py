@@ -21,7 +21,7 @@ least the channels asked for and never costs more than dense.
 Why converted modules fall back to the dense backward above half the channels: the sparse backward's bookkeeping
 (scoring the channels, slicing ``grad_output`` and the weight, scattering the weight gradient back, the Python of a
 custom autograd function) costs about what a quarter of a layer's backward convolution saves. On this project's 2-core
-CPU a keep of 0.6 (48 of 64 channels after rounding) made every benchmarked network 3-8 % slower than dense
+CPU a keep of 0.6 (48 of 64 channels after rounding) made every benchmarked network 3-10 % slower than dense
 (``benchmarks/results/sparse_backprop.md``). A converted module whose kept count (after rounding) is more than
 ``SPARSE_MAX_SHARE`` of its output channels therefore runs as the plain convolution (its attribute
 ``sparse_max_share`` overrides the share; 1.0 keeps every layer sparse).
@@ -324,7 +324,8 @@ class _SparseBackpropConvMixin:
         """Whether the backward is sparse: at most ``sparse_max_share`` of the output channels are kept after
         rounding (above that the dense backward is cheaper; see the module docstring)."""
         c_out = self.out_channels  # type: ignore[attr-defined]
-        share = SPARSE_MAX_SHARE if self.sparse_max_share is None else self.sparse_max_share
+        share = SPARSE_MAX_SHARE if self.sparse_max_share is None else _check_keep(self.sparse_max_share,
+                                                                                  "sparse_max_share")
         kept = num_kept_channels(c_out, self.sparse_keep, self.sparse_channel_multiple or CHANNEL_BLOCK)
         return kept < c_out and kept <= share * c_out + _FLOOR_EPS
 
@@ -512,6 +513,7 @@ def revert_sparse_backprop(model: nn.Module) -> nn.Module:
         module.__class__ = _SPARSE_TO_DENSE[type(module)]
         module.__dict__.pop("sparse_keep", None)
         module.__dict__.pop("sparse_channel_multiple", None)
+        module.__dict__.pop("sparse_max_share", None)
     return model
 
 

@@ -134,7 +134,7 @@ def write_report(gen: dict[str, Any], params: dict[str, Any], path: Path) -> str
         "# Brain LDM generation checks (synthetic cohort)", "",
         f"Command: `{params['command']}`  ",
         f"Model: `{params['model_path']}`; {params['num_samples']} samples per covariate set "
-        f"({params.get('num_inference_steps', '?')} DDIM steps, guidance {params.get('guidance_scale', '?')}); "
+        f"({params.get('num_inference_steps', '?')} sampler steps, guidance {params.get('guidance_scale', '?')}); "
         "memorisation searched "
         f"all {params['num_train']} training images and {params['num_test']} test images; device {params['device']}; "
         f"{params['seconds']:.0f} s in all.", "",
@@ -191,7 +191,7 @@ def validate_brain(cohort_dir: str, model_path: str | None = None, bundle: str =
             raise FileNotFoundError(f"{cohort} lacks rois/{name}_roi.nii.gz: make the cohort with "
                                     "`monai-pie synth brain DIR`.")
     ldm, progression = bundle_dir(bundle), bundle_dir(progression_bundle)
-    ldm_config = parse_bundle(ldm).config
+    ldm_config = parse_bundle(ldm, overrides).config  # the user's overrides (e.g. steps) included
     settings = ProgressionSettings.from_config(
         parse_bundle(progression).config,
         num_inference_steps=num_inference_steps or ldm_config["num_inference_steps"],

@@ -29,8 +29,10 @@ from .brain import load_brain_bundle, validate_generation
 from .brain_protocol import (
     EDIT_TARGETS,
     EVALUATION_SEED,
+    LONGITUDINAL_MODE,
     MARKERS,
     Context,
+    Subject,
     autoencoder_round_trips,
     edit_run,
     edit_subjects,
@@ -50,8 +52,6 @@ PARITY = {"ratio_gap": 0.1, "r2_gap": 0.05, "identity_gap": 0.05, "null_gap": 0.
           "diversity_gap": 0.01, "fd_factor": 1.5}
 #: the frozen settings' modes a parity run edits with (by default)
 PARITY_MODES = ("PIE, bundle defaults", "counterfactual (tuned)")
-#: the scan-conditioned mode (``configs/longitudinal.json``), measured on request: its own weights, the default schedule
-LONGITUDINAL_MODE = "longitudinal counterfactual (tuned)"
 #: the scope of the generation measures in :func:`parity`'s shortfalls
 GENERATION = "generation"
 #: the reader's features of a generated volume (``BrainMarkers`` keys), for the Frechet distance
@@ -84,8 +84,15 @@ class Sampler:
         return {**out, "num_inference_steps": self.num_inference_steps}
 
     def run_overrides(self, bundle: str | Path) -> dict[str, Any] | None:
-        """:meth:`overrides` less the entries the bundle's config already has (``None`` when nothing is left): the
-        default sampler's run is then the brain evaluation's own run of a mode, and reuses its record."""
+        """:meth:`overrides` less the entries the bundle's config already has: the default sampler's run is then the
+        brain evaluation's own run of a mode, and reuses its record.
+
+        Args:
+            bundle: the bundle folder or name.
+
+        Returns:
+            The overrides that change something, or ``None`` when nothing is left.
+        """
         config = parse_bundle(bundle).config
         out = {k: v for k, v in self.overrides(bundle).items() if k not in config or config[k] != v}
         return out or None
@@ -149,9 +156,33 @@ def parity(row: dict[str, Any], ref: dict[str, Any]) -> list[str]:
 
 
 def parity_by_scope(short: list[str], modes: Sequence[str]) -> dict[str, bool]:
-    """Whether a sampler holds parity in each progression mode and in generation, from :func:`parity`'s shortfalls:
-    a bundle (or overlay) can take a few-step default for the use in which it holds, e.g. generation alone."""
+    """Whether a sampler holds parity in each use: a bundle (or overlay) can take a few-step default for the use in
+    which it holds, e.g. generation alone.
+
+    Args:
+        short: :func:`parity`'s shortfalls, each ``"<scope>: <measure>"``.
+        modes: the progression modes measured.
+
+    Returns:
+        ``{mode or "generation": holds}``.
+    """
     return {scope: not any(s.startswith(f"{scope}: ") for s in short) for scope in (*modes, GENERATION)}
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text)
+
+
+def _edit_dir(progression: Path, settings: ProgressionSettings, subjects: list[Subject], work: Path, sampler: Sampler,
+              mode: str, overrides: dict[str, Any] | None, shards: int) -> Path:
+    """Where a sampler's edits in ``mode`` are recorded: the brain evaluation's own folder of the mode when the
+    sampler is the bundle's own and that folder holds this very run (reused, never overwritten), else a folder of the
+    sampler's."""
+    shared = work / _slug(mode)
+    if not overrides and all(recorded_parts(**edit_run(progression, None, settings, subjects, EDIT_TARGETS, shared,
+                                                       None, shards)[0])):
+        return shared
+    return work / _slug(f"{sampler.name}_{mode}")
 
 
 def compare_samplers(cohort_dir: str, samplers: list[Sampler], settings_file: str = "docs/validation/"
@@ -179,8 +210,9 @@ def compare_samplers(cohort_dir: str, samplers: list[Sampler], settings_file: st
             scan-conditioned model, for samplers without an overlay).
 
     Returns:
-        ``{"rows": {sampler: {"progression": {mode: medians}, "generation": {...}, "seconds": {...}}},
-        "short": {sampler: measures short of parity}, "params": {...}}``.
+        ``{"rows": {sampler: {"progression": {mode: medians}, "generation": {...}, "seconds": {mode: s per subject,
+        or None where recorded edits were reused}, "reused": {mode: bool}, ...}}, "short": {sampler: measures short of
+        parity}, "holds": {sampler: parity_by_scope(...)}, "params": {...}}``.
     """
     t0 = time.perf_counter()
     cohort, work = Path(cohort_dir), Path(work_dir)
@@ -189,8 +221,13 @@ def compare_samplers(cohort_dir: str, samplers: list[Sampler], settings_file: st
     unknown = [m for m in modes if m not in frozen["modes"]]
     if unknown:
         raise ValueError(f"modes {unknown} are not in {settings_file}; it has {list(frozen['modes'])}.")
+    own_weights = [m for m in modes if frozen["modes"][m].get("config")]
+    for m in own_weights:  # a mode's own weights (e.g. the longitudinal model) exist: fail before anything runs
+        mode_config = ProgressionSettings(**frozen["modes"][m]).bundle_overrides(progression)
+        path = Path(parse_bundle(progression, mode_config).get_parsed_content("model_path"))
+        if not path.is_file():
+            raise FileNotFoundError(f"mode {m!r} needs weights at {path}: train them first (docs/brain.md).")
     for s in samplers:  # every overlay and its weights exist: fail before anything long runs
-        own_weights = [m for m in modes if frozen["modes"][m].get("config")]
         if s.overlay and own_weights:
             raise ValueError(f"sampler {s.name!r} swaps the weights ({s.overlay}), and modes {own_weights} run "
                              "weights of their own: measure those modes with samplers without an overlay.")
@@ -211,12 +248,12 @@ def compare_samplers(cohort_dir: str, samplers: list[Sampler], settings_file: st
             tuned = ProgressionSettings(**frozen["modes"][mode])
             settings = tuned.replace(num_inference_steps=s.num_inference_steps,
                                      strength=round(schedule.matching_strength(tuned.strength, reference_schedule), 3))
-            slug = "".join(c if c.isalnum() else "_" for c in (f"{s.name}_{mode}" if overrides else mode))
-            run = edit_run(progression, None, settings, subjects, EDIT_TARGETS, work / slug, overrides, shards)[0]
-            row["reused"][mode] = all(recorded_parts(**run))
+            out_dir = _edit_dir(progression, settings, subjects, work, s, mode, overrides, shards)
+            run = edit_run(progression, None, settings, subjects, EDIT_TARGETS, out_dir, overrides, shards)[0]
+            row["reused"][mode] = any(recorded_parts(**run))
             t = time.perf_counter()
-            res = edit_subjects(progression, {}, settings, subjects, work / slug, overrides, shards)
-            # a reused run's time is not this run's cost: no time rather than a wrong one
+            res = edit_subjects(progression, {}, settings, subjects, out_dir, overrides, shards)
+            # a (partly) reused run's time is not this run's cost: no time rather than a wrong one
             row["seconds"][mode] = None if row["reused"][mode] else (time.perf_counter() - t) / len(subjects)
             row["strength"][mode] = settings.strength
             row["steps_per_round"][mode] = len(schedule.levels(s.num_inference_steps, strength=settings.strength)) - 1

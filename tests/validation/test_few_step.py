@@ -76,3 +76,31 @@ def test_a_run_that_cannot_be_measured_fails_before_anything_runs(sampler, modes
     with pytest.raises(ValueError, match=match):
         compare_samplers(str(tmp_path), [sampler], modes=modes, work_dir=str(tmp_path / "work"))
     assert not (tmp_path / "work").exists()
+
+
+def test_the_default_sampler_reuses_the_evaluation_folder_only_when_it_holds_this_very_run(tmp_path):
+    import json
+
+    from monai_pie.bundle_tools import bundle_dir, parse_bundle
+    from monai_pie.validation import few_step
+    from monai_pie.validation.brain_protocol import EDIT_TARGETS, Subject, edit_run
+    from monai_pie.validation.protocol import _run_record, weights_digest
+    from monai_pie.validation.settings import ProgressionSettings
+
+    bundle = bundle_dir("brain_mri_progression")
+    settings = ProgressionSettings.from_config(parse_bundle(bundle).config)
+    subjects = [Subject(0, 900000, 0, 70.0, 1, path=str(tmp_path / "s000_n0.nii.gz"))]
+    mode, default = PARITY_MODES[0], Sampler("DDIM 50 (default)", 50)
+    shared = tmp_path / "PIE__bundle_defaults"
+
+    def where(subs):
+        return few_step._edit_dir(bundle, settings, subs, tmp_path, default, mode, None, 1)
+
+    assert where(subjects) != shared  # nothing recorded there: the sampler's own folder
+    run = edit_run(bundle, None, settings, subjects, EDIT_TARGETS, shared)[0]
+    shared.mkdir()
+    record = _run_record(settings, run["items"], None, weights_digest(bundle, None))
+    (shared / "run.json").write_text(json.dumps({"record": record, "frames": [["a"], ["b"]]}))
+    assert where(subjects) == shared  # the evaluation's record of this very run: reused
+    other = [Subject(1, 900001, 0, 71.0, 0, path=str(tmp_path / "s001_n0.nii.gz"))]
+    assert where(other) != shared  # another run would overwrite the evaluation's record: kept apart
