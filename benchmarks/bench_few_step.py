@@ -39,11 +39,11 @@ def seconds(row: dict, mode: str) -> str:
 
 
 def report(result: dict, title_lines: list[str]) -> list[str]:
-    from monai_pie.validation.few_step import PARITY_MODES, parity_by_scope
+    from monai_pie.validation.few_step import PARITY_MODES
 
     rows, short = result["rows"], result["short"]
     modes = result["params"].get("modes", list(PARITY_MODES))
-    holds = {name: parity_by_scope(v, modes) for name, v in short.items()}
+    holds = result["holds"]
     ref = next(iter(rows))
     lines = [*title_lines,
              f"Settings: `{result['params']['settings_file']}` (sha256 `{result['params']['settings_sha256'][:16]}...`); "

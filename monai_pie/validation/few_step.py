@@ -173,16 +173,18 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text)
 
 
-def _edit_dir(progression: Path, settings: ProgressionSettings, subjects: list[Subject], work: Path, sampler: Sampler,
-              mode: str, overrides: dict[str, Any] | None, shards: int) -> Path:
-    """Where a sampler's edits in ``mode`` are recorded: the brain evaluation's own folder of the mode when the
-    sampler is the bundle's own and that folder holds this very run (reused, never overwritten), else a folder of the
-    sampler's."""
-    shared = work / _slug(mode)
-    if not overrides and all(recorded_parts(**edit_run(progression, None, settings, subjects, EDIT_TARGETS, shared,
-                                                       None, shards)[0])):
-        return shared
-    return work / _slug(f"{sampler.name}_{mode}")
+def _edit_run(progression: Path, settings: ProgressionSettings, subjects: list[Subject], work: Path, sampler: Sampler,
+              mode: str, overrides: dict[str, Any] | None, shards: int) -> tuple[dict[str, Any], bool]:
+    """A sampler's edits in ``mode`` as a recorded run (:func:`.brain_protocol.edit_run`'s keyword arguments), and
+    whether any part of it is recorded already. The bundle's own sampler uses the brain evaluation's folder of the
+    mode when that folder holds this very run (reused, never overwritten); otherwise a folder of the sampler's."""
+    if not overrides:
+        shared = edit_run(progression, None, settings, subjects, EDIT_TARGETS, work / _slug(mode), None, shards)[0]
+        if all(recorded_parts(**shared)):
+            return shared, True
+    run = edit_run(progression, None, settings, subjects, EDIT_TARGETS, work / _slug(f"{sampler.name}_{mode}"),
+                   overrides, shards)[0]
+    return run, any(recorded_parts(**run))
 
 
 def compare_samplers(cohort_dir: str, samplers: list[Sampler], settings_file: str = "docs/validation/"
@@ -248,11 +250,9 @@ def compare_samplers(cohort_dir: str, samplers: list[Sampler], settings_file: st
             tuned = ProgressionSettings(**frozen["modes"][mode])
             settings = tuned.replace(num_inference_steps=s.num_inference_steps,
                                      strength=round(schedule.matching_strength(tuned.strength, reference_schedule), 3))
-            out_dir = _edit_dir(progression, settings, subjects, work, s, mode, overrides, shards)
-            run = edit_run(progression, None, settings, subjects, EDIT_TARGETS, out_dir, overrides, shards)[0]
-            row["reused"][mode] = any(recorded_parts(**run))
+            run, row["reused"][mode] = _edit_run(progression, settings, subjects, work, s, mode, overrides, shards)
             t = time.perf_counter()
-            res = edit_subjects(progression, {}, settings, subjects, out_dir, overrides, shards)
+            res = edit_subjects(progression, {}, settings, subjects, run["out_dir"], overrides, shards)
             # a (partly) reused run's time is not this run's cost: no time rather than a wrong one
             row["seconds"][mode] = None if row["reused"][mode] else (time.perf_counter() - t) / len(subjects)
             row["strength"][mode] = settings.strength

@@ -94,7 +94,7 @@ def test_the_default_sampler_reuses_the_evaluation_folder_only_when_it_holds_thi
     shared = tmp_path / "PIE__bundle_defaults"
 
     def where(subs):
-        return few_step._edit_dir(bundle, settings, subs, tmp_path, default, mode, None, 1)
+        return few_step._edit_run(bundle, settings, subs, tmp_path, default, mode, None, 1)[0]["out_dir"]
 
     assert where(subjects) != shared  # nothing recorded there: the sampler's own folder
     run = edit_run(bundle, None, settings, subjects, EDIT_TARGETS, shared)[0]
