@@ -105,6 +105,38 @@ def _check_multiple(channel_multiple: Any) -> int:
     return int(channel_multiple)
 
 
+def _channel_rows(t: torch.Tensor) -> torch.Tensor | None:
+    """``(N, C)`` view of a channels-last ``t`` ``(B, C, *spatial)`` (channels the fastest-moving dimension, as
+    oneDNN's convolutions often return them), else None."""
+    if t.ndim < 3 or t.stride(1) != 1 or t.is_contiguous():
+        return None
+    rows = t.movedim(1, -1)
+    return rows.view(-1, t.shape[1]) if rows.is_contiguous() else None
+
+
+def _channel_scores(grad_out: torch.Tensor) -> torch.Tensor:
+    """Sum of ``|grad_out|`` per channel ``(C,)`` over batch and space (ranks as the mean does), in at least fp32.
+
+    ``abs().sum`` rather than an L1 ``vector_norm``: on the CPU the norm's reduction was 2x slower on contiguous maps
+    and 5x on channels-last ones (reducing over rows of a ``(N, C)`` matrix).
+    """
+    dtype = torch.promote_types(grad_out.dtype, torch.float32)
+    rows = _channel_rows(grad_out)
+    if rows is not None:
+        return rows.abs().sum(0, dtype=dtype)
+    return grad_out.abs().sum(dim=[0, *range(2, grad_out.ndim)], dtype=dtype)
+
+
+def _take_channels(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``t.index_select(1, index)`` in ``t``'s own layout: a channels-last map is gathered as an ``(N, C)`` matrix
+    (5x faster on the CPU than ``index_select`` on the 5-d map) and stays channels-last, so the convolution
+    backward that follows does not convert it."""
+    rows = _channel_rows(t)
+    if rows is None:
+        return t.index_select(1, index)
+    return rows.index_select(1, index).view(t.shape[0], *t.shape[2:], index.numel()).movedim(-1, 1)
+
+
 def _sparse_conv_backward(
     grad_out: torch.Tensor,
     x: torch.Tensor,
@@ -132,15 +164,11 @@ def _sparse_conv_backward(
             grad_out, x, weight, bias_sizes, stride, padding, dilation, False, out_pad, groups, output_mask
         )
 
-    # mean |grad_output| over batch and space; a sum ranks identically, accumulated in fp32 for bf16/fp16 grads
-    # (an L1 norm: no |grad_output| copy is made)
-    score = torch.linalg.vector_norm(grad_out.detach(), ord=1, dim=[0, *range(2, grad_out.ndim)],
-                                     dtype=torch.promote_types(grad_out.dtype, torch.float32))
-    top = torch.topk(score, k, sorted=False).indices
+    top = torch.topk(_channel_scores(grad_out.detach()), k, sorted=False).indices
     if groups == 1:  # the common case: slice the kept channels, no group bookkeeping (a dozen small ops fewer)
         chosen = top.sort().values  # ascending: contiguous reads in index_select
         dx, dw, db = torch.ops.aten.convolution_backward(
-            grad_out.index_select(1, chosen), x, weight.index_select(0, chosen), [k] if has_bias else None,
+            _take_channels(grad_out, chosen), x, weight.index_select(0, chosen), [k] if has_bias else None,
             stride, padding, dilation, False, out_pad, 1, output_mask,
         )
         if output_mask[1]:
@@ -164,7 +192,7 @@ def _sparse_conv_backward(
     chosen = (active[:, None] * cout_g + order).flatten()
     n_active = int(active.numel())
 
-    g = grad_out.index_select(1, chosen)
+    g = _take_channels(grad_out, chosen)
     if chosen.numel() > k:
         g = g * keep_mask[chosen].to(g.dtype).view(1, -1, *([1] * (g.ndim - 2)))
     w = weight.index_select(0, chosen)
@@ -172,7 +200,7 @@ def _sparse_conv_backward(
     x_sub = x
     if n_active < groups:
         in_idx = (active[:, None] * cin_g + torch.arange(cin_g, device=x.device)).flatten()
-        x_sub = x.index_select(1, in_idx)
+        x_sub = _take_channels(x, in_idx)
 
     dx, dw, db = torch.ops.aten.convolution_backward(
         g,

@@ -116,6 +116,31 @@ def test_sparse_equals_dense_with_dropped_channels_zeroed(dims, kwargs, keep):
     assert int(kept.sum()) == num_kept_channels(COUT, keep)
 
 
+@pytest.mark.parametrize("groups", [1, 4])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_channels_last_maps_give_the_same_gradients(dims, groups):
+    """oneDNN often hands channels-last maps to the backward; they are scored and sliced in their own layout."""
+    fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
+    dense, sparse = _pair(dims, dict(kernel_size=3, padding=1, groups=groups), keep=0.26)
+    x = torch.randn(2, CIN, *SPATIAL[dims], dtype=torch.float64)
+    g = torch.randn_like(dense(x))
+    _, *ref = _grads(dense, x, g * _channel_mask(g, 0.26))
+    _, *got = _grads(sparse, x.contiguous(memory_format=fmt), g.contiguous(memory_format=fmt))
+    for r, o in zip(ref, got):
+        torch.testing.assert_close(o, r, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last_3d])
+def test_channel_gather_and_scores_keep_the_layout(fmt):
+    t = torch.randn(2, 8, 3, 4, 5).contiguous(memory_format=fmt)
+    index = torch.tensor([1, 4, 6])
+    got = sparse_backprop._take_channels(t, index)
+    assert torch.equal(got, t.index_select(1, index))
+    assert got.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(sparse_backprop._channel_scores(t), t.abs().sum(dim=(0, 2, 3, 4)))
+    assert sparse_backprop._channel_scores(t.bfloat16()).dtype == torch.float32
+
+
 @pytest.mark.parametrize("top,groups", [((0, 1, 2, 5), 2), ((4, 5, 6, 7), 2), ((1, 3, 6), 8)])
 def test_grouped_uneven_and_inactive_groups(top, groups):
     """Kept channels spread unevenly over groups (padding path) or filling some groups only (inactive groups)."""
