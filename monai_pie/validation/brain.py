@@ -191,13 +191,14 @@ def validate_brain(cohort_dir: str, model_path: str | None = None, bundle: str =
             raise FileNotFoundError(f"{cohort} lacks rois/{name}_roi.nii.gz: make the cohort with "
                                     "`monai-pie synth brain DIR`.")
     ldm, progression = bundle_dir(bundle), bundle_dir(progression_bundle)
-    ldm_config = parse_bundle(ldm, overrides).config  # the user's overrides (e.g. steps) included
+    loaded = load_brain_bundle(ldm, model_path, device, overrides)
+    ldm_config = loaded["parser"]  # the user's overrides (e.g. steps) included
     settings = ProgressionSettings.from_config(
         parse_bundle(progression).config,
-        num_inference_steps=num_inference_steps or ldm_config["num_inference_steps"],
+        num_inference_steps=num_inference_steps if num_inference_steps is not None
+        else ldm_config["num_inference_steps"],
         guidance_scale=guidance_scale if guidance_scale is not None else ldm_config["guidance_scale"])
     out = Path(output_dir)
-    loaded = load_brain_bundle(ldm, model_path, device, overrides)
     work = out / "validation" / "brain_work"
     gen = validate_generation(loaded, ldm, progression, cohort, work, num_samples, settings)
     for png in (work / "figures").glob("*.png"):

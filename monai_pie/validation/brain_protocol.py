@@ -43,6 +43,7 @@ from .protocol import (
     check_not_frozen,
     freeze_settings,
     machine,
+    mode_folder,
     parallel_progression_runs,
     read_frozen,
     recorded_parts,
@@ -709,7 +710,7 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
     ae = autoencoder_round_trips(progression, model_path, subjects, work / "subjects", overrides=overrides)
     weights = {None: model_path, LONGITUDINAL_CONFIG: longitudinal_model_path}
     modes = validation_modes(progression, frozen)
-    slugs = {name: "".join(c if c.isalnum() else "_" for c in name) for name in modes}
+    slugs = {name: mode_folder(name) for name in modes}
     # about two shards per worker over all modes: the modes' costs differ (rounds, frames), small shards even them out
     if shards is None:
         shards = 1 if workers == 1 else -(-2 * workers // len(modes))

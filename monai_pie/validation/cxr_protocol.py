@@ -45,6 +45,7 @@ from .protocol import (
     check_not_frozen,
     freeze_settings,
     machine,
+    mode_folder,
     parallel_progression_runs,
     read_frozen,
     recorded_progression_run,
@@ -522,7 +523,7 @@ def evaluate_cxr(cohort_dir: str, settings_file: str = "docs/validation/cxr_sett
     tally: dict[str, int] = {}
     shown: dict[str, EditResult] = {}
     modes = validation_modes(progression, frozen)
-    slugs = {name: "".join(c if c.isalnum() else "_" for c in name) for name in modes}
+    slugs = {name: mode_folder(name) for name in modes}
     if workers > 1:
         t = time.perf_counter()
         reused = parallel_progression_runs([run for name, settings in modes.items() for run, _ in seed_runs(

@@ -39,7 +39,7 @@ from .brain_protocol import (
     make_subjects,
     measure,
 )
-from .protocol import read_frozen, recorded_parts
+from .protocol import mode_folder, read_frozen, recorded_parts
 from .settings import ProgressionSettings
 
 __all__ = ["LONGITUDINAL_MODE", "PARITY", "PARITY_MODES", "Sampler", "compare_samplers", "parity", "parity_by_scope"]
@@ -169,20 +169,17 @@ def parity_by_scope(short: list[str], modes: Sequence[str]) -> dict[str, bool]:
     return {scope: not any(s.startswith(f"{scope}: ") for s in short) for scope in (*modes, GENERATION)}
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text)
-
-
 def _edit_run(progression: Path, settings: ProgressionSettings, subjects: list[Subject], work: Path, sampler: Sampler,
               mode: str, overrides: dict[str, Any] | None, shards: int) -> tuple[dict[str, Any], bool]:
     """A sampler's edits in ``mode`` as a recorded run (:func:`.brain_protocol.edit_run`'s keyword arguments), and
     whether any part of it is recorded already. The bundle's own sampler uses the brain evaluation's folder of the
     mode when that folder holds this very run (reused, never overwritten); otherwise a folder of the sampler's."""
     if not overrides:
-        shared = edit_run(progression, None, settings, subjects, EDIT_TARGETS, work / _slug(mode), None, shards)[0]
+        shared = edit_run(progression, None, settings, subjects, EDIT_TARGETS, work / mode_folder(mode), None,
+                          shards)[0]
         if all(recorded_parts(**shared)):
             return shared, True
-    run = edit_run(progression, None, settings, subjects, EDIT_TARGETS, work / _slug(f"{sampler.name}_{mode}"),
+    run = edit_run(progression, None, settings, subjects, EDIT_TARGETS, work / mode_folder(f"{sampler.name}_{mode}"),
                    overrides, shards)[0]
     return run, any(recorded_parts(**run))
 

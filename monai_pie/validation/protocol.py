@@ -16,9 +16,16 @@ from ..engines import ProgressionSummary
 from ..utils import atomic_write_text
 from .settings import ProgressionSettings
 
-__all__ = ["check_lines", "check_not_frozen", "freeze_settings", "machine", "parallel_progression_runs", "read_frozen",
+__all__ = ["check_lines", "check_not_frozen", "freeze_settings", "machine", "mode_folder", "parallel_progression_runs",
+           "read_frozen",
            "recorded_progression_run", "run_once", "shard_runs", "split_items", "validation_modes", "weights_digest",
            "write_evaluation"]
+
+
+def mode_folder(name: str) -> str:
+    """The folder name of a mode's recorded runs (``"PIE, bundle defaults"`` -> ``"PIE__bundle_defaults"``): one rule,
+    so a later run (e.g. a few-step comparison) finds the evaluation's records of the same mode."""
+    return "".join(c if c.isalnum() else "_" for c in name)
 
 
 def validation_modes(progression: str | Path | None,
