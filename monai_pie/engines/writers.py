@@ -25,6 +25,7 @@ from monai.transforms import MapTransform, allow_missing_keys_mode
 
 from ..data.io import NiftiStorage, load_2d_image, read_volume, save_nifti_like, save_png16
 from ..data.transforms import SCALE_HIGH, SCALE_LOW
+from ..inferers.composition import bounded_change, window_for
 from ..utils import atomic_write_text, json_safe, round_rows
 from ..visualize import frame_strip, save_gif, save_png
 
@@ -111,22 +112,36 @@ class ProgressionToInputGridd(MapTransform):
     * no ``transform`` (radiographs): resize the change bilinearly to the input's size and clip frames to
       ``clip``.
 
+    With ``bounded_change_mm`` (volumes) each mapped-back change is then sharpened within the input's own local
+    intensity range (:func:`~monai_pie.inferers.composition.bounded_change`): a latent edit's change is as blurred as
+    the autoencoder's grid, and added to the sharp input it pushes voxels past the tissue next to them (darker than
+    CSF inside a widening ventricle) instead of moving the boundary. A zero change stays zero.
+
     Args:
         keys: the prediction key (a per-item ``ProgressionResult.batch_first()`` dict with ``frames``
             ``(N+1, C, *model_spatial)``).
         image_key: the model-grid image ``(C, *model_spatial)`` with its meta data.
         transform: the preprocessing ``Compose`` (volumes), or ``None``.
         clip: value range of input-grid frames (``None``: unclipped).
+        bounded_change_mm: the blur of the change to undo, a Gaussian standard deviation in mm (about 0.4 of a latent
+            voxel: 4 mm for the brain bundles' 10 mm latent grid); ``None`` keeps the plain residual. Volumes only.
         frames_key, changes_key: output keys: lists of ``(*input_spatial)`` float32 arrays, ``N+1`` frames and ``N``
             changes.
     """
 
     def __init__(self, keys: KeysCollection = "pred", image_key: str = "image", transform: Any = None,
                  clip: Sequence[float] | None = None, frames_key: str = "input_frames",
-                 changes_key: str = "input_changes") -> None:
+                 changes_key: str = "input_changes", bounded_change_mm: float | None = None) -> None:
         super().__init__(keys)
         self.image_key, self.transform = image_key, transform
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
+        if bounded_change_mm is not None:
+            if transform is None:
+                raise ValueError("`bounded_change_mm` needs volumes with a voxel size (a `transform` to map back "
+                                 "with); 2D images have none.")
+            if not float(bounded_change_mm) > 0:
+                raise ValueError(f"`bounded_change_mm` must be > 0 (mm) or None, got {bounded_change_mm}.")
+        self.bounded_change_mm = None if bounded_change_mm is None else float(bounded_change_mm)
         self.frames_key, self.changes_key = frames_key, changes_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -145,7 +160,12 @@ class ProgressionToInputGridd(MapTransform):
         return d
 
     def _volume(self, d: dict, changes: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray]]:
-        return volume_to_input_grid(d, self.image_key, self.transform, changes)
+        original, back = volume_to_input_grid(d, self.image_key, self.transform, changes)
+        if self.bounded_change_mm is not None:
+            voxel_mm = np.linalg.norm(np.asarray(d["input_affine"])[:3, :3], axis=0)
+            sigma, window = self.bounded_change_mm / voxel_mm, window_for(voxel_mm)
+            back = [bounded_change(original, c, sigma, window=window) for c in back]
+        return original, back
 
     def _image(self, d: dict, changes: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray]]:
         original = load_2d_image(_input_path(d, self.image_key))

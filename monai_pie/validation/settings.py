@@ -10,6 +10,9 @@ from typing import Any
 
 __all__ = ["SWEEP_SETTINGS", "ProgressionSettings"]
 
+#: settings the progression bundle applies to its outputs, not the ``ProgressionInferer``
+OUTPUT_SETTINGS = ("bounded_change_mm",)
+
 
 @dataclass(frozen=True)
 class ProgressionSettings:
@@ -26,6 +29,9 @@ class ProgressionSettings:
         noise_mode: ``"stochastic"`` or ``"ddim_inversion"``.
         n_restarts: noise draws averaged per round.
         edit_mode: ``"pie"`` or ``"counterfactual"``.
+        bounded_change_mm: the frames' change sharpened within the input's local intensity range, undoing a blur
+            of this many mm (``ProgressionToInputGridd``); ``None``: the plain residual. Not an inferer argument: the
+            bundle applies it when it maps frames back to the input's grid.
         config: another config file of the progression bundle layered last (e.g. ``"longitudinal.json"``: another
             model, with its own weights); ``None`` runs the bundle's ``inference.json`` as it is.
     """
@@ -40,6 +46,7 @@ class ProgressionSettings:
     noise_mode: str
     n_restarts: int
     edit_mode: str = "pie"
+    bounded_change_mm: float | None = None
     config: str | None = None
 
     @classmethod
@@ -63,37 +70,43 @@ class ProgressionSettings:
         from ..inferers import ProgressionInferer
 
         defaults = {k: v.default for k, v in inspect.signature(ProgressionInferer).parameters.items()}
-        return cls(**{f.name: defaults[f.name] for f in fields(cls) if f.name != "config"})
+        return cls(**{f.name: defaults[f.name] for f in fields(cls) if f.name in defaults})
 
     def replace(self, **changes: Any) -> ProgressionSettings:
         """A copy with ``changes``."""
         return replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:
-        """The settings as a dict (for settings files and reports; ``config`` only when set)."""
+        """The settings as a dict (for settings files and reports; ``config`` and ``bounded_change_mm`` only when
+        set, so settings frozen before they existed read the same)."""
         values = asdict(self)
-        if values["config"] is None:
-            del values["config"]
+        for name in ("config", *OUTPUT_SETTINGS):
+            if values[name] is None:
+                del values[name]
         return values
 
     def inferer_settings(self) -> dict[str, Any]:
         """The ``ProgressionInferer`` arguments (and progression bundle keys) among the settings."""
         values = asdict(self)
-        del values["config"]
+        for name in ("config", *OUTPUT_SETTINGS):
+            del values[name]
         return values
 
     def bundle_overrides(self, bundle: str | Path) -> dict[str, Any]:
         """The settings as config overrides of the progression ``bundle``: with ``config`` set, that file's entries
         (``_comment`` keys left out) and then the settings."""
         if self.config is None:
-            return self.inferer_settings()
+            return {**self.inferer_settings(), **self._output_settings()}
         from ..bundle_tools import bundle_dir
 
         path = bundle_dir(bundle) / "configs" / self.config
         if not path.is_file():
             raise FileNotFoundError(f"the settings name the config {self.config!r}, but {path} does not exist.")
         extra = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
-        return {**extra, **self.inferer_settings()}
+        return {**extra, **self.inferer_settings(), **self._output_settings()}
+
+    def _output_settings(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in OUTPUT_SETTINGS}
 
     def inferer(self, scheduler: Any, progress: bool = False) -> Any:
         """A ``ProgressionInferer`` with these settings."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 from helpers.bundle_helpers import BRAIN_LDM, BRAIN_NET, BRAIN_PROG, cfg, last_line, run_cli
 from monai.bundle import run as bundle_run
 
@@ -51,6 +52,21 @@ def test_progression_outputs_on_the_input_grid(brain_trained, tmp_path):
         assert (out / name).is_file()
     newest = max(out.glob("*.nii.gz"), key=lambda p: p.stat().st_mtime_ns)
     assert newest.name == "frame_02.nii.gz"  # what 3D Slicer loads as the result
+
+
+def test_bounded_change_moves_the_change_inside_the_inputs_range(brain_trained, tmp_path):
+    plain = tmp_path / "plain"
+    progress(brain_trained / "model.pt", plain)
+    bounded = tmp_path / "bounded"
+    progress(brain_trained / "model.pt", bounded, bounded_change_mm=4.0)
+    x0 = nib.load(EXAMPLE).get_fdata()
+    a, b = (nib.load(d / "frame_02.nii.gz").get_fdata() for d in (plain, bounded))
+    changed = np.abs(a - x0) > 1e-3 * np.ptp(x0)
+    assert changed.any() and not np.allclose(a[changed], b[changed])  # the setting reaches the written frames
+    assert b.min() >= x0.min() - 1e-3 and b.max() <= x0.max() + 1e-3
+    far = ndimage.distance_transform_edt(a == x0) > 10  # voxels 10 away from anything the plain edit touched
+    # it moves the change nearby (deconvolution tails aside); it does not make new change far away
+    assert far.any() and np.abs(b[far] - x0[far]).max() < 0.01 * np.abs(a - x0).max()
 
 
 def test_a_datalist_runs_each_item_with_its_own_fields_into_its_own_folder(brain_trained, tmp_path):

@@ -179,3 +179,26 @@ def test_storage_when_values_leave_the_input_range(tmp_path):
     assert fitted.get_data_dtype() == np.int16 and np.allclose(fitted.get_fdata(), values[0], atol=303 / 65535)
     with pytest.raises(ValueError, match="output_dtype"):
         SaveFramesd(output_dtype="float16")
+
+
+def test_bounded_change_keeps_frames_in_the_input_range_and_a_null_frame_bit_identical(volume_item):
+    item, pre = volume_item["item"], volume_item["pre"]
+    x0 = item["image"].as_tensor()
+    dark = x0.clone()
+    dark[..., 4:8, 4:8, 4:8] -= 0.5  # pushes voxels far below the darkest input voxel
+    frames = torch.stack([x0, x0, dark])
+    plain = ProgressionToInputGridd("pred", transform=pre)(dict(item, pred=prediction(frames)))
+    out = ProgressionToInputGridd("pred", transform=pre, bounded_change_mm=3.0)(dict(item, pred=prediction(frames)))
+    original = volume_item["data"]
+    assert np.array_equal(out["input_frames"][1], original)
+    assert plain["input_frames"][2].min() < original.min() - 1.0  # the plain residual leaves the input's range ...
+    assert out["input_frames"][2].min() >= original.min() and out["input_frames"][2].max() <= original.max()
+    assert np.array_equal(out["input_frames"][2], original + out["input_changes"][1])  # ... the bounded one does not
+    assert out["input_changes"][1].sum() < 0  # and still darkens
+
+
+@pytest.mark.parametrize("kwargs, message", [({"bounded_change_mm": 2.0}, "needs volumes"),
+                                             ({"bounded_change_mm": 0.0, "transform": Compose([])}, "> 0")])
+def test_bounded_change_settings_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ProgressionToInputGridd("pred", **kwargs)

@@ -98,7 +98,8 @@ def test_tune_then_evaluate_end_to_end(brain_cohort, brain_trained, longitudinal
                   longitudinal_model_path=str(longitudinal_trained[0] / "model_longitudinal.pt"))
     tuned = bp.tune_brain(str(brain_cohort), settings_file=str(settings_file), work_dir=str(tmp_path / "tune"),
                           num_subjects=1, readers=("fixed",), candidates=({"strength": 0.3},),
-                          longitudinal_candidates=({"strength": 0.5},), settings_overrides={"num_inference_steps": 4},
+                          longitudinal_candidates=({"strength": 0.5, "bounded_change_mm": 4.0},),
+                          settings_overrides={"num_inference_steps": 4},
                           **common)
     frozen = json.loads(settings_file.read_text())
     assert tuned["readers"] == {m: "fixed" for m in bp.MARKERS} == frozen["readers"]
@@ -109,6 +110,8 @@ def test_tune_then_evaluate_end_to_end(brain_cohort, brain_trained, longitudinal
     assert "config" not in frozen["modes"]["counterfactual (tuned)"]
     assert frozen["modes"][bp.LONGITUDINAL_MODE]["config"] == bp.LONGITUDINAL_CONFIG
     assert frozen["modes"][bp.LONGITUDINAL_MODE]["num_rounds"] == bp.COUNTERFACTUAL_ROUNDS
+    assert frozen["modes"][bp.LONGITUDINAL_MODE]["bounded_change_mm"] == 4.0
+    assert "bounded_change_mm" not in frozen["modes"]["counterfactual (tuned)"]
     res = bp.evaluate_brain(str(brain_cohort), settings_file=str(settings_file), output_dir=str(tmp_path / "docs"),
                             work_dir=str(tmp_path / "eval"), num_subjects=2, num_seeds=1, **common)
     report = (tmp_path / "docs" / "validation" / "brain_progression.md").read_text()
@@ -124,6 +127,10 @@ def test_tune_then_evaluate_end_to_end(brain_cohort, brain_trained, longitudinal
     long = data["methods"][bp.LONGITUDINAL_MODE]
     assert long["checks"]["null whole brain"][0] == 0.0 and set(long["stats"]) == set(cf["stats"])
     assert "longitudinal model" in report
+    # what the composition lets a reader see of the truth's own round trip, plain and bounded
+    assert all(np.isfinite(cf["stats"][f"{m}_ratio_autoencoder_limit{b}"][0]) for m in bp.MARKERS
+               for b in ("", "_bounded"))
+    assert "composed bounded (limit)" in report and '"bounded_change_mm": 4.0' in report
     assert data["methods"]["linear baseline"]["checks"]["null ventricle_ml"][1]  # and so is the linear model's
     # both baselines and every mode carry the age-only edit (own stage, AGE_YEARS older, first seeds)
     for name in (*bp.BASELINES, "counterfactual (tuned)", bp.LONGITUDINAL_MODE):
@@ -154,7 +161,14 @@ def test_settings_with_a_config_run_that_config_of_the_bundle():
     from helpers.bundle_helpers import BRAIN_PROG
 
     base = ProgressionSettings.published()
-    assert "config" not in base.as_dict() and base.bundle_overrides(BRAIN_PROG) == base.inferer_settings()
+    assert "config" not in base.as_dict() and "bounded_change_mm" not in base.as_dict()
+    assert base.bundle_overrides(BRAIN_PROG) == {**base.inferer_settings(), "bounded_change_mm": None}
+    bounded = base.replace(bounded_change_mm=4.0)  # the bundle's writer applies it, not the inferer
+    assert bounded.bundle_overrides(BRAIN_PROG)["bounded_change_mm"] == 4.0
+    from monai.networks.schedulers import DDIMScheduler
+
+    assert "bounded_change_mm" not in bounded.inferer_settings() and bounded.inferer(DDIMScheduler(100)) is not None
+    assert ProgressionSettings(**bounded.as_dict()) == bounded
     long = base.replace(config=bp.LONGITUDINAL_CONFIG, edit_mode="counterfactual")
     overrides = long.bundle_overrides(BRAIN_PROG)
     assert overrides["model_path"].endswith("/model_longitudinal.pt'") and overrides["edit_mode"] == "counterfactual"
