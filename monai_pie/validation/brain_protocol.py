@@ -878,7 +878,10 @@ def write_report(methods: dict[str, Any], frozen: dict[str, Any], params: dict[s
             format_ci(tuple(v / slope for v in methods[n]["stats"][f"{m}_ratio"])) for n in names) + " |")
     lines += ["", "The ratio r divides the reader's null-corrected change by the *true* volume change; the reader itself "
               "over- or under-reads true changes by its slope (tuning split, table below), so the last rows divide it "
-              "out. Pass checks use r as defined (not divided).", "",
+              "out. Pass checks use r as defined (not divided). The autoencoder's round trip of the truth is composed "
+              "with the input as the bundle composes an edit, as a plain residual and bounded (`bounded_change_mm` "
+              f"{BOUNDED_CHANGE_MM:g}): what a perfect latent edit would read under each composition (docs/brain.md, "
+              "\"Composing the edit\").", "",
               "Age-only edit (specificity: age is not disease): each subject's first seed edited toward its own "
               f"stage, {AGE_YEARS:g} years older, less its null edit, against the same subject and noise rendered "
               f"{AGE_YEARS:g} years older; the issue sets no threshold for it. The true age changes are small, so "
