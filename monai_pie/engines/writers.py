@@ -25,7 +25,7 @@ from monai.transforms import MapTransform, allow_missing_keys_mode
 
 from ..data.io import NiftiStorage, load_2d_image, read_volume, save_nifti_like, save_png16
 from ..data.transforms import SCALE_HIGH, SCALE_LOW
-from ..inferers.composition import bounded_change, window_for
+from ..inferers.composition import bounded_change_mm
 from ..utils import atomic_write_text, json_safe, round_rows
 from ..visualize import frame_strip, save_gif, save_png
 
@@ -163,8 +163,7 @@ class ProgressionToInputGridd(MapTransform):
         original, back = volume_to_input_grid(d, self.image_key, self.transform, changes)
         if self.bounded_change_mm is not None:
             voxel_mm = np.linalg.norm(np.asarray(d["input_affine"])[:3, :3], axis=0)
-            sigma, window = self.bounded_change_mm / voxel_mm, window_for(voxel_mm)
-            back = [bounded_change(original, c, sigma, window=window) for c in back]
+            back = [bounded_change_mm(original, c, self.bounded_change_mm, voxel_mm) for c in back]
         return original, back
 
     def _image(self, d: dict, changes: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -29,7 +29,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["BOUND_REACH_MM", "BOUND_SMOOTH_VOXELS", "BOUND_WINDOW_VOXELS", "bounded_change", "window_for"]
+__all__ = ["BOUND_REACH_MM", "BOUND_SMOOTH_VOXELS", "BOUND_WINDOW_VOXELS", "bounded_change", "bounded_change_mm",
+           "window_for"]
 
 #: the bounds come from the input smoothed by this much (voxels of the input grid): scanner noise is not tissue, so a
 #: single noisy dark voxel does not let the change go darker than the CSF around it
@@ -90,3 +91,10 @@ def bounded_change(image: np.ndarray, change: np.ndarray, sigma: float | Sequenc
 def window_for(voxel_mm: Sequence[float], reach_mm: float = BOUND_REACH_MM) -> tuple[int, ...]:
     """Odd neighbourhood sizes (voxels, per axis) that reach ``reach_mm`` either side on a grid of ``voxel_mm``."""
     return tuple(2 * max(1, round(reach_mm / float(v))) + 1 for v in voxel_mm)
+
+
+def bounded_change_mm(image: np.ndarray, change: np.ndarray, blur_mm: float, voxel_mm: Sequence[float]) -> np.ndarray:
+    """:func:`bounded_change` with the blur in mm and the neighbourhood reaching :data:`BOUND_REACH_MM`, on a grid of
+    ``voxel_mm`` (per axis): the same edit composes the same way at any voxel size."""
+    voxel = np.asarray(voxel_mm, dtype=np.float64)
+    return bounded_change(image, change, blur_mm / voxel, window=window_for(voxel))

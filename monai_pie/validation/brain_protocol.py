@@ -33,7 +33,7 @@ from ..data import load_datalist
 from ..data.synthetic._deform import pullback_with_log_jacobian, warp
 from ..data.synthetic.brain import load_brain_template, synthesize_brain_subject
 from ..engines import ProgressionSummary
-from ..inferers.composition import bounded_change
+from ..inferers.composition import bounded_change_mm
 from ..metrics import BrainMarkers
 from ..metrics.brain_markers import tissue_class_means, tissue_fractions
 from ..metrics.brain_readers import TensorBasedMorphometry, TissueEM
@@ -387,15 +387,15 @@ def measure_subject(s: Subject, res: EditResult, readers: dict[str, str], ctx: C
     edit = smooth(final - res.null)
     true_map = smooth(s.images[TARGET_STAGE] - x0)
     row["r2"] = r_squared(edit, true_map, ctx.brain)
-    ae_map = None if ae is None else smooth(ae[1] - ae[0])
+    ae_map = None
     if ae is not None:
+        ae_change = ae[1] - ae[0]
+        ae_map = smooth(ae_change)
         row["r2_autoencoder_limit"] = r_squared(ae_map, true_map, ctx.brain)
         # the truth's own round trip composed with the input as the bundle composes an edit: the plain residual, and
-        # bounded (what the frames' composition, not the model, lets a reader see)
-        ae_change = ae[1] - ae[0]
-        voxel_mm = (ctx.voxel_ml * 1000.0) ** (1.0 / 3.0)
-        composed = {"": x0 + ae_change,
-                    "_bounded": x0 + bounded_change(x0, ae_change, BOUNDED_CHANGE_MM / voxel_mm)}
+        # bounded (what the frames' composition, not the model, lets a reader see); the cohort's grid is isotropic
+        voxel_mm = [(ctx.voxel_ml * 1000.0) ** (1.0 / 3.0)] * 3
+        composed = {"": x0 + ae_change, "_bounded": x0 + bounded_change_mm(x0, ae_change, BOUNDED_CHANGE_MM, voxel_mm)}
         for suffix, frame in composed.items():
             got = read(frame)
             for m in MARKERS:

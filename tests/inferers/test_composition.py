@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from monai_pie.inferers.composition import bounded_change, window_for
+from monai_pie.inferers.composition import bounded_change, bounded_change_mm, window_for
 
 CSF, WM = 0.2, 0.8
 
@@ -59,6 +59,10 @@ def test_a_change_with_room_is_only_deconvolved():
 
 def test_the_neighbourhood_reaches_the_same_mm_on_any_grid():
     assert window_for((2.0, 2.0, 2.0)) == (3, 3, 3) and window_for((1.0, 1.0, 2.0)) == (5, 5, 3)
+    before, after = ventricle(2.0) + NOISE, ventricle(3.0) + NOISE
+    blurred = ndimage.gaussian_filter(after - before, 2.0)
+    in_mm = bounded_change_mm(before, blurred, 4.0, (2.0, 2.0, 2.0))  # 4 mm on a 2 mm grid: sigma 2 voxels, window 3
+    assert np.array_equal(in_mm, bounded_change(before, blurred, sigma=2.0, window=3))
 
 
 @pytest.mark.parametrize("image, change, kwargs, message", [
