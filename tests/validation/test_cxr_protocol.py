@@ -124,17 +124,23 @@ def test_tune_then_evaluate_end_to_end(generalist, cxr_trained, tmp_path):
     common = dict(model_path=str(cxr_trained / "model.pt"), progression_bundle=str(CXR_PROG), overrides=CXR_NET)
     cohort = str(generalist / "cxr")
     cp.tune_cxr(cohort, settings_file=str(settings_file), work_dir=str(tmp_path / "tune"), num_subjects=2,
-                classifier_steps=2, mask_steps=2, candidates=({"strength": 0.3},),
+                classifier_steps=2, mask_steps=2,
+                candidates=({"strength": 0.3}, {"strength": 0.3, "noise_mode": "ddim_inversion", "guidance_scale": 5.0}),
                 settings_overrides={"num_inference_steps": 4, "num_rounds": 2}, **common)
     frozen = json.loads(settings_file.read_text())
     assert set(frozen["modes"]) == {"PIE, bundle defaults", "PIE, published setting", "counterfactual (tuned)"}
     assert frozen["modes"]["PIE, published setting"]["guidance_scale"] == 7.5
     assert set(frozen["tuning"]["reader_validation"]) == set(cp.TARGETS)
+    tried = [c["settings"] for c in frozen["tuning"]["counterfactual_candidates"]]
+    assert [(c["noise_mode"], c["guidance_scale"]) for c in tried] == [("stochastic", 3.0), ("ddim_inversion", 5.0)]
     cp.evaluate_cxr(cohort, settings_file=str(settings_file), output_dir=str(tmp_path / "docs"),
                     work_dir=str(tmp_path / "eval"), num_subjects=2, num_seeds=2, **common)
     report = (tmp_path / "docs" / "validation" / "cxr_progression.md").read_text()
     assert hashlib.sha256(settings_file.read_bytes()).hexdigest()[:16] in report
     assert "linear baseline" in report and ("PASS" in report or "FAIL" in report)
+    # every candidate is named by its start and guidance, not by its strength alone
+    assert "- strength 0.3, from forward noise, guidance 3:" in report
+    assert "- strength 0.3, from the DDIM inversion, guidance 5:" in report
     data = json.loads((tmp_path / "docs" / "validation" / "cxr_progression.json").read_text())
     cf = data["methods"]["counterfactual (tuned)"]
     # the counterfactual null edit is the identity by construction: no change whatever the model and readers
