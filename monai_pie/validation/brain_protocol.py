@@ -227,6 +227,7 @@ class Context:
     rois: dict[str, np.ndarray]
     deep_wm: np.ndarray
     voxel_ml: float
+    voxel_mm: tuple[float, ...]
 
     @classmethod
     def build(cls) -> Context:
@@ -236,7 +237,8 @@ class Context:
         far_vent = ndimage.distance_transform_edt(~t.ventricles, sampling=t.voxel_mm) > 15.0
         far_hip = ndimage.distance_transform_edt(~t.hippocampal_roi, sampling=t.voxel_mm) > 15.0
         deep = (t.wm > 0.95) & ndimage.binary_erosion(brain, iterations=5) & far_vent & far_hip
-        return cls(brain, core, {"hippocampal": t.hippocampal_roi, "ventricle": t.ventricle_roi}, deep, t.voxel_ml)
+        return cls(brain, core, {"hippocampal": t.hippocampal_roi, "ventricle": t.ventricle_roi}, deep, t.voxel_ml,
+                   tuple(float(v) for v in t.voxel_mm))
 
 
 def change_reader(reader: str, frame0: np.ndarray, ctx: Context) -> Callable[[np.ndarray], dict[str, float]]:
@@ -364,8 +366,8 @@ def measure_subject(s: Subject, res: EditResult, readers: dict[str, str], ctx: C
                     ae: tuple[np.ndarray, np.ndarray] | None
                     ) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray | None]:
     """One subject and noise draw's measures (a job of :func:`measure`): ``(row, smoothed edit map, smoothed true
-    change map, smoothed change map of the autoencoder's round trip of the truth or None)``. ``res`` may hold frame paths (read here) or arrays; ``ae`` is the autoencoder's round trip of the
-    source and target truth."""
+    change map, smoothed change map of the autoencoder's round trip of the truth or None)``. ``res`` may hold frame
+    paths (read here) or arrays; ``ae`` is the autoencoder's round trip of the source and target truth."""
     res = res.loaded()
     x0, final = s.images[SOURCE_STAGE], res.dose[TARGET_STAGE]
     truth = true_change(s)
@@ -393,9 +395,9 @@ def measure_subject(s: Subject, res: EditResult, readers: dict[str, str], ctx: C
         ae_map = smooth(ae_change)
         row["r2_autoencoder_limit"] = r_squared(ae_map, true_map, ctx.brain)
         # the truth's own round trip composed with the input as the bundle composes an edit: the plain residual, and
-        # bounded (what the frames' composition, not the model, lets a reader see); the cohort's grid is isotropic
-        voxel_mm = [(ctx.voxel_ml * 1000.0) ** (1.0 / 3.0)] * 3
-        composed = {"": x0 + ae_change, "_bounded": x0 + bounded_change_mm(x0, ae_change, BOUNDED_CHANGE_MM, voxel_mm)}
+        # bounded (what the frames' composition, not the model, lets a reader see)
+        composed = {"": x0 + ae_change,
+                    "_bounded": x0 + bounded_change_mm(x0, ae_change, BOUNDED_CHANGE_MM, ctx.voxel_mm)}
         for suffix, frame in composed.items():
             got = read(frame)
             for m in MARKERS:

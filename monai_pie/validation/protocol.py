@@ -17,8 +17,8 @@ from ..utils import atomic_write_text
 from .settings import ProgressionSettings
 
 __all__ = ["check_lines", "check_not_frozen", "freeze_settings", "machine", "mode_folder", "parallel_progression_runs",
-           "read_frozen", "recorded_progression_run", "run_once", "shard_runs", "split_items", "validation_modes", "weights_digest",
-           "write_evaluation"]
+           "read_frozen", "recorded_progression_run", "run_once", "shard_runs", "split_items", "validation_modes",
+           "weights_digest", "write_evaluation"]
 
 
 def mode_folder(name: str) -> str:

@@ -125,7 +125,8 @@ def test_tune_then_evaluate_end_to_end(generalist, cxr_trained, tmp_path):
     cohort = str(generalist / "cxr")
     cp.tune_cxr(cohort, settings_file=str(settings_file), work_dir=str(tmp_path / "tune"), num_subjects=2,
                 classifier_steps=2, mask_steps=2,
-                candidates=({"strength": 0.3}, {"strength": 0.3, "noise_mode": "ddim_inversion", "guidance_scale": 5.0}),
+                candidates=({"strength": 0.3},
+                            {"strength": 0.3, "noise_mode": "ddim_inversion", "guidance_scale": 5.0}),
                 settings_overrides={"num_inference_steps": 4, "num_rounds": 2}, **common)
     frozen = json.loads(settings_file.read_text())
     assert set(frozen["modes"]) == {"PIE, bundle defaults", "PIE, published setting", "counterfactual (tuned)"}
