@@ -53,7 +53,7 @@ from .protocol import (
     write_evaluation,
 )
 from .settings import ProgressionSettings
-from .stats import corr, format_ci, r_squared, seed_cv, spearman, subject_medians
+from .stats import corr, format_ci, r_squared, retrieval_hits, seed_cv, spearman, subject_medians
 
 __all__ = ["READERS", "THRESHOLDS", "evaluate_brain", "tune_brain"]
 
@@ -460,8 +460,8 @@ def identity_and_retrieval(maps: dict[str, np.ndarray], truth_maps: dict[str, np
         identity = corr((maps[k] - mean_map)[brain], (truth_maps[k] - mean_truth)[brain])
         # retrieval on change maps, not frames (a frame is nearest its own subject's truth whatever the edit did: the
         # anatomy dominates), by correlation (the pattern; the size is the ratio r's business)
-        sims = {j: corr(maps[k][brain], truth_maps[j][brain]) for j in keys if subjects[j].noise == s.noise}
-        out[k] = (identity, float(subjects[max(sims, key=sims.get)].index == s.index))
+        same_noise = {j: truth_maps[j] for j in keys if subjects[j].noise == s.noise}
+        out[k] = (identity, retrieval_hits({k: maps[k]}, same_noise, brain)[k])
     return out
 
 

@@ -53,7 +53,7 @@ from .protocol import (
     write_evaluation,
 )
 from .settings import ProgressionSettings
-from .stats import corr, format_ci, r_squared, seed_cv, subject_medians
+from .stats import corr, format_ci, r_squared, retrieval_hits, seed_cv, subject_medians
 
 __all__ = ["THRESHOLDS", "evaluate_cxr", "tune_cxr"]
 
@@ -93,6 +93,7 @@ class Subject:
     side: str
     images: dict[str, np.ndarray] = field(default_factory=dict)  # "source", each target, f"{target}@{severity}"
     truth: dict[str, dict[str, float]] = field(default_factory=dict)  # same keys: rendered measurements
+    bones: np.ndarray | None = None  # (H, W) boolean: ribs, spine, clavicles, humeral heads of the source
     path: str = ""
 
     @property
@@ -125,6 +126,7 @@ def make_subjects(base_seed: int, num_subjects: int, size: int, work: Path, ladd
             s.images[key] = r["image"]
             s.truth[key] = {"ctr": r["ctr"], "effusion_fraction_right": r["effusion_fraction_right"],
                             "effusion_fraction_left": r["effusion_fraction_left"]}
+        s.bones = renders["source"]["masks"]["bones"]
         s.path = str(save_png16(s.images["source"], work / f"{s.key}.png"))
         out.append(s)
     return out
@@ -332,10 +334,20 @@ def linear_results(slopes: dict[str, np.ndarray], subjects: list[Subject], rois:
 
 
 def measure(results: dict[tuple[str, int], EditResult], subjects: list[Subject], readers: Readers,
-            ae: dict[tuple[str, str], np.ndarray] | None) -> dict[str, Any]:
-    """Every measure of one method over the subjects (per subject: averaged over sampler seeds)."""
+            ae: dict[tuple[str, str], np.ndarray] | None, rois: dict[str, str] | None = None) -> dict[str, Any]:
+    """Every measure of one method over the subjects (per subject: averaged over sampler seeds).
+
+    Args:
+        results: Each subject's and sampler seed's edits.
+        subjects: The split's phantoms.
+        readers: The validated readers.
+        ae: Autoencoder round trips by ``(subject key, "source" | target)`` (``(H, W)``): the limit rows; None: none.
+        rois: ROI PNGs by name (``thorax``, ``right``, ``left``, :func:`write_rois`): with them, the change on the
+            bones inside the ROI each target was asked in.
+    """
     per: dict[int, list[dict[str, Any]]] = {}
     by_key = {s.key: s for s in subjects}
+    roi_masks = {k: load_2d_image(p) > 0.5 for k, p in (rois or {}).items()}
     maps: dict[tuple[str, str], dict[tuple[str, int], np.ndarray]] = {}
     for (key, k), res in tqdm(results.items(), desc="measures", leave=False):
         s, x0 = by_key[key], by_key[key].images["source"]
@@ -368,10 +380,16 @@ def measure(results: dict[tuple[str, int], EditResult], subjects: list[Subject],
             quiet = body & (np.abs(true_map) < 0.02 * np.abs(true_map).max())
             active = np.abs(true_map) >= 0.25 * np.abs(true_map).max()
             row[f"{slug}_specificity"] = float(np.abs(edit)[quiet].mean() / max(np.abs(edit)[active].mean(), 1e-12))
+            if roi_masks and s.bones is not None:  # bones left alone: raw change on the still bones in the ROI
+                raw = np.abs(final - null)
+                still_bones = s.bones & quiet & roi_masks["thorax" if t == "cardiomegaly" else s.side]
+                row[f"{slug}_bone_change"] = float(raw[still_bones].mean() / max(raw[active].mean(), 1e-12))
             row[f"{slug}_null_whole_image"] = float(np.abs(null - x0)[body].mean() / max(
                 np.abs(final - x0)[body].mean(), 1e-12))
             maps.setdefault(("edit", t), {})[(key, k)] = edit
             maps.setdefault(("truth", t), {})[(key, k)] = true_map
+            if ae is not None:
+                maps.setdefault(("autoencoder", t), {})[key] = smooth(ae[(key, t)] - ae[(key, "source")])
         other = SIDES[1 - SIDES.index(s.side)]
         row["effusion_other_side"] = (finals["pleural effusion"][f"effusion_fraction_{other}"]
                                       - null_read[f"effusion_fraction_{other}"])
@@ -382,13 +400,15 @@ def measure(results: dict[tuple[str, int], EditResult], subjects: list[Subject],
         slug, edits, truths = t.split()[-1], maps[("edit", t)], maps[("truth", t)]
         mean_edit, mean_truth = np.mean(list(edits.values()), 0), np.mean(list(truths.values()), 0)
         own_truth = {key: m for (key, k), m in truths.items() if k == 0}
+        # retrieval on change maps, not frames (a frame is nearest its own subject's truth whatever the edit did: the
+        # anatomy dominates), by correlation (the pattern; the size is the ratio r's business)
+        limit = retrieval_hits(maps[("autoencoder", t)], own_truth) if ae is not None else {}
         for (key, k), edit in edits.items():
             row = next(r for r in per[by_key[key].index] if r["seed"] == k)
             row[f"{slug}_identity_corr"] = corr(edit - mean_edit, truths[(key, k)] - mean_truth)
-            # retrieval on change maps, not frames (a frame is nearest its own subject's truth whatever the edit did:
-            # the anatomy dominates), by correlation (the pattern; the size is the ratio r's business)
-            sims = {j: corr(edit, m) for j, m in own_truth.items()}
-            row[f"{slug}_retrieved_self"] = float(max(sims, key=sims.get) == key)
+            row[f"{slug}_retrieved_self"] = retrieval_hits({key: edit}, own_truth)[key]
+            if limit:
+                row[f"{slug}_retrieved_self_autoencoder_limit"] = limit[key]
     return summarise(per)
 
 
@@ -409,6 +429,9 @@ def summarise(per: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
                                       stats[f"{slug}_identity_corr"][0] >= th["identity_corr_min"])
         retrieval = float(np.mean([v[f"{slug}_retrieved_self"] for v in subjects.values()]))
         checks[f"retrieval {slug}"] = (retrieval, retrieval >= th["retrieval_min"])
+        if all(f"{slug}_retrieved_self_autoencoder_limit" in v for v in subjects.values()):
+            stats[f"{slug}_retrieval_autoencoder_limit"] = (float(np.mean(
+                [v[f"{slug}_retrieved_self_autoencoder_limit"] for v in subjects.values()])), np.nan, np.nan)
         checks[f"off-target P {slug}"] = (stats[f"{slug}_off_target"][0],
                                           stats[f"{slug}_off_target"][0] <= th["off_target_probability_max"])
         checks[f"specificity {slug}"] = (stats[f"{slug}_specificity"][0],
@@ -540,14 +563,14 @@ def evaluate_cxr(cohort_dir: str, settings_file: str = "docs/validation/cxr_sett
         res = edit_subjects(progression, model_path, settings, subjects, num_seeds, rois, work / slugs[name], overrides,
                             tally)
         timing[name] = time.perf_counter() - t
-        methods[name] = {"settings": settings.as_dict(), **measure(res, subjects, readers, ae)}
+        methods[name] = {"settings": settings.as_dict(), **measure(res, subjects, readers, ae, rois)}
         shown[name] = res[(subjects[0].key, 0)]
     if workers > 1:  # the sequential pass found every run recorded: count what the parallel pass did
         tally = {"ran": reused.count(False), "reused": reused.count(True)}
     linear = linear_results(linear_baseline(cohort, size), subjects, rois, num_seeds)
     methods["linear baseline"] = {"settings": {"model": "intensity ~ 1 + the four finding severities, pixelwise OLS "
                                                         "on the cohort's training images; added inside the ROI"},
-                                  **measure(linear, subjects, readers, ae)}
+                                  **measure(linear, subjects, readers, ae, rois)}
     shown["linear baseline"] = linear[(subjects[0].key, 0)]
     methods_figure(subjects[0], shown, Path(output_dir) / "figures" / "cxr_progression_methods.png")
     lin = methods["linear baseline"]["stats"]
@@ -640,7 +663,11 @@ def write_report(methods: dict[str, Any], frozen: dict[str, Any], params: dict[s
                  (f"{slug}_off_target", f"{t}: max P(other findings)", 2),
                  (f"{slug}_thorax_width_change_px", f"{t}: abs(thoracic width change) vs null (px)", 2),
                  (f"{slug}_identity_corr", f"{t}: subject-specific correlation", 2),
+                 (f"{slug}_retrieval_autoencoder_limit", f"{t}: retrieval of the autoencoder's round trip of the truth "
+                                                         "(share of phantoms; limit)", 2),
                  (f"{slug}_specificity", f"{t}: still / changing region", 2),
+                 (f"{slug}_bone_change", f"{t}: bones in the ROI where the truth is still / where it changes (raw "
+                                         "abs change)", 2),
                  (f"{slug}_null_whole_image", f"{t}: null / target whole-image change", 2)]
     rows.append(("effusion_other_side", "effusion: change on the other side (height)", 3))
     for key, label, nd in rows:

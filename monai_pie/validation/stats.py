@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["corr", "format_ci", "median_ci", "r_squared", "seed_cv", "spearman", "subject_medians"]
+__all__ = ["corr", "format_ci", "median_ci", "r_squared", "retrieval_hits", "seed_cv", "spearman", "subject_medians"]
 
 
 def median_ci(values: Sequence[float], num_resamples: int = 2000, level: float = 0.95,
@@ -46,6 +46,26 @@ def corr(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     den = float(np.sqrt((a * a).sum() * (b * b).sum()))
     return float("nan") if den == 0 else float((a * b).sum() / den)
+
+
+def retrieval_hits(maps: Mapping[Any, np.ndarray], truths: Mapping[Any, np.ndarray],
+                   mask: np.ndarray | None = None) -> dict[Any, float]:
+    """Per key of ``maps``: 1.0 when its map correlates best with the truth of the same key among all ``truths``
+    (inside ``mask``), else 0.0.
+
+    Args:
+        maps: Change maps of the edits (any shape, one per subject key).
+        truths: The candidates: true change maps of the same shape, by subject key (the keys of ``maps`` among them).
+        mask: Boolean mask of the same shape the correlations are taken over; None: everywhere.
+    """
+    pick = (lambda a: a[mask]) if mask is not None else np.ravel
+    out = {}
+    for k, m in maps.items():
+        if k not in truths:
+            raise KeyError(f"retrieval: {k!r} has no truth among the candidates {sorted(map(str, truths))}.")
+        sims = {j: corr(pick(m), pick(t)) for j, t in truths.items()}
+        out[k] = float(max(sims, key=sims.get) == k)
+    return out
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:

@@ -54,6 +54,7 @@ def test_subjects_truth_is_the_same_phantom_with_the_finding_on_the_side_asked_f
         ladder = [s.true_change("cardiomegaly", f"cardiomegaly@{v}") for v in cp.LADDER[:-1]]
         assert ladder == sorted(ladder) and ladder[-1] < s.true_change("cardiomegaly")
         assert np.array(Image.open(s.path)).dtype == np.uint16  # the source is written losslessly enough (16 bit)
+        assert s.bones.shape == (64, 64) and 0.05 < s.bones.mean() < 0.5  # the source's ribs, spine, clavicles
     assert subjects[0].seed == 123 and subjects[1].seed == 124
 
 
@@ -147,6 +148,11 @@ def test_tune_then_evaluate_end_to_end(generalist, cxr_trained, tmp_path):
     # the counterfactual null edit is the identity by construction: no change whatever the model and readers
     assert all(s["null_ctr_max"] < 1e-4 and abs(s["cardiomegaly_null"]) < 1e-4 for s in cf["subjects"].values())
     assert data["methods"]["counterfactual (tuned)"]["num_seeds"] == 2
+    # bones and the autoencoder's retrieval limit are measured for every method, the linear baseline included
+    for m in data["methods"].values():
+        assert all(np.isfinite(m["stats"][f"{t.split()[-1]}_bone_change"][0]) for t in cp.TARGETS)
+        assert 0.0 <= m["stats"]["effusion_retrieval_autoencoder_limit"][0] <= 1.0
+    assert "bones in the ROI where the truth is still" in report
     assert (tmp_path / "docs" / "figures" / "cxr_progression_methods.png").is_file()
 
 

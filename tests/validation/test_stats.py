@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from monai_pie.validation.stats import corr, format_ci, median_ci, r_squared, spearman
+from monai_pie.validation.stats import corr, format_ci, median_ci, r_squared, retrieval_hits, spearman
 
 
 def test_median_ci_brackets_the_median_and_drops_nans():
@@ -34,6 +34,24 @@ def test_correlations():
     assert math.isnan(corr(x, np.ones(10)))
     assert spearman([0.3, 0.5, 0.7, 0.9], [1.0, 2.0, 2.5, 10.0]) == pytest.approx(1.0)
     assert spearman([0.3, 0.5, 0.7, 0.9], [1.0, 3.0, 2.0, 4.0]) < 1.0
+
+
+def test_retrieval_finds_the_own_truth_only_when_the_subject_specific_part_survives():
+    rng = np.random.default_rng(0)
+    common = rng.standard_normal((6, 6))
+    truths = {k: common + 0.3 * rng.standard_normal((6, 6)) for k in "abcd"}
+    own = {k: t + 0.05 * rng.standard_normal((6, 6)) for k, t in truths.items()}
+    assert retrieval_hits(own, truths) == {k: 1.0 for k in "abcd"}
+    # the common pattern alone (the subject's own part lost) picks whichever truth happens to be nearest
+    assert sum(retrieval_hits({k: common for k in "abcd"}, truths).values()) == 1.0
+    swapped = {"a": truths["b"], "b": truths["a"]}
+    assert retrieval_hits(swapped, truths) == {"a": 0.0, "b": 0.0}
+    mask = np.zeros((6, 6), bool)
+    mask[:3] = True  # only the masked part counts: a map that matches there is retrieved
+    half = {"a": np.where(mask, truths["a"], truths["c"])}
+    assert retrieval_hits(half, truths, mask) == {"a": 1.0}
+    with pytest.raises(KeyError, match="'z' has no truth"):
+        retrieval_hits({"z": common}, truths)
 
 
 def test_format_ci_prints_the_median_and_interval_or_na():

@@ -569,7 +569,8 @@ def render_cxr_phantom(
 
     Returns:
         dict: ``image``: ``(size, size)`` float32 in [0, 1] (bright = dense); ``masks``: ``{lungs, heart, thorax,
-            effusion, opacity, perihilar}`` boolean ``(size, size)``; ``report``: PIE prompt; ``severity``:
+            effusion, opacity, perihilar, bones}`` boolean ``(size, size)`` (bones: ribs, spine, clavicles, humeral
+            heads); ``report``: PIE prompt; ``severity``:
             ``{finding: float}``; ``labels``: ``{finding_key: 0/1}`` (severity > :data:`CXR_PRESENCE_THRESHOLD`);
             measured truth ``ctr``, ``heart_width_px``, ``thoracic_width_px``, ``effusion_fraction`` (max of the
             sides), ``effusion_fraction_right``, ``effusion_fraction_left``, ``opacity_area_px``,
@@ -630,12 +631,13 @@ def render_cxr_phantom(
     static = 0.8 * _body(f) * (1 + 0.04 * habitus) + 0.03 * fill_eff * lung_soft
     static -= 0.1 * _blur(_airways(f), 1.0 * px)
     static += 0.03 * _blur(m["heart"], 1.0 * px) * np.clip(f.u + 0.9, 0, 1)  # thicker towards the apex
-    static += 0.13 * _clavicles(f) + 0.12 * _humeri(f)
+    ribs, spine, clavicles, humeri = _ribs(f), _spine(f), _clavicles(f), _humeri(f)
+    static += 0.13 * clavicles + 0.12 * humeri
     if s.gastric_bubble:
         gx, gy = s.center_x + 0.5 * s.thorax_half_width, float(f.y_of_t(s.dome_left_t + 0.12))
         static -= 0.15 * _band(np.hypot((f.x - gx) / 0.06, (f.y - gy) / 0.03), 1.0) * (f.y > gy - 0.01)
     lung_markings = (0.12 * vessels + 0.02 * parenchyma) * lung_soft
-    bones = 0.075 * _ribs(f) + 0.05 * _spine(f)
+    bones = 0.075 * ribs + 0.05 * spine
 
     def density(with_edema: bool) -> np.ndarray:
         kept = (1 - fill_eff) * (1 - fill_op) * (1 - fill_ed if with_edema else 1.0)
@@ -663,6 +665,7 @@ def render_cxr_phantom(
             "effusion": eff_mask,
             "opacity": op_mask,
             "perihilar": perihilar,
+            "bones": (ribs + spine + clavicles + humeri) > 0.5,
         },
         "report": cxr_report(k for k, v in sev.items() if v > CXR_PRESENCE_THRESHOLD),
         "severity": sev,

@@ -57,6 +57,11 @@ def test_image_and_mask_contract(size):
     assert img[m["lungs"]].mean() < img[m["heart"]].mean() - 0.25
     cols = np.nonzero(m["heart"].any(axis=0))[0]
     assert cols.mean() > size / 2
+    # bones (ribs, spine, clavicles) are brighter than the lung they cross, and a finding does not move them
+    assert img[m["bones"] & m["lungs"]].mean() > img[m["lungs"] & ~m["bones"]].mean()
+    assert m["bones"][:, size // 2].mean() > 0.5  # the spine runs down the middle
+    normal = render_cxr_phantom({}, seed=2, size=size)["masks"]["bones"]
+    np.testing.assert_array_equal(normal, m["bones"])
 
 
 def test_measured_ctr_increases_with_cardiomegaly_and_crosses_half():
