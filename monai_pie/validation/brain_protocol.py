@@ -362,12 +362,46 @@ def _mean_abs(x: np.ndarray, mask: np.ndarray) -> float:
     return float(np.abs(x)[mask].mean())
 
 
-def measure_subject(s: Subject, res: EditResult, readers: dict[str, str], ctx: Context,
-                    ae: tuple[np.ndarray, np.ndarray] | None
-                    ) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray | None]:
+def autoencoder_limit_subject(s: Subject, readers: dict[str, str], ctx: Context,
+                              ae: tuple[np.ndarray, np.ndarray]) -> tuple[dict[str, float], np.ndarray]:
+    """What a latent model can reach for one subject and noise draw (a job of :func:`autoencoder_limits`): the row of
+    limit measures and the smoothed change map of the autoencoder's round trip ``ae`` (source, target truth)."""
+    x0 = s.images[SOURCE_STAGE]
+    truth, read = true_change(s), marker_reader(readers, x0, ctx)
+    ae_change = ae[1] - ae[0]
+    ae_map = smooth(ae_change)
+    row = {"r2_autoencoder_limit": r_squared(ae_map, smooth(s.images[TARGET_STAGE] - x0), ctx.brain)}
+    # the truth's own round trip composed with the input as the bundle composes an edit: the plain residual, and
+    # bounded (what the frames' composition, not the model, lets a reader see)
+    composed = {"": x0 + ae_change, "_bounded": x0 + bounded_change_mm(x0, ae_change, BOUNDED_CHANGE_MM, ctx.voxel_mm)}
+    for suffix, frame in composed.items():
+        got = read(frame)
+        for m in MARKERS:
+            row[f"{m}_ratio_autoencoder_limit{suffix}"] = got[m] / truth[m]
+    return row, ae_map
+
+
+def autoencoder_limits(subjects: list[Subject], readers: dict[str, str], ctx: Context,
+                       ae: dict[tuple[str, float], np.ndarray], workers: int = 1) -> dict[str, dict[str, float]]:
+    """Per subject key, the limit rows of the autoencoder's round trip of the truth (R^2, marker ratios composed
+    plain and bounded, identity, retrieval): the same beside every method, so measured once per evaluation."""
+    jobs = [(s, readers, ctx, (ae[(s.key, SOURCE_STAGE)], ae[(s.key, TARGET_STAGE)])) for s in subjects]
+    rows, maps = {}, {}
+    for s, (row, ae_map) in zip(subjects, process_map(autoencoder_limit_subject, jobs, workers,
+                                                      desc="autoencoder limits")):
+        rows[s.key], maps[s.key] = row, ae_map
+    truth_maps = {s.key: smooth(s.images[TARGET_STAGE] - s.images[SOURCE_STAGE]) for s in subjects}
+    for k, (identity, retrieved) in identity_and_retrieval(maps, truth_maps, {s.key: s for s in subjects},
+                                                           ctx.brain).items():
+        rows[k]["identity_corr_autoencoder_limit"] = identity
+        rows[k]["retrieved_self_autoencoder_limit"] = retrieved
+    return rows
+
+
+def measure_subject(s: Subject, res: EditResult, readers: dict[str, str], ctx: Context
+                    ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """One subject and noise draw's measures (a job of :func:`measure`): ``(row, smoothed edit map, smoothed true
-    change map, smoothed change map of the autoencoder's round trip of the truth or None)``. ``res`` may hold frame
-    paths (read here) or arrays; ``ae`` is the autoencoder's round trip of the source and target truth."""
+    change map)``. ``res`` may hold frame paths (read here) or arrays."""
     res = res.loaded()
     x0, final = s.images[SOURCE_STAGE], res.dose[TARGET_STAGE]
     truth = true_change(s)
@@ -389,19 +423,6 @@ def measure_subject(s: Subject, res: EditResult, readers: dict[str, str], ctx: C
     edit = smooth(final - res.null)
     true_map = smooth(s.images[TARGET_STAGE] - x0)
     row["r2"] = r_squared(edit, true_map, ctx.brain)
-    ae_map = None
-    if ae is not None:
-        ae_change = ae[1] - ae[0]
-        ae_map = smooth(ae_change)
-        row["r2_autoencoder_limit"] = r_squared(ae_map, true_map, ctx.brain)
-        # the truth's own round trip composed with the input as the bundle composes an edit: the plain residual, and
-        # bounded (what the frames' composition, not the model, lets a reader see)
-        composed = {"": x0 + ae_change,
-                    "_bounded": x0 + bounded_change_mm(x0, ae_change, BOUNDED_CHANGE_MM, ctx.voxel_mm)}
-        for suffix, frame in composed.items():
-            got = read(frame)
-            for m in MARKERS:
-                row[f"{m}_ratio_autoencoder_limit{suffix}"] = got[m] / truth[m]
     row["null_whole_brain_ratio"] = _mean_abs(res.null - x0, ctx.brain) / max(_mean_abs(final - x0, ctx.brain), 1e-12)
     row["specificity"] = float(np.abs(edit)[ctx.deep_wm].mean() / max(np.abs(edit)[ctx.rois["ventricle"]].mean(),
                                                                        1e-12))
@@ -414,29 +435,24 @@ def measure_subject(s: Subject, res: EditResult, readers: dict[str, str], ctx: C
         row[f"{m}_age_ratio"] = (older_change[m] - null_change[m]) / true_age if aged else float("nan")
     row["age_r2"] = (r_squared(smooth(res.older - res.null), smooth(s.aged - x0), ctx.brain) if aged
                      else float("nan"))
-    return row, edit, true_map, ae_map
+    return row, edit, true_map
 
 
 def measure(results: dict[str, EditResult], subjects: list[Subject], readers: dict[str, str], ctx: Context,
-            ae: dict[tuple[str, float], np.ndarray] | None, workers: int = 1) -> dict[str, Any]:
+            limits: dict[str, dict[str, float]] | None, workers: int = 1) -> dict[str, Any]:
     """Every measure of one method over the subjects (per subject: averaged over noise seeds); the per-subject
-    measures run over ``workers`` processes."""
-    jobs = [(s, results[s.key], readers, ctx, None if ae is None else (ae[(s.key, SOURCE_STAGE)],
-                                                                     ae[(s.key, TARGET_STAGE)])) for s in subjects]
+    measures run over ``workers`` processes. ``limits`` (:func:`autoencoder_limits`, by subject key) join each
+    subject's row, so the report shows what a latent model can reach beside the method."""
+    jobs = [(s, results[s.key], readers, ctx) for s in subjects]
     per: dict[int, list[dict[str, Any]]] = {}
-    edit_maps, truth_maps, ae_maps = {}, {}, {}
-    for s, (row, edit, true_map, ae_map) in zip(subjects, process_map(measure_subject, jobs, workers,
-                                                                       desc="measures")):
-        per.setdefault(s.index, []).append(row)
-        edit_maps[s.key], truth_maps[s.key], ae_maps[s.key] = edit, true_map, ae_map
-    by_key = {s.key: s for s in subjects}
-    rows = {k: next(r for r in per[s.index] if r["noise"] == s.noise) for k, s in by_key.items()}
-    for k, (identity, retrieved) in identity_and_retrieval(edit_maps, truth_maps, by_key, ctx.brain).items():
+    edit_maps, truth_maps, rows = {}, {}, {}
+    for s, (row, edit, true_map) in zip(subjects, process_map(measure_subject, jobs, workers, desc="measures")):
+        rows[s.key] = {**row, **(limits or {}).get(s.key, {})}
+        per.setdefault(s.index, []).append(rows[s.key])
+        edit_maps[s.key], truth_maps[s.key] = edit, true_map
+    for k, (identity, retrieved) in identity_and_retrieval(edit_maps, truth_maps, {s.key: s for s in subjects},
+                                                           ctx.brain).items():
         rows[k]["identity_corr"], rows[k]["retrieved_self"] = identity, retrieved
-    if ae is not None:  # the same of the autoencoder's round trip of the truth: what a latent model can reach
-        for k, (identity, retrieved) in identity_and_retrieval(ae_maps, truth_maps, by_key, ctx.brain).items():
-            rows[k]["identity_corr_autoencoder_limit"] = identity
-            rows[k]["retrieved_self_autoencoder_limit"] = retrieved
     return summarise(per)
 
 
@@ -728,6 +744,7 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
     subjects = make_subjects(EVALUATION_SEED, num_subjects, num_seeds, work / "subjects", workers=workers,
                              older=AGE_YEARS)
     ae = autoencoder_round_trips(progression, model_path, subjects, work / "subjects", overrides=overrides)
+    limits = autoencoder_limits(subjects, readers, ctx, ae, workers)
     weights = {None: model_path, LONGITUDINAL_CONFIG: longitudinal_model_path}
     modes = validation_modes(progression, frozen)
     slugs = {name: mode_folder(name) for name in modes}
@@ -752,17 +769,17 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
         t = time.perf_counter()
         res = edit_subjects(progression, weights, settings, subjects, work / slugs[name], overrides, shards)
         timing[name] = time.perf_counter() - t
-        methods[name] = {"settings": settings.as_dict(), **measure(res, subjects, readers, ctx, ae, workers)}
+        methods[name] = {"settings": settings.as_dict(), **measure(res, subjects, readers, ctx, limits, workers)}
         shown[name] = res[subjects[0].key].loaded()
     linear = linear_results(linear_baseline(Path(cohort_dir)), subjects)
     methods["linear baseline"] = {"settings": {"model": "intensity ~ 1 + stage + age + sex, voxelwise OLS on the "
                                                         "cohort's training images"},
-                                  **measure(linear, subjects, readers, ctx, ae, workers)}
+                                  **measure(linear, subjects, readers, ctx, limits, workers)}
     shown["linear baseline"] = linear[subjects[0].key]
     rates = deformation_rates(Path(cohort_dir))
     deformation = deformation_results(rates, subjects, ctx, workers)
     methods["deformation baseline"] = {"settings": {"model": DEFORMATION_MODEL, "log_volume_change_per_unit": rates},
-                                       **measure(deformation, subjects, readers, ctx, ae, workers)}
+                                       **measure(deformation, subjects, readers, ctx, limits, workers)}
     shown["deformation baseline"] = deformation[subjects[0].key]
     methods_figure(subjects[0], shown, Path(output_dir) / "figures" / "brain_progression_methods.png")
     for name, m in methods.items():

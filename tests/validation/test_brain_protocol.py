@@ -89,7 +89,7 @@ def test_evaluation_needs_frozen_settings(tmp_path):
 
 
 @pytest.mark.slow
-def test_tune_then_evaluate_end_to_end(brain_cohort, brain_trained, longitudinal_trained, tmp_path):
+def test_tune_then_evaluate_end_to_end(brain_cohort, brain_trained, longitudinal_trained, tmp_path, monkeypatch):
     """Tiny networks, one tuning and two evaluation subjects: the settings are frozen, then read and hashed."""
     from helpers.bundle_helpers import BRAIN_NET, BRAIN_PROG
 
@@ -112,8 +112,12 @@ def test_tune_then_evaluate_end_to_end(brain_cohort, brain_trained, longitudinal
     assert frozen["modes"][bp.LONGITUDINAL_MODE]["num_rounds"] == bp.COUNTERFACTUAL_ROUNDS
     assert frozen["modes"][bp.LONGITUDINAL_MODE]["bounded_change_mm"] == 4.0
     assert "bounded_change_mm" not in frozen["modes"]["counterfactual (tuned)"]
+    limit_jobs = []  # the autoencoder's limit rows are the same beside every method: measured once per subject
+    monkeypatch.setattr(bp, "autoencoder_limit_subject",
+                        lambda s, *a, f=bp.autoencoder_limit_subject: limit_jobs.append(s.key) or f(s, *a))
     res = bp.evaluate_brain(str(brain_cohort), settings_file=str(settings_file), output_dir=str(tmp_path / "docs"),
                             work_dir=str(tmp_path / "eval"), num_subjects=2, num_seeds=1, **common)
+    assert len(limit_jobs) == len(set(limit_jobs)) == 2  # 2 subjects x 1 seed, not again for each of the 6 methods
     report = (tmp_path / "docs" / "validation" / "brain_progression.md").read_text()
     import hashlib
 
