@@ -118,6 +118,7 @@ def test_tune_then_evaluate_end_to_end(brain_cohort, brain_trained, longitudinal
     res = bp.evaluate_brain(str(brain_cohort), settings_file=str(settings_file), output_dir=str(tmp_path / "docs"),
                             work_dir=str(tmp_path / "eval"), num_subjects=2, num_seeds=1, **common)
     assert len(limit_jobs) == len(set(limit_jobs)) == 2  # 2 subjects x 1 seed, not again for each of the 6 methods
+    monkeypatch.undo()  # the parallel run below pickles the jobs
     report = (tmp_path / "docs" / "validation" / "brain_progression.md").read_text()
     import hashlib
 
