@@ -53,7 +53,7 @@ from .protocol import (
     write_evaluation,
 )
 from .settings import ProgressionSettings
-from .stats import corr, format_ci, r_squared, retrieval_hits, seed_cv, spearman, subject_medians
+from .stats import corr, format_ci, r_squared, retrieval_correlations, seed_cv, spearman, subject_medians
 
 __all__ = ["READERS", "THRESHOLDS", "evaluate_brain", "tune_brain"]
 
@@ -391,10 +391,12 @@ def autoencoder_limits(subjects: list[Subject], readers: dict[str, str], ctx: Co
                                                       desc="autoencoder limits")):
         rows[s.key], maps[s.key] = row, ae_map
     truth_maps = {s.key: smooth(s.images[TARGET_STAGE] - s.images[SOURCE_STAGE]) for s in subjects}
-    for k, (identity, retrieved) in identity_and_retrieval(maps, truth_maps, {s.key: s for s in subjects},
-                                                           ctx.brain).items():
-        rows[k]["identity_corr_autoencoder_limit"] = identity
-        rows[k]["retrieved_self_autoencoder_limit"] = retrieved
+    by_key = {s.key: s for s in subjects}
+    for k, measured in identity_and_retrieval(maps, truth_maps, by_key, ctx.brain).items():
+        rows[k].update({f"{name}_autoencoder_limit": v for name, v in measured.items()})
+    for k in truth_maps:  # how alike the subjects' true changes are: what retrieval must tell apart (the cohort's)
+        nearest = retrieval_correlations({k: truth_maps[k]}, same_noise(truth_maps, by_key, k), ctx.brain)[k][1]
+        rows[k]["truth_nearest_other_corr"] = nearest
     return rows
 
 
@@ -450,17 +452,22 @@ def measure(results: dict[str, EditResult], subjects: list[Subject], readers: di
         rows[s.key] = {**row, **(limits or {}).get(s.key, {})}
         per.setdefault(s.index, []).append(rows[s.key])
         edit_maps[s.key], truth_maps[s.key] = edit, true_map
-    for k, (identity, retrieved) in identity_and_retrieval(edit_maps, truth_maps, {s.key: s for s in subjects},
-                                                           ctx.brain).items():
-        rows[k]["identity_corr"], rows[k]["retrieved_self"] = identity, retrieved
+    for k, measured in identity_and_retrieval(edit_maps, truth_maps, {s.key: s for s in subjects}, ctx.brain).items():
+        rows[k].update(measured)
     return summarise(per)
 
 
+def same_noise(truth_maps: dict[str, np.ndarray], subjects: dict[str, Subject], key: str) -> dict[str, np.ndarray]:
+    """The true change maps of the subjects drawn with the same noise seed as ``key``'s: its retrieval candidates."""
+    return {j: m for j, m in truth_maps.items() if subjects[j].noise == subjects[key].noise}
+
+
 def identity_and_retrieval(maps: dict[str, np.ndarray], truth_maps: dict[str, np.ndarray],
-                           subjects: dict[str, Subject], brain: np.ndarray) -> dict[str, tuple[float, float]]:
-    """Per subject key: the correlation of its own part of the change map (minus the mean over subjects) with its own
-    truth's, and whether its map correlates best with its own true change among the subjects of the same noise
-    seed (1.0 or 0.0).
+                           subjects: dict[str, Subject], brain: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per subject key: ``identity_corr``, the correlation of its own part of the change map (minus the mean over
+    subjects) with its own truth's; ``retrieved_self``, whether its map correlates best with its own true change
+    among the subjects of the same noise seed (1.0 or 0.0); and the two correlations that decides between,
+    ``retrieval_own_corr`` and ``retrieval_other_corr`` (the nearest other subject's truth).
 
     Args:
         maps, truth_maps: smoothed change maps ``(X, Y, Z)`` of an edit and of the truth, by subject key.
@@ -472,12 +479,12 @@ def identity_and_retrieval(maps: dict[str, np.ndarray], truth_maps: dict[str, np
     mean_truth = np.mean([truth_maps[k] for k in keys], 0)
     out = {}
     for k in keys:
-        s = subjects[k]
         identity = corr((maps[k] - mean_map)[brain], (truth_maps[k] - mean_truth)[brain])
         # retrieval on change maps, not frames (a frame is nearest its own subject's truth whatever the edit did: the
         # anatomy dominates), by correlation (the pattern; the size is the ratio r's business)
-        same_noise = {j: truth_maps[j] for j in keys if subjects[j].noise == s.noise}
-        out[k] = (identity, retrieval_hits({k: maps[k]}, same_noise, brain)[k])
+        own, other = retrieval_correlations({k: maps[k]}, same_noise(truth_maps, subjects, k), brain)[k]
+        out[k] = {"identity_corr": identity, "retrieved_self": float(own > other), "retrieval_own_corr": own,
+                  "retrieval_other_corr": other}
     return out
 
 
@@ -883,6 +890,15 @@ def write_report(methods: dict[str, Any], frozen: dict[str, Any], params: dict[s
                                                            "trip of the truth (limit)"),
                        ("retrieval_autoencoder_limit", "retrieval of the autoencoder's round trip of the truth (share "
                                                        "of subjects; limit)"),
+                       ("retrieval_own_corr", "retrieval: correlation of the change map with the subject's own true "
+                                              "change"),
+                       ("retrieval_other_corr", "the same with the nearest other subject's true change (retrieved when "
+                                                "below the row above)"),
+                       ("retrieval_own_corr_autoencoder_limit", "the same two for the autoencoder's round trip of the "
+                                                                "truth: own (limit)"),
+                       ("retrieval_other_corr_autoencoder_limit", "nearest other (limit)"),
+                       ("truth_nearest_other_corr", "how alike the true changes are: a subject's true change map "
+                                                    "against the nearest other subject's"),
                        ("specificity", "deep WM / ventricle ROI"),
                        ("ventricle_ml_age_true", f"true ventricle change, {AGE_YEARS:g} years older (ml)"),
                        ("ventricle_ml_age_ratio", "age-only edit: ventricle r"),

@@ -53,7 +53,7 @@ from .protocol import (
     write_evaluation,
 )
 from .settings import ProgressionSettings
-from .stats import corr, format_ci, r_squared, retrieval_hits, seed_cv, subject_medians
+from .stats import corr, format_ci, r_squared, retrieval_correlations, retrieval_hits, seed_cv, subject_medians
 
 __all__ = ["THRESHOLDS", "evaluate_cxr", "tune_cxr"]
 
@@ -403,10 +403,14 @@ def measure(results: dict[tuple[str, int], EditResult], subjects: list[Subject],
         # retrieval on change maps, not frames (a frame is nearest its own subject's truth whatever the edit did: the
         # anatomy dominates), by correlation (the pattern; the size is the ratio r's business)
         limit = retrieval_hits(maps[("autoencoder", t)], own_truth) if ae is not None else {}
+        alike = retrieval_correlations(own_truth, own_truth)  # how alike the phantoms' true changes are
         for (key, k), edit in edits.items():
             row = next(r for r in per[by_key[key].index] if r["seed"] == k)
             row[f"{slug}_identity_corr"] = corr(edit - mean_edit, truths[(key, k)] - mean_truth)
-            row[f"{slug}_retrieved_self"] = retrieval_hits({key: edit}, own_truth)[key]
+            own, other = retrieval_correlations({key: edit}, own_truth)[key]
+            row[f"{slug}_retrieved_self"] = float(own > other)
+            row[f"{slug}_retrieval_own_corr"], row[f"{slug}_retrieval_other_corr"] = own, other
+            row[f"{slug}_truth_nearest_other_corr"] = alike[key][1]
             if limit:
                 row[f"{slug}_retrieved_self_autoencoder_limit"] = limit[key]
     return summarise(per)
@@ -665,6 +669,12 @@ def write_report(methods: dict[str, Any], frozen: dict[str, Any], params: dict[s
                  (f"{slug}_identity_corr", f"{t}: subject-specific correlation", 2),
                  (f"{slug}_retrieval_autoencoder_limit", f"{t}: retrieval of the autoencoder's round trip of the truth "
                                                          "(share of phantoms; limit)", 2),
+                 (f"{slug}_retrieval_own_corr", f"{t}: retrieval: correlation of the change map with the phantom's own "
+                                                "true change", 2),
+                 (f"{slug}_retrieval_other_corr", f"{t}: the same with the nearest other phantom's true change "
+                                                  "(retrieved when below the row above)", 2),
+                 (f"{slug}_truth_nearest_other_corr", f"{t}: how alike the true changes are: a phantom's true change "
+                                                      "map against the nearest other phantom's", 2),
                  (f"{slug}_specificity", f"{t}: still / changing region", 2),
                  (f"{slug}_bone_change", f"{t}: bones in the ROI where the truth is still / where it changes (raw "
                                          "abs change)", 2),

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["corr", "format_ci", "median_ci", "r_squared", "retrieval_hits", "seed_cv", "spearman", "subject_medians"]
+__all__ = ["corr", "format_ci", "median_ci", "r_squared", "retrieval_correlations", "retrieval_hits", "seed_cv",
+           "spearman", "subject_medians"]
 
 
 def median_ci(values: Sequence[float], num_resamples: int = 2000, level: float = 0.95,
@@ -48,24 +49,33 @@ def corr(a: np.ndarray, b: np.ndarray) -> float:
     return float("nan") if den == 0 else float((a * b).sum() / den)
 
 
-def retrieval_hits(maps: Mapping[Any, np.ndarray], truths: Mapping[Any, np.ndarray],
-                   mask: np.ndarray | None = None) -> dict[Any, float]:
-    """Per key of ``maps``: 1.0 when its map correlates best with the truth of the same key among all ``truths``
-    (inside ``mask``), else 0.0.
+def retrieval_correlations(maps: Mapping[Any, np.ndarray], truths: Mapping[Any, np.ndarray],
+                           mask: np.ndarray | None = None) -> dict[Any, tuple[float, float]]:
+    """Per key of ``maps``: its map's correlation with the truth of the same key, and the highest with any other
+    key's truth (inside ``mask``): what retrieval compares, so a report can show by how much it misses.
 
     Args:
         maps: Change maps of the edits (any shape, one per subject key).
-        truths: The candidates: true change maps of the same shape, by subject key (the keys of ``maps`` among them).
+        truths: The candidates: true change maps of the same shape, by subject key (the keys of ``maps`` among them,
+            and at least one other).
         mask: Boolean mask of the same shape the correlations are taken over; None: everywhere.
     """
     pick = (lambda a: a[mask]) if mask is not None else np.ravel
     out = {}
     for k, m in maps.items():
-        if k not in truths:
-            raise KeyError(f"retrieval: {k!r} has no truth among the candidates {sorted(map(str, truths))}.")
-        sims = {j: corr(pick(m), pick(t)) for j, t in truths.items()}
-        out[k] = float(max(sims, key=sims.get) == k)
+        if k not in truths or len(truths) < 2:
+            raise KeyError(f"retrieval: {k!r} needs its own truth and another among the candidates "
+                           f"{sorted(map(str, truths))}.")
+        others = [corr(pick(m), pick(t)) for j, t in truths.items() if j != k]
+        out[k] = (corr(pick(m), pick(truths[k])), max(others))
     return out
+
+
+def retrieval_hits(maps: Mapping[Any, np.ndarray], truths: Mapping[Any, np.ndarray],
+                   mask: np.ndarray | None = None) -> dict[Any, float]:
+    """Per key of ``maps``: 1.0 when its map correlates best with the truth of the same key among all ``truths``
+    (inside ``mask``), else 0.0 (arguments as :func:`retrieval_correlations`)."""
+    return {k: float(own > other) for k, (own, other) in retrieval_correlations(maps, truths, mask).items()}
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:

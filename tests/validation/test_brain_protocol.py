@@ -136,6 +136,10 @@ def test_tune_then_evaluate_end_to_end(brain_cohort, brain_trained, longitudinal
     assert all(np.isfinite(cf["stats"][f"{m}_ratio_autoencoder_limit{b}"][0]) for m in bp.MARKERS
                for b in ("", "_bounded"))
     assert "composed bounded (limit)" in report and '"bounded_change_mm": 4.0' in report
+    for key in ("retrieval_own_corr", "retrieval_other_corr", "retrieval_own_corr_autoencoder_limit",
+                "truth_nearest_other_corr"):  # what retrieval decides between, beside how alike the truths are
+        assert -1.0 <= cf["stats"][key][0] <= 1.0, key
+    assert "how alike the true changes are" in report
     assert data["methods"]["linear baseline"]["checks"]["null ventricle_ml"][1]  # and so is the linear model's
     # both baselines and every mode carry the age-only edit (own stage, AGE_YEARS older, first seeds)
     for name in (*bp.BASELINES, "counterfactual (tuned)", bp.LONGITUDINAL_MODE):
@@ -314,8 +318,9 @@ def test_identity_and_retrieval_see_the_subjects_own_pattern():
     own = {k: rng.standard_normal((6, 6, 6)) for k in subjects}
     truth = {k: shared + own[k] for k in subjects}
     faithful = bp.identity_and_retrieval({k: 0.5 * truth[k] for k in subjects}, truth, subjects, brain)
-    assert all(identity > 0.99 and retrieved == 1.0 for identity, retrieved in faithful.values())
+    assert all(v["identity_corr"] > 0.99 and v["retrieved_self"] == 1.0 for v in faithful.values())
+    assert all(v["retrieval_own_corr"] > 0.99 > v["retrieval_other_corr"] for v in faithful.values())
     generic = {k: shared + 0.01 * rng.standard_normal((6, 6, 6)) for k in subjects}
     blind = bp.identity_and_retrieval(generic, truth, subjects, brain)
-    assert np.median([identity for identity, _ in blind.values()]) < 0.5
-    assert np.mean([retrieved for _, retrieved in blind.values()]) < 0.6
+    assert np.median([v["identity_corr"] for v in blind.values()]) < 0.5
+    assert np.mean([v["retrieved_self"] for v in blind.values()]) < 0.6

@@ -152,7 +152,10 @@ def test_tune_then_evaluate_end_to_end(generalist, cxr_trained, tmp_path):
     for m in data["methods"].values():
         assert all(np.isfinite(m["stats"][f"{t.split()[-1]}_bone_change"][0]) for t in cp.TARGETS)
         assert 0.0 <= m["stats"]["effusion_retrieval_autoencoder_limit"][0] <= 1.0
-    assert "bones in the ROI where the truth is still" in report
+        assert 0.0 < m["stats"]["cardiomegaly_truth_nearest_other_corr"][0] <= 1.0  # the truths, whatever the method
+        for key in ("retrieval_own_corr", "retrieval_other_corr"):  # NaN where a tiny net's edit map is constant
+            assert not abs(m["stats"][f"cardiomegaly_{key}"][0]) > 1.0
+    assert "bones in the ROI where the truth is still" in report and "how alike the true changes are" in report
     assert (tmp_path / "docs" / "figures" / "cxr_progression_methods.png").is_file()
 
 

@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from monai_pie.validation.stats import corr, format_ci, median_ci, r_squared, retrieval_hits, spearman
+from monai_pie.validation.stats import (
+    corr,
+    format_ci,
+    median_ci,
+    r_squared,
+    retrieval_correlations,
+    retrieval_hits,
+    spearman,
+)
 
 
 def test_median_ci_brackets_the_median_and_drops_nans():
@@ -50,8 +58,11 @@ def test_retrieval_finds_the_own_truth_only_when_the_subject_specific_part_survi
     mask[:3] = True  # only the masked part counts: a map that matches there is retrieved
     half = {"a": np.where(mask, truths["a"], truths["c"])}
     assert retrieval_hits(half, truths, mask) == {"a": 1.0}
-    with pytest.raises(KeyError, match="'z' has no truth"):
+    with pytest.raises(KeyError, match="'z' needs its own truth"):
         retrieval_hits({"z": common}, truths)
+    # the two correlations retrieval decides between: own truth first, nearest other second
+    own, other = retrieval_correlations({"a": truths["a"]}, truths)["a"]
+    assert own == pytest.approx(1.0) and other == max(corr(truths["a"], truths[k]) for k in "bcd") < 1.0
 
 
 def test_format_ci_prints_the_median_and_interval_or_na():
