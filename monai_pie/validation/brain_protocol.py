@@ -49,11 +49,13 @@ from .protocol import (
     read_frozen,
     recorded_parts,
     recorded_progression_run,
+    split_description,
+    split_seed,
     validation_modes,
     write_evaluation,
 )
 from .settings import ProgressionSettings
-from .stats import corr, format_ci, r_squared, retrieval_correlations, seed_cv, spearman, subject_medians
+from .stats import corr, format_ci, r_squared, retrieval_correlations, retrieval_hit, seed_cv, spearman, subject_medians
 
 __all__ = ["READERS", "THRESHOLDS", "evaluate_brain", "tune_brain"]
 
@@ -483,7 +485,7 @@ def identity_and_retrieval(maps: dict[str, np.ndarray], truth_maps: dict[str, np
         # retrieval on change maps, not frames (a frame is nearest its own subject's truth whatever the edit did: the
         # anatomy dominates), by correlation (the pattern; the size is the ratio r's business)
         own, other = retrieval_correlations({k: maps[k]}, same_noise(truth_maps, subjects, k), brain)[k]
-        out[k] = {"identity_corr": identity, "retrieved_self": float(own > other), "retrieval_own_corr": own,
+        out[k] = {"identity_corr": identity, "retrieved_self": retrieval_hit(own, other), "retrieval_own_corr": own,
                   "retrieval_other_corr": other}
     return out
 
@@ -731,8 +733,10 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
                    num_seeds: int = 3, model_path: str | None = None,
                    progression_bundle: str = "brain_mri_progression",
                    overrides: dict[str, Any] | None = None, longitudinal_model_path: str | None = None,
-                   workers: int = 1, shards: int | None = None) -> dict[str, Any]:
+                   workers: int = 1, shards: int | None = None, evaluation_seed: int | None = None) -> dict[str, Any]:
     """Evaluation split: fresh subjects, the frozen settings, every mode and both baselines; the report.
+    ``evaluation_seed`` (e.g. ``950000``, with its own ``work_dir``) evaluates a confirmation split of subjects no
+    earlier evaluation saw instead of the frozen file's evaluation seeds.
     ``model_path`` / ``longitudinal_model_path`` replace the bundle's cross-sectional / longitudinal weights.
     ``workers > 1`` synthesises and measures the subjects over that many processes and runs every mode's edits side by
     side, each mode's items in shards (records under ``<mode>/part<k>``: a rerun reuses them only with the same
@@ -748,8 +752,8 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
     frozen, digest = read_frozen(path, "brain")
     progression, work, ctx = bundle_dir(progression_bundle), Path(work_dir), Context.build()
     readers = frozen["readers"]
-    subjects = make_subjects(EVALUATION_SEED, num_subjects, num_seeds, work / "subjects", workers=workers,
-                             older=AGE_YEARS)
+    first_seed = split_seed(frozen, evaluation_seed, num_subjects)
+    subjects = make_subjects(first_seed, num_subjects, num_seeds, work / "subjects", workers=workers, older=AGE_YEARS)
     ae = autoencoder_round_trips(progression, model_path, subjects, work / "subjects", overrides=overrides)
     limits = autoencoder_limits(subjects, readers, ctx, ae, workers)
     weights = {None: model_path, LONGITUDINAL_CONFIG: longitudinal_model_path}
@@ -800,7 +804,7 @@ def evaluate_brain(cohort_dir: str, settings_file: str = "docs/validation/brain_
               "num_seeds": num_seeds, "model_path": model_path or "the bundle's models/model.pt",
               "longitudinal_model_path": longitudinal_model_path or "the bundle's models/model_longitudinal.pt",
               "seconds_per_mode": timing, "cohort_dir": cohort_dir, "workers": workers, "shards": shards,
-              "machine": machine()}
+              "machine": machine(), "evaluation_seed": first_seed}
     params["edit_parts_reused"] = [int(sum(reused)), len(reused)]
     if workers > 1:
         params["seconds_parallel_runs"] = parallel_seconds
@@ -832,8 +836,9 @@ def write_report(methods: dict[str, Any], frozen: dict[str, Any], params: dict[s
         f"Command: `{params['command']}`  ",
         f"Settings: `{params['settings_file']}` (sha256 `{params['settings_sha256'][:16]}...`, frozen "
         f"{frozen['frozen_at']} on {frozen['splits']['tuning_subjects']} tuning subjects, seeds "
-        f"{frozen['splits']['tuning_seed']}+); evaluation: {first['num_subjects']} fresh subjects (seeds "
-        f"{frozen['splits']['evaluation_seed']}+) x {first['num_seeds']} noise/sampler seeds; model "
+        f"{frozen['splits']['tuning_seed']}+); evaluation: {first['num_subjects']} "
+        f"{split_description(frozen, params.get('evaluation_seed', EVALUATION_SEED), 'subjects')} x "
+        f"{first['num_seeds']} noise/sampler seeds; model "
         f"{params['model_path']}"
         + (f", longitudinal model {params['longitudinal_model_path']}" if LONGITUDINAL_MODE in methods else "")
         + f"; {params['seconds'] / 60:.0f} min in all on {params.get('machine', 'an unrecorded machine')}"

@@ -49,11 +49,22 @@ from .protocol import (
     parallel_progression_runs,
     read_frozen,
     recorded_progression_run,
+    split_description,
+    split_seed,
     validation_modes,
     write_evaluation,
 )
 from .settings import ProgressionSettings
-from .stats import corr, format_ci, r_squared, retrieval_correlations, retrieval_hits, seed_cv, subject_medians
+from .stats import (
+    corr,
+    format_ci,
+    r_squared,
+    retrieval_correlations,
+    retrieval_hit,
+    retrieval_hits,
+    seed_cv,
+    subject_medians,
+)
 
 __all__ = ["THRESHOLDS", "evaluate_cxr", "tune_cxr"]
 
@@ -408,7 +419,7 @@ def measure(results: dict[tuple[str, int], EditResult], subjects: list[Subject],
             row = next(r for r in per[by_key[key].index] if r["seed"] == k)
             row[f"{slug}_identity_corr"] = corr(edit - mean_edit, truths[(key, k)] - mean_truth)
             own, other = retrieval_correlations({key: edit}, own_truth)[key]
-            row[f"{slug}_retrieved_self"] = float(own > other)
+            row[f"{slug}_retrieved_self"] = retrieval_hit(own, other)
             row[f"{slug}_retrieval_own_corr"], row[f"{slug}_retrieval_other_corr"] = own, other
             row[f"{slug}_truth_nearest_other_corr"] = alike[key][1]
             if limit:
@@ -522,7 +533,7 @@ def evaluate_cxr(cohort_dir: str, settings_file: str = "docs/validation/cxr_sett
                  output_dir: str = "docs", work_dir: str = "outputs/validation/cxr_eval", num_subjects: int = 32,
                  num_seeds: int = 3, model_path: str | None = None, progression_bundle: str = "cxr_progression",
                  readers_dir: str | None = None, overrides: dict[str, Any] | None = None,
-                 workers: int = 1) -> dict[str, Any]:
+                 workers: int = 1, evaluation_seed: int | None = None) -> dict[str, Any]:
     """Evaluation split: fresh phantoms, the frozen settings, every mode and the linear baseline; the report.
 
     Args:
@@ -538,6 +549,8 @@ def evaluate_cxr(cohort_dir: str, settings_file: str = "docs/validation/cxr_sett
         overrides: Bundle config overrides for every run.
         workers: ``> 1``: every mode's seed runs side by side in that many processes first (they share a GPU), then
             the sequential pass reuses their records.
+        evaluation_seed: First phantom seed of a confirmation split (e.g. ``950000``, with its own ``work_dir``):
+            phantoms no earlier evaluation saw; default the frozen file's evaluation seeds.
     """
     t0 = time.perf_counter()
     cohort = Path(cohort_dir)
@@ -548,7 +561,8 @@ def evaluate_cxr(cohort_dir: str, settings_file: str = "docs/validation/cxr_sett
     size = _image_size(progression, overrides)
     rd = frozen["readers"]
     readers = load_readers(cohort, Path(readers_dir or rd["cache"]), size, rd["classifier_steps"], rd["mask_steps"])
-    subjects = make_subjects(EVALUATION_SEED, num_subjects, size, work / "subjects")
+    first_seed = split_seed(frozen, evaluation_seed, num_subjects)
+    subjects = make_subjects(first_seed, num_subjects, size, work / "subjects")
     rois = write_rois(size, work / "subjects")
     ae = autoencoder_round_trips(progression, model_path, subjects, work / "subjects", overrides=overrides)
     methods: dict[str, Any] = {}
@@ -587,7 +601,7 @@ def evaluate_cxr(cohort_dir: str, settings_file: str = "docs/validation/cxr_sett
     params = {"settings_file": str(path), "settings_sha256": digest, "num_subjects": num_subjects,
               "num_seeds": num_seeds, "model_path": model_path or "the bundle's models/model.pt",
               "seconds_per_mode": timing, "cohort_dir": cohort_dir, "bundle_runs": tally, "workers": workers,
-              "machine": machine()}
+              "machine": machine(), "evaluation_seed": first_seed}
     if workers > 1:
         params["seconds_parallel_runs"] = parallel_seconds
     return write_evaluation("cxr", methods, frozen, params, t0, output_dir, write_report)
@@ -619,8 +633,9 @@ def write_report(methods: dict[str, Any], frozen: dict[str, Any], params: dict[s
         f"Command: `{params['command']}`  ",
         f"Settings: `{params['settings_file']}` (sha256 `{params['settings_sha256'][:16]}...`, frozen "
         f"{frozen['frozen_at']} on {frozen['splits']['tuning_subjects']} tuning phantoms, seeds "
-        f"{frozen['splits']['tuning_seed']}+); evaluation: {first['num_subjects']} fresh phantoms (seeds "
-        f"{frozen['splits']['evaluation_seed']}+) x {first['num_seeds']} sampler seeds; model {params['model_path']}; "
+        f"{frozen['splits']['tuning_seed']}+); evaluation: {first['num_subjects']} "
+        f"{split_description(frozen, params.get('evaluation_seed', EVALUATION_SEED), 'phantoms')} x "
+        f"{first['num_seeds']} sampler seeds; model {params['model_path']}; "
         f"{params['seconds'] / 60:.0f} min in all on {params.get('machine', 'an unrecorded machine')}"
         + (f" ({params['bundle_runs']['reused']} of {sum(params['bundle_runs'].values())} bundle runs reused from the "
            "work folder's `run.json` records, same items, settings and weights; their model time is not in the "

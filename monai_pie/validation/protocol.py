@@ -16,9 +16,9 @@ from ..engines import ProgressionSummary
 from ..utils import atomic_write_text
 from .settings import ProgressionSettings
 
-__all__ = ["check_lines", "check_not_frozen", "freeze_settings", "machine", "mode_folder", "parallel_progression_runs",
-           "read_frozen", "recorded_progression_run", "run_once", "shard_runs", "split_items", "validation_modes",
-           "weights_digest", "write_evaluation"]
+__all__ = ["check_lines", "check_not_frozen", "freeze_settings", "machine", "mode_folder",
+           "parallel_progression_runs", "read_frozen", "recorded_progression_run", "run_once", "shard_runs",
+           "split_description", "split_items", "split_seed", "validation_modes", "weights_digest", "write_evaluation"]
 
 
 def mode_folder(name: str) -> str:
@@ -177,6 +177,38 @@ def read_frozen(path: str | Path, task: str) -> tuple[dict[str, Any], str]:
                                 "freezes the settings on the tuning split.")
     raw = path.read_bytes()
     return json.loads(raw), hashlib.sha256(raw).hexdigest()
+
+
+def split_seed(frozen: Mapping[str, Any], seed: int | None, num_subjects: int) -> int:
+    """The first subject seed of the evaluation split: the frozen file's, or that of a confirmation split (``seed``:
+    subjects no evaluation with earlier settings has seen, so the result cannot have steered the settings). A seed
+    range that overlaps the tuning split is refused.
+
+    Args:
+        frozen: The frozen settings (its ``splits``).
+        seed: The confirmation split's first seed; None: the frozen evaluation seed.
+        num_subjects: Subjects of the split (seeds ``seed ... seed + num_subjects - 1``).
+    """
+    splits = frozen["splits"]
+    if seed is None:
+        return int(splits["evaluation_seed"])
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"`evaluation_seed` must be a non-negative integer, got {seed!r}.")
+    lo, hi = int(splits["tuning_seed"]), int(splits["tuning_seed"]) + int(splits["tuning_subjects"])
+    if seed < hi and lo < seed + num_subjects:
+        raise ValueError(f"`evaluation_seed` {seed}: seeds {seed}-{seed + num_subjects - 1} overlap the tuning split "
+                         f"(seeds {lo}-{hi - 1}); pick seeds the tuning never saw.")
+    return seed
+
+
+def split_description(frozen: Mapping[str, Any], seed: int, what: str) -> str:
+    """How a report names its evaluation split: ``fresh <what> (seeds S+)``, or a confirmation split beside the
+    frozen file's evaluation seeds."""
+    frozen_seed = int(frozen["splits"]["evaluation_seed"])
+    if seed == frozen_seed:
+        return f"fresh {what} (seeds {seed}+)"
+    return (f"{what} of a confirmation split (seeds {seed}+, which no evaluation with earlier settings saw; the frozen "
+            f"evaluation split is seeds {frozen_seed}+)")
 
 
 def check_not_frozen(path: str | Path, overwrite: bool) -> Path:

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["corr", "format_ci", "median_ci", "r_squared", "retrieval_correlations", "retrieval_hits", "seed_cv",
-           "spearman", "subject_medians"]
+__all__ = ["corr", "format_ci", "median_ci", "r_squared", "retrieval_correlations", "retrieval_hit", "retrieval_hits",
+           "seed_cv", "spearman", "subject_medians"]
 
 
 def median_ci(values: Sequence[float], num_resamples: int = 2000, level: float = 0.95,
@@ -52,30 +52,34 @@ def corr(a: np.ndarray, b: np.ndarray) -> float:
 def retrieval_correlations(maps: Mapping[Any, np.ndarray], truths: Mapping[Any, np.ndarray],
                            mask: np.ndarray | None = None) -> dict[Any, tuple[float, float]]:
     """Per key of ``maps``: its map's correlation with the truth of the same key, and the highest with any other
-    key's truth (inside ``mask``): what retrieval compares, so a report can show by how much it misses.
+    key's truth (NaN when there is no other; inside ``mask``): what retrieval compares, so a report can show by how
+    much it misses.
 
     Args:
         maps: Change maps of the edits (any shape, one per subject key).
-        truths: The candidates: true change maps of the same shape, by subject key (the keys of ``maps`` among them,
-            and at least one other).
+        truths: The candidates: true change maps of the same shape, by subject key (the keys of ``maps`` among them).
         mask: Boolean mask of the same shape the correlations are taken over; None: everywhere.
     """
     pick = (lambda a: a[mask]) if mask is not None else np.ravel
     out = {}
     for k, m in maps.items():
-        if k not in truths or len(truths) < 2:
-            raise KeyError(f"retrieval: {k!r} needs its own truth and another among the candidates "
-                           f"{sorted(map(str, truths))}.")
+        if k not in truths:
+            raise KeyError(f"retrieval: {k!r} has no truth among the candidates {sorted(map(str, truths))}.")
         others = [corr(pick(m), pick(t)) for j, t in truths.items() if j != k]
-        out[k] = (corr(pick(m), pick(truths[k])), max(others))
+        out[k] = (corr(pick(m), pick(truths[k])), max(others) if others else float("nan"))
     return out
+
+
+def retrieval_hit(own: float, other: float) -> float:
+    """1.0 when the own truth's correlation beats the nearest other's (or there is no other), else 0.0."""
+    return float(own > other) if np.isfinite(other) else float(bool(np.isfinite(own)))
 
 
 def retrieval_hits(maps: Mapping[Any, np.ndarray], truths: Mapping[Any, np.ndarray],
                    mask: np.ndarray | None = None) -> dict[Any, float]:
     """Per key of ``maps``: 1.0 when its map correlates best with the truth of the same key among all ``truths``
     (inside ``mask``), else 0.0 (arguments as :func:`retrieval_correlations`)."""
-    return {k: float(own > other) for k, (own, other) in retrieval_correlations(maps, truths, mask).items()}
+    return {k: retrieval_hit(own, other) for k, (own, other) in retrieval_correlations(maps, truths, mask).items()}
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:

@@ -116,6 +116,19 @@ def test_evaluation_needs_a_cohort_and_frozen_settings(tmp_path):
         cp.tune_cxr(str(tmp_path), settings_file=str(tmp_path / "frozen.json"))
 
 
+def test_a_confirmation_split_takes_unseen_seeds_and_says_so():
+    frozen = {"splits": {"tuning_seed": 810_000, "evaluation_seed": 910_000, "tuning_subjects": 8}}
+    assert protocol.split_seed(frozen, None, 32) == 910_000
+    assert protocol.split_seed(frozen, 950_000, 32) == 950_000
+    for bad in (809_990, 810_007):  # 32 seeds from 809990 reach into the tuning seeds; 810007 is one
+        with pytest.raises(ValueError, match="overlap the tuning split"):
+            protocol.split_seed(frozen, bad, 32)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        protocol.split_seed(frozen, -1, 32)
+    assert protocol.split_description(frozen, 910_000, "phantoms") == "fresh phantoms (seeds 910000+)"
+    assert "confirmation split (seeds 950000+" in protocol.split_description(frozen, 950_000, "phantoms")
+
+
 @pytest.mark.slow
 def test_tune_then_evaluate_end_to_end(generalist, cxr_trained, tmp_path):
     """Tiny networks and readers, two tuning and two evaluation phantoms: settings frozen, then read and hashed."""
@@ -136,9 +149,10 @@ def test_tune_then_evaluate_end_to_end(generalist, cxr_trained, tmp_path):
     tried = [c["settings"] for c in frozen["tuning"]["counterfactual_candidates"]]
     assert [(c["noise_mode"], c["guidance_scale"]) for c in tried] == [("stochastic", 3.0), ("ddim_inversion", 5.0)]
     cp.evaluate_cxr(cohort, settings_file=str(settings_file), output_dir=str(tmp_path / "docs"),
-                    work_dir=str(tmp_path / "eval"), num_subjects=2, num_seeds=2, **common)
+                    work_dir=str(tmp_path / "eval"), num_subjects=2, num_seeds=2, evaluation_seed=950_000, **common)
     report = (tmp_path / "docs" / "validation" / "cxr_progression.md").read_text()
     assert hashlib.sha256(settings_file.read_bytes()).hexdigest()[:16] in report
+    assert "2 phantoms of a confirmation split (seeds 950000+" in report  # not called the frozen evaluation split
     assert "linear baseline" in report and ("PASS" in report or "FAIL" in report)
     # every candidate is named by its start and guidance, not by its strength alone
     assert "- strength 0.3, from forward noise, guidance 3:" in report

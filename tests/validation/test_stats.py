@@ -58,8 +58,11 @@ def test_retrieval_finds_the_own_truth_only_when_the_subject_specific_part_survi
     mask[:3] = True  # only the masked part counts: a map that matches there is retrieved
     half = {"a": np.where(mask, truths["a"], truths["c"])}
     assert retrieval_hits(half, truths, mask) == {"a": 1.0}
-    with pytest.raises(KeyError, match="'z' needs its own truth"):
+    with pytest.raises(KeyError, match="'z' has no truth"):
         retrieval_hits({"z": common}, truths)
+    assert retrieval_hits({"a": truths["a"]}, {"a": truths["a"]}) == {"a": 1.0}  # the only candidate
+    assert math.isnan(retrieval_correlations({"a": truths["a"]}, {"a": truths["a"]})["a"][1])
+    assert retrieval_hits({"a": np.zeros((6, 6))}, truths) == {"a": 0.0}  # a constant map retrieves nothing
     # the two correlations retrieval decides between: own truth first, nearest other second
     own, other = retrieval_correlations({"a": truths["a"]}, truths)["a"]
     assert own == pytest.approx(1.0) and other == max(corr(truths["a"], truths[k]) for k in "bcd") < 1.0
