@@ -20,4 +20,9 @@ def test_generation_report_runs_end_to_end(brain_cohort, brain_trained, tmp_path
     train = json.loads((brain_cohort / "datalist.json").read_text())["training"]
     assert data["params"]["num_train"] == len(train)  # memorisation searched every training image
     assert set(data["generation"]) == {"CN", "AD"}
+    # diversity beside covariate-matched real images through the autoencoder (same diagnosis and sex, age +-10)
+    assert "covariate-matched training images through the autoencoder" in report
+    for g in data["generation"].values():
+        assert 0 <= g["num_matched"] <= max(2, 8)
+        assert g["ms_ssim_matched_reconstructed"] is None or 0.0 < g["ms_ssim_matched_reconstructed"] <= 1.0
     assert "--stage generation" in report and (tmp_path / "figures" / "brain_generated_AD.png").is_file()

@@ -115,6 +115,13 @@ def test_validate_cxr_writes_the_report_with_every_section(cohort, tmp_path):
     report = json.loads((out / "validation" / "cxr.json").read_text())
     assert "progression" not in report and report["params"]["num_inference_steps"] == 2
     assert report["generation"]["num_samples"] == 12 and np.isfinite(report["generation"]["fid"])
+    # memorisation against the test split as well as the training split; diversity beside reconstructions
+    gen = report["generation"]
+    assert 0.0 <= gen["nn_test_train_min"] <= gen["nn_test_train_mean"]
+    for g in gen["prompts"].values():
+        assert 0.0 <= g["nn_test_min"] <= g["nn_test_mean"]
+        assert (g["ms_ssim_real_reconstructed"] is None) == (g["ms_ssim_real"] is None)
+    assert "nearest test image" in text and "through the autoencoder" in text
     for fig in ("cxr_generated.png", "cxr_generalist_brain.png"):
         assert (out / "figures" / fig).is_file()
     recipe = json.loads((out / "validation" / "cxr_work" / "finding_classifier.json").read_text())
