@@ -1,7 +1,7 @@
 """Brain marker readers that do not invert the cohort's rendering model.
 
 Two readers, each checked on the truth ladder and on autoencoder round trips before the validation uses it
-(``monai_pie.validation.brain_readers``):
+(:func:`monai_pie.validation.brain_protocol.validate_readers`):
 
 * :class:`TissueEM` - a three-class Gaussian mixture fitted by EM to each image's own brain intensities (means,
   variances and proportions re-estimated per image, as FSL FAST and SPM do), then partial-volume fractions by linear

@@ -202,11 +202,11 @@ def split_seed(frozen: Mapping[str, Any], seed: int | None, num_subjects: int) -
 
 
 def split_description(frozen: Mapping[str, Any], seed: int, what: str) -> str:
-    """How a report names its evaluation split: ``fresh <what> (seeds S+)``, or a confirmation split beside the
-    frozen file's evaluation seeds."""
+    """How a report names its evaluation split: ``<what> unseen by the tuning (seeds S+)`` (the frozen file's
+    evaluation seeds, which earlier evaluations may have seen), or a confirmation split beside them."""
     frozen_seed = int(frozen["splits"]["evaluation_seed"])
     if seed == frozen_seed:
-        return f"fresh {what} (seeds {seed}+)"
+        return f"{what} unseen by the tuning (seeds {seed}+)"
     return (f"{what} of a confirmation split (seeds {seed}+, which no evaluation with earlier settings saw; the frozen "
             f"evaluation split is seeds {frozen_seed}+)")
 
@@ -226,10 +226,13 @@ def write_evaluation(task: str, methods: dict[str, Any], frozen: dict[str, Any],
     """Finish ``params`` (seconds since ``t0``, the command line) and write ``<output_dir>/validation/
     <task>_progression.md`` with ``write_report(methods, frozen, params, path)`` and its ``.json`` beside it."""
     params["seconds"] = round(time.perf_counter() - t0, 1)
+    seed = frozen["splits"]["evaluation_seed"]  # a confirmation split's own seed goes into the command
     params["command"] = (f"monai-pie validate {task} {params.pop('cohort_dir')} --stage evaluate --num_subjects "
                          f"{params['num_subjects']} --num_seeds {params['num_seeds']}"
                          + (f" --workers {params['workers']}" if params.get("workers", 1) > 1 else "")
-                         + (f" --shards {params['shards']}" if params.get("shards", 1) > 1 else ""))
+                         + (f" --shards {params['shards']}" if params.get("shards", 1) > 1 else "")
+                         + (f" --evaluation_seed {params['evaluation_seed']}" if params.get("evaluation_seed", seed)
+                            != seed else ""))
     out = Path(output_dir) / "validation"
     report = write_report(methods, frozen, params, out / f"{task}_progression.md")
     atomic_write_text(out / f"{task}_progression.json",

@@ -125,7 +125,7 @@ def test_a_confirmation_split_takes_unseen_seeds_and_says_so():
             protocol.split_seed(frozen, bad, 32)
     with pytest.raises(ValueError, match="non-negative integer"):
         protocol.split_seed(frozen, -1, 32)
-    assert protocol.split_description(frozen, 910_000, "phantoms") == "fresh phantoms (seeds 910000+)"
+    assert protocol.split_description(frozen, 910_000, "phantoms") == "phantoms unseen by the tuning (seeds 910000+)"
     assert "confirmation split (seeds 950000+" in protocol.split_description(frozen, 950_000, "phantoms")
 
 
@@ -153,6 +153,7 @@ def test_tune_then_evaluate_end_to_end(generalist, cxr_trained, tmp_path):
     report = (tmp_path / "docs" / "validation" / "cxr_progression.md").read_text()
     assert hashlib.sha256(settings_file.read_bytes()).hexdigest()[:16] in report
     assert "2 phantoms of a confirmation split (seeds 950000+" in report  # not called the frozen evaluation split
+    assert "--evaluation_seed 950000" in report
     assert "linear baseline" in report and ("PASS" in report or "FAIL" in report)
     # every candidate is named by its start and guidance, not by its strength alone
     assert "- strength 0.3, from forward noise, guidance 3:" in report
