@@ -32,7 +32,7 @@ from ..metrics import (
 )
 from ..utils import atomic_write_text
 from ..visualize import frame_strip, save_png
-from ..vocabulary import DIAGNOSIS_THRESHOLDS
+from ..vocabulary import DIAGNOSIS_THRESHOLDS, diagnosis_from_stage
 from .settings import ProgressionSettings
 
 __all__ = ["load_brain_bundle", "validate_brain"]
@@ -65,6 +65,22 @@ def _model_grid_markers(preprocessing: Any, cohort_dir: Path, ref_image: str, pi
     return BrainMarkers(brain, rois, float(np.prod(pixdim)) / 1000.0, reference=reference)
 
 
+def covariate_matched(items: list[dict[str, Any]], covariates: dict[str, float], limit: int,
+                      age_window: float = 10.0) -> list[int]:
+    """Indices of up to ``limit`` items of the same diagnosis and sex as ``covariates`` and an age within
+    ``age_window`` years, one per subject (a subject's later visits share its anatomy and would make the reference
+    look less diverse than the cohort)."""
+    want, seen, out = diagnosis_from_stage(covariates["stage"]), set(), []
+    for i, d in enumerate(items):
+        subject = d.get("subject_id", i)
+        same_age = abs(float(d["age"]) - covariates["age"]) <= age_window
+        if (subject not in seen and int(d["sex"]) == int(covariates["sex"]) and same_age
+                and diagnosis_from_stage(d["stage"]) == want):
+            seen.add(subject)
+            out.append(i)
+    return out[:limit]
+
+
 def _generate(bundle: dict[str, Any], ldm_bundle: str | Path, covariates: dict[str, float], num_samples: int,
               out_dir: Path, settings: ProgressionSettings) -> dict[str, Any]:
     """Samples of the LDM bundle's own workflow for ``covariates`` (seed 1); its ``generation.json`` summary."""
@@ -93,13 +109,8 @@ def validate_generation(bundle: dict[str, Any], ldm_bundle: str | Path, progress
         recon = torch.cat([net.decode(net.encode(train[i:i + 4].to(device))).clamp(0, 1).cpu()
                            for i in range(0, len(train), 4)])
     ae_floor = float((recon - train).abs().mean())
-    covs = [(float(d["age"]), int(d["sex"]), float(d["stage"])) for d in datalist[:len(train)]]
     for name, cov in (("CN", {"age": 70.0, "sex": 0, "stage": 0.05}), ("AD", {"age": 70.0, "sex": 0, "stage": 0.9})):
-        # covariate-matched real images (same diagnosis and sex, age within 10 years) through the autoencoder: the
-        # diversity a faithful sampler would show at the model's own blur
-        matched = [i for i, (age, sex, stage) in enumerate(covs) if sex == cov["sex"] and abs(age - cov["age"]) <= 10
-                   and (stage < DIAGNOSIS_THRESHOLDS[0] if name == "CN" else stage >= DIAGNOSIS_THRESHOLDS[1])]
-        matched = matched[:max(num_samples, 8)]
+        matched = covariate_matched(datalist[:len(train)], cov, max(num_samples, 8))
         summary = _generate(bundle, ldm_bundle, cov, num_samples, out_dir / "generated" / name, settings)
         samples = torch.stack([torch.from_numpy(nib.load(p).get_fdata().astype(np.float32))[None] for p in summary["samples"]])
         nn_gen = nearest_neighbour_distances(samples, train)
@@ -156,14 +167,14 @@ def write_report(gen: dict[str, Any], params: dict[str, Any], path: Path) -> str
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, g in gen.items():
-        matched = g.get("ms_ssim_matched_reconstructed")
+        matched_ms_ssim = g.get("ms_ssim_matched_reconstructed")
         lines.append(f"| {name} | {g['ms_ssim']:.3f} | {g['ms_ssim_train']:.3f} | "
-                     f"{_fmt(matched)} ({g.get('num_matched', 0)}) | {g['nn_gen_mean']:.4f} / "
+                     f"{_fmt(matched_ms_ssim)} ({g.get('num_matched', 0)}) | {g['nn_gen_mean']:.4f} / "
                      f"{g['nn_gen_min']:.4f} | {g['nn_train_mean']:.4f} / {g['nn_train_min']:.4f} | "
                      f"{g['nn_test_mean']:.4f} / {g['nn_test_min']:.4f} | {g['seconds_per_volume']:.1f} |")
-    lines += ["", "Diversity is compared with real images of the same diagnosis, sex and age (within 10 years) through the "
-              "autoencoder: its blur alone makes images more alike, so that column, not the sharp training images, is "
-              "what a sampler that covers the data would show.", "",
+    lines += ["", "Diversity is compared with real images of the same diagnosis, sex and age (within 10 years; one per "
+              "subject) through the autoencoder: its blur alone makes images more alike, so that column, not the "
+              "sharp training images, is what a sampler that covers the data would show.", "",
               "A sample closer to a training image than training images are to each other, or much closer to "
               "training than to test images, would suggest memorisation. The autoencoder alone reconstructs training "
               f"images with MAE {next(iter(gen.values())).get('ae_reconstruction_mae', float('nan')):.4f}: no sample "

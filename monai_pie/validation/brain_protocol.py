@@ -366,8 +366,18 @@ def _mean_abs(x: np.ndarray, mask: np.ndarray) -> float:
 
 def autoencoder_limit_subject(s: Subject, readers: dict[str, str], ctx: Context,
                               ae: tuple[np.ndarray, np.ndarray]) -> tuple[dict[str, float], np.ndarray]:
-    """What a latent model can reach for one subject and noise draw (a job of :func:`autoencoder_limits`): the row of
-    limit measures and the smoothed change map of the autoencoder's round trip ``ae`` (source, target truth)."""
+    """What a latent model can reach for one subject and noise draw (a job of :func:`autoencoder_limits`).
+
+    Args:
+        s: The subject (its source and target truth images).
+        readers: The chosen reader per marker.
+        ctx: The template's masks and voxel size.
+        ae: The autoencoder's round trips ``(X, Y, Z)`` of the source and of the target truth.
+
+    Returns:
+        tuple: The row of limit measures (R^2, marker ratios composed plain and bounded) and the smoothed change map
+        ``(X, Y, Z)`` of the round trip.
+    """
     x0 = s.images[SOURCE_STAGE]
     truth, read = true_change(s), marker_reader(readers, x0, ctx)
     ae_change = ae[1] - ae[0]
@@ -386,19 +396,23 @@ def autoencoder_limit_subject(s: Subject, readers: dict[str, str], ctx: Context,
 def autoencoder_limits(subjects: list[Subject], readers: dict[str, str], ctx: Context,
                        ae: dict[tuple[str, float], np.ndarray], workers: int = 1) -> dict[str, dict[str, float]]:
     """Per subject key, the limit rows of the autoencoder's round trip of the truth (R^2, marker ratios composed
-    plain and bounded, identity, retrieval): the same beside every method, so measured once per evaluation."""
+    plain and bounded, identity, retrieval): the same beside every method, so measured once per evaluation.
+
+    Args:
+        subjects: The split's subjects (one per subject and noise draw).
+        readers: The chosen reader per marker.
+        ctx: The template's masks and voxel size.
+        ae: Round trips ``(X, Y, Z)`` by ``(subject key, stage)`` (source and target stages).
+        workers: Processes for the per-subject jobs.
+    """
     jobs = [(s, readers, ctx, (ae[(s.key, SOURCE_STAGE)], ae[(s.key, TARGET_STAGE)])) for s in subjects]
     rows, maps = {}, {}
     for s, (row, ae_map) in zip(subjects, process_map(autoencoder_limit_subject, jobs, workers,
                                                       desc="autoencoder limits")):
         rows[s.key], maps[s.key] = row, ae_map
     truth_maps = {s.key: smooth(s.images[TARGET_STAGE] - s.images[SOURCE_STAGE]) for s in subjects}
-    by_key = {s.key: s for s in subjects}
-    for k, measured in identity_and_retrieval(maps, truth_maps, by_key, ctx.brain).items():
+    for k, measured in identity_and_retrieval(maps, truth_maps, {s.key: s for s in subjects}, ctx.brain).items():
         rows[k].update({f"{name}_autoencoder_limit": v for name, v in measured.items()})
-    for k in truth_maps:  # how alike the subjects' true changes are: what retrieval must tell apart (the cohort's)
-        nearest = retrieval_correlations({k: truth_maps[k]}, same_noise(truth_maps, by_key, k), ctx.brain)[k][1]
-        rows[k]["truth_nearest_other_corr"] = nearest
     return rows
 
 
@@ -444,9 +458,17 @@ def measure_subject(s: Subject, res: EditResult, readers: dict[str, str], ctx: C
 
 def measure(results: dict[str, EditResult], subjects: list[Subject], readers: dict[str, str], ctx: Context,
             limits: dict[str, dict[str, float]] | None, workers: int = 1) -> dict[str, Any]:
-    """Every measure of one method over the subjects (per subject: averaged over noise seeds); the per-subject
-    measures run over ``workers`` processes. ``limits`` (:func:`autoencoder_limits`, by subject key) join each
-    subject's row, so the report shows what a latent model can reach beside the method."""
+    """Every measure of one method over the subjects (per subject: averaged over noise seeds).
+
+    Args:
+        results: The method's edits by subject key.
+        subjects: The split's subjects.
+        readers: The chosen reader per marker.
+        ctx: The template's masks and voxel size.
+        limits: :func:`autoencoder_limits` by subject key, joined to each subject's row (what a latent model can
+            reach, beside the method); None: no limit rows.
+        workers: Processes for the per-subject measures.
+    """
     jobs = [(s, results[s.key], readers, ctx) for s in subjects]
     per: dict[int, list[dict[str, Any]]] = {}
     edit_maps, truth_maps, rows = {}, {}, {}
@@ -454,8 +476,12 @@ def measure(results: dict[str, EditResult], subjects: list[Subject], readers: di
         rows[s.key] = {**row, **(limits or {}).get(s.key, {})}
         per.setdefault(s.index, []).append(rows[s.key])
         edit_maps[s.key], truth_maps[s.key] = edit, true_map
-    for k, measured in identity_and_retrieval(edit_maps, truth_maps, {s.key: s for s in subjects}, ctx.brain).items():
+    by_key = {s.key: s for s in subjects}
+    for k, measured in identity_and_retrieval(edit_maps, truth_maps, by_key, ctx.brain).items():
         rows[k].update(measured)
+        # how alike the subjects' true changes are: what retrieval must tell apart (the cohort's, beside every method)
+        nearest = retrieval_correlations({k: truth_maps[k]}, same_noise(truth_maps, by_key, k), ctx.brain)[k][1]
+        rows[k]["truth_nearest_other_corr"] = nearest
     return summarise(per)
 
 
@@ -837,8 +863,8 @@ def write_report(methods: dict[str, Any], frozen: dict[str, Any], params: dict[s
         f"Settings: `{params['settings_file']}` (sha256 `{params['settings_sha256'][:16]}...`, frozen "
         f"{frozen['frozen_at']} on {frozen['splits']['tuning_subjects']} tuning subjects, seeds "
         f"{frozen['splits']['tuning_seed']}+); evaluation: {first['num_subjects']} "
-        f"{split_description(frozen, params.get('evaluation_seed', EVALUATION_SEED), 'subjects')} x "
-        f"{first['num_seeds']} noise/sampler seeds; model "
+        f"{split_description(frozen, params.get('evaluation_seed', frozen['splits']['evaluation_seed']), 'subjects')}"
+        f" x {first['num_seeds']} noise/sampler seeds; model "
         f"{params['model_path']}"
         + (f", longitudinal model {params['longitudinal_model_path']}" if LONGITUDINAL_MODE in methods else "")
         + f"; {params['seconds'] / 60:.0f} min in all on {params.get('machine', 'an unrecorded machine')}"

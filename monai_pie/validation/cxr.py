@@ -222,6 +222,7 @@ def validate_generation(bundle: dict[str, Any], clf: FindingClassifier, train: d
     test_nn = nearest_neighbour_distances(test["images"], train["images"])
     out["nn_test_train_mean"], out["nn_test_train_min"] = float(test_nn.mean()), float(test_nn.min())
     net = bundle["network"]
+    device = next(net.parameters()).device
     rows = []
     train_labels = train["labels"].numpy()
     for k, prompt in enumerate(GENERATION_PROMPTS):
@@ -230,7 +231,8 @@ def validate_generation(bundle: dict[str, Any], clf: FindingClassifier, train: d
         match = np.nonzero((train_labels == _label_vector(prompt)).all(1))[0][:num_samples]
         nn, nn_test = nearest_neighbour_distances(x, train["images"]), nearest_neighbour_distances(x, test["images"])
         with torch.no_grad():  # the same real images through the autoencoder: diversity at the model's own blur
-            recon = net.decode(net.encode(train["images"][match])).clamp(0, 1) if len(match) > 1 else None
+            recon = (net.decode(net.encode(train["images"][match].to(device))).clamp(0, 1).cpu() if len(match) > 1
+                     else None)
         out["prompts"][prompt] = {
             "adherence": prompt_adherence(probs[sl], want[sl]),
             "ms_ssim": ms_ssim_diversity(x) if len(x) > 1 else None,

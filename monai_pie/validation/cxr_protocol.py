@@ -111,6 +111,10 @@ class Subject:
     def key(self) -> str:
         return f"s{self.index:03d}"
 
+    def roi(self, target: str) -> str:
+        """The ROI a target is asked in (a :func:`write_rois` name): the thorax, or the effusion side's hemithorax."""
+        return self.side if target == "pleural effusion" else "thorax"
+
     def true_change(self, target: str, key: str | None = None) -> float:
         """The true change of ``target``'s marker from the source to ``key`` (default: severity 1)."""
         return marker(self.truth[key or target], TARGETS[target], self.side) - marker(self.truth["source"],
@@ -159,8 +163,7 @@ def edit_items(subjects: list[Subject], seed: int, rois: dict[str, str],
     subject's side) and toward "no finding" (thorax ROI); and the ``(subject key, seed, run)`` key of each item."""
     items, keys = [], []
     for s in subjects:
-        for run, (text, roi) in {"cardiomegaly": (cxr_report(["cardiomegaly"]), "thorax"),
-                                 "pleural effusion": (cxr_report(["pleural effusion"]), s.side),
+        for run, (text, roi) in {**{t: (cxr_report([t]), s.roi(t)) for t in TARGETS},
                                  "null": (NULL_PROMPT, "thorax")}.items():
             item = {"image": s.path, "roi": rois[roi], "prompt": text, "seed": seed}
             if settings.edit_mode == "counterfactual":
@@ -338,7 +341,7 @@ def linear_results(slopes: dict[str, np.ndarray], subjects: list[Subject], rois:
     out = {}
     for s in subjects:
         x0 = s.images["source"]
-        final = {t: np.clip(x0 + masks["thorax" if t == "cardiomegaly" else s.side] * slopes[t], 0, 1) for t in TARGETS}
+        final = {t: np.clip(x0 + masks[s.roi(t)] * slopes[t], 0, 1) for t in TARGETS}
         for k in range(seeds):
             out[(s.key, k)] = EditResult(final, [x0, x0.copy()])
     return out
@@ -393,8 +396,9 @@ def measure(results: dict[tuple[str, int], EditResult], subjects: list[Subject],
             row[f"{slug}_specificity"] = float(np.abs(edit)[quiet].mean() / max(np.abs(edit)[active].mean(), 1e-12))
             if roi_masks and s.bones is not None:  # bones left alone: raw change on the still bones in the ROI
                 raw = np.abs(final - null)
-                still_bones = s.bones & quiet & roi_masks["thorax" if t == "cardiomegaly" else s.side]
-                row[f"{slug}_bone_change"] = float(raw[still_bones].mean() / max(raw[active].mean(), 1e-12))
+                still_bones = s.bones & quiet & roi_masks[s.roi(t)]
+                row[f"{slug}_bone_change"] = (float(raw[still_bones].mean() / max(raw[active].mean(), 1e-12))
+                                              if still_bones.any() else float("nan"))
             row[f"{slug}_null_whole_image"] = float(np.abs(null - x0)[body].mean() / max(
                 np.abs(final - x0)[body].mean(), 1e-12))
             maps.setdefault(("edit", t), {})[(key, k)] = edit
@@ -634,8 +638,8 @@ def write_report(methods: dict[str, Any], frozen: dict[str, Any], params: dict[s
         f"Settings: `{params['settings_file']}` (sha256 `{params['settings_sha256'][:16]}...`, frozen "
         f"{frozen['frozen_at']} on {frozen['splits']['tuning_subjects']} tuning phantoms, seeds "
         f"{frozen['splits']['tuning_seed']}+); evaluation: {first['num_subjects']} "
-        f"{split_description(frozen, params.get('evaluation_seed', EVALUATION_SEED), 'phantoms')} x "
-        f"{first['num_seeds']} sampler seeds; model {params['model_path']}; "
+        f"{split_description(frozen, params.get('evaluation_seed', frozen['splits']['evaluation_seed']), 'phantoms')}"
+        f" x {first['num_seeds']} sampler seeds; model {params['model_path']}; "
         f"{params['seconds'] / 60:.0f} min in all on {params.get('machine', 'an unrecorded machine')}"
         + (f" ({params['bundle_runs']['reused']} of {sum(params['bundle_runs'].values())} bundle runs reused from the "
            "work folder's `run.json` records, same items, settings and weights; their model time is not in the "

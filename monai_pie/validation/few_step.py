@@ -27,12 +27,13 @@ from ..metrics import fid_from_features
 from ..schedules import NoiseSchedule
 from .brain import load_brain_bundle, validate_generation
 from .brain_protocol import (
+    Context,
     EDIT_TARGETS,
     EVALUATION_SEED,
     LONGITUDINAL_MODE,
     MARKERS,
-    Context,
     Subject,
+    autoencoder_limits,
     autoencoder_round_trips,
     edit_run,
     edit_subjects,
@@ -237,6 +238,7 @@ def compare_samplers(cohort_dir: str, samplers: list[Sampler], settings_file: st
     ctx = Context.build()
     subjects = make_subjects(EVALUATION_SEED, num_subjects, num_seeds, work / "subjects", workers=workers)
     ae = autoencoder_round_trips(progression, None, subjects, work / "subjects")
+    limits = autoencoder_limits(subjects, frozen["readers"], ctx, ae, workers)  # the same beside every sampler
     reference_schedule = samplers[0].schedule(progression)
     base = ProgressionSettings.from_config(parse_bundle(progression).config)
     rows: dict[str, Any] = {}
@@ -254,7 +256,7 @@ def compare_samplers(cohort_dir: str, samplers: list[Sampler], settings_file: st
             row["seconds"][mode] = None if row["reused"][mode] else (time.perf_counter() - t) / len(subjects)
             row["strength"][mode] = settings.strength
             row["steps_per_round"][mode] = len(schedule.levels(s.num_inference_steps, strength=settings.strength)) - 1
-            measured = measure(res, subjects, frozen["readers"], ctx, ae, workers)
+            measured = measure(res, subjects, frozen["readers"], ctx, limits, workers)
             stats = measured["stats"]
             row["progression"][mode] = {k: v[0] for k, v in stats.items()}
             row["progression"][mode]["retrieval"] = measured["checks"]["retrieval"][0]

@@ -181,23 +181,32 @@ def read_frozen(path: str | Path, task: str) -> tuple[dict[str, Any], str]:
 
 def split_seed(frozen: Mapping[str, Any], seed: int | None, num_subjects: int) -> int:
     """The first subject seed of the evaluation split: the frozen file's, or that of a confirmation split (``seed``:
-    subjects no evaluation with earlier settings has seen, so the result cannot have steered the settings). A seed
-    range that overlaps the tuning split is refused.
+    subjects no evaluation with earlier settings has seen, so the result cannot have steered the settings).
 
     Args:
         frozen: The frozen settings (its ``splits``).
         seed: The confirmation split's first seed; None: the frozen evaluation seed.
         num_subjects: Subjects of the split (seeds ``seed ... seed + num_subjects - 1``).
+
+    Returns:
+        int: The first seed.
+
+    Raises:
+        ValueError: ``seed`` is not a non-negative integer, or its range overlaps the tuning split or the frozen
+            evaluation split (taken as ``num_subjects`` long: earlier evaluations saw those subjects).
     """
     splits = frozen["splits"]
     if seed is None:
         return int(splits["evaluation_seed"])
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"`evaluation_seed` must be a non-negative integer, got {seed!r}.")
-    lo, hi = int(splits["tuning_seed"]), int(splits["tuning_seed"]) + int(splits["tuning_subjects"])
-    if seed < hi and lo < seed + num_subjects:
-        raise ValueError(f"`evaluation_seed` {seed}: seeds {seed}-{seed + num_subjects - 1} overlap the tuning split "
-                         f"(seeds {lo}-{hi - 1}); pick seeds the tuning never saw.")
+    tuning = (int(splits["tuning_seed"]), int(splits["tuning_seed"]) + int(splits["tuning_subjects"]))
+    evaluation = (int(splits["evaluation_seed"]), int(splits["evaluation_seed"]) + num_subjects)
+    for name, (lo, hi) in (("tuning", tuning), ("evaluation", evaluation)):
+        if seed < hi and lo < seed + num_subjects and seed != splits["evaluation_seed"]:
+            raise ValueError(f"`evaluation_seed` {seed}: seeds {seed}-{seed + num_subjects - 1} overlap the {name} "
+                             f"split (seeds {lo}-{hi - 1}); a confirmation split takes seeds no tuning or evaluation "
+                             "saw.")
     return seed
 
 

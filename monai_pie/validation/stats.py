@@ -52,26 +52,37 @@ def corr(a: np.ndarray, b: np.ndarray) -> float:
 def retrieval_correlations(maps: Mapping[Any, np.ndarray], truths: Mapping[Any, np.ndarray],
                            mask: np.ndarray | None = None) -> dict[Any, tuple[float, float]]:
     """Per key of ``maps``: its map's correlation with the truth of the same key, and the highest with any other
-    key's truth (NaN when there is no other; inside ``mask``): what retrieval compares, so a report can show by how
-    much it misses.
+    key's truth (inside ``mask``): what retrieval compares, so a report can show by how much it misses.
 
     Args:
         maps: Change maps of the edits (any shape, one per subject key).
         truths: The candidates: true change maps of the same shape, by subject key (the keys of ``maps`` among them).
         mask: Boolean mask of the same shape the correlations are taken over; None: everywhere.
+
+    Returns:
+        dict: ``{key: (own, nearest other)}``; a correlation with a constant map is NaN and is no competitor, and
+        ``nearest other`` is NaN when no other truth competes.
+
+    Raises:
+        KeyError: A key of ``maps`` has no truth among the candidates.
     """
     pick = (lambda a: a[mask]) if mask is not None else np.ravel
     out = {}
     for k, m in maps.items():
         if k not in truths:
             raise KeyError(f"retrieval: {k!r} has no truth among the candidates {sorted(map(str, truths))}.")
-        others = [corr(pick(m), pick(t)) for j, t in truths.items() if j != k]
+        others = [c for c in (corr(pick(m), pick(t)) for j, t in truths.items() if j != k) if np.isfinite(c)]
         out[k] = (corr(pick(m), pick(truths[k])), max(others) if others else float("nan"))
     return out
 
 
 def retrieval_hit(own: float, other: float) -> float:
-    """1.0 when the own truth's correlation beats the nearest other's (or there is no other), else 0.0."""
+    """Whether a map is retrieved (1.0 or 0.0).
+
+    Args:
+        own: Its correlation with its own truth (NaN for a constant map: never retrieved).
+        other: Its highest correlation with any other truth (NaN: no other truth competes).
+    """
     return float(own > other) if np.isfinite(other) else float(bool(np.isfinite(own)))
 
 

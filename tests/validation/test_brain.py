@@ -7,7 +7,7 @@ from pathlib import Path
 
 from helpers.bundle_helpers import BRAIN_LDM, BRAIN_NET, BRAIN_PROG
 
-from monai_pie.validation.brain import validate_brain
+from monai_pie.validation.brain import covariate_matched, validate_brain
 
 
 def test_generation_report_runs_end_to_end(brain_cohort, brain_trained, tmp_path):
@@ -22,7 +22,19 @@ def test_generation_report_runs_end_to_end(brain_cohort, brain_trained, tmp_path
     assert set(data["generation"]) == {"CN", "AD"}
     # diversity beside covariate-matched real images through the autoencoder (same diagnosis and sex, age +-10)
     assert "covariate-matched training images through the autoencoder" in report
-    for g in data["generation"].values():
-        assert 0 <= g["num_matched"] <= max(2, 8)
-        assert g["ms_ssim_matched_reconstructed"] is None or 0.0 < g["ms_ssim_matched_reconstructed"] <= 1.0
+    for name, stage in (("CN", 0.05), ("AD", 0.9)):  # the covariates the check generates at
+        matched = covariate_matched(train, {"age": 70.0, "sex": 0, "stage": stage}, 8)
+        assert data["generation"][name]["num_matched"] == len(matched)
     assert "--stage generation" in report and (tmp_path / "figures" / "brain_generated_AD.png").is_file()
+
+
+def test_covariate_matched_takes_one_image_per_subject_of_the_same_diagnosis_sex_and_age():
+    items = [{"subject_id": "a", "age": 70, "sex": 0, "stage": 0.9},
+             {"subject_id": "a", "age": 72, "sex": 0, "stage": 0.95},  # a's later visit: the same anatomy
+             {"subject_id": "b", "age": 85, "sex": 0, "stage": 0.9},  # too old
+             {"subject_id": "c", "age": 66, "sex": 1, "stage": 0.9},  # the other sex
+             {"subject_id": "d", "age": 65, "sex": 0, "stage": 0.05},  # CN
+             {"subject_id": "e", "age": 61, "sex": 0, "stage": 0.85}]
+    ad = {"age": 70.0, "sex": 0, "stage": 0.9}
+    assert covariate_matched(items, ad, 8) == [0, 5] and covariate_matched(items, ad, 1) == [0]
+    assert covariate_matched(items, {**ad, "stage": 0.05}, 8) == [4]

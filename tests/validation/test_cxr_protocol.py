@@ -123,6 +123,10 @@ def test_a_confirmation_split_takes_unseen_seeds_and_says_so():
     for bad in (809_990, 810_007):  # 32 seeds from 809990 reach into the tuning seeds; 810007 is one
         with pytest.raises(ValueError, match="overlap the tuning split"):
             protocol.split_seed(frozen, bad, 32)
+    with pytest.raises(ValueError, match="overlap the evaluation split"):  # earlier evaluations saw those
+        protocol.split_seed(frozen, 910_016, 32)
+    assert protocol.split_seed(frozen, 810_008, 32) == 810_008 and protocol.split_seed(frozen, 809_968, 32) == 809_968
+    assert protocol.split_seed(frozen, 910_032, 32) == 910_032  # the boundaries are open
     with pytest.raises(ValueError, match="non-negative integer"):
         protocol.split_seed(frozen, -1, 32)
     assert protocol.split_description(frozen, 910_000, "phantoms") == "phantoms unseen by the tuning (seeds 910000+)"
@@ -170,6 +174,9 @@ def test_tune_then_evaluate_end_to_end(generalist, cxr_trained, tmp_path):
         assert 0.0 < m["stats"]["cardiomegaly_truth_nearest_other_corr"][0] <= 1.0  # the truths, whatever the method
         for key in ("retrieval_own_corr", "retrieval_other_corr"):  # NaN where a tiny net's edit map is constant
             assert not abs(m["stats"][f"cardiomegaly_{key}"][0]) > 1.0
+    linear = data["methods"]["linear baseline"]["stats"]  # its map is never constant: both correlations exist
+    assert all(-1.0 <= linear[f"{t.split()[-1]}_retrieval_{k}_corr"][0] <= 1.0
+               for t in cp.TARGETS for k in ("own", "other"))
     assert "bones in the ROI where the truth is still" in report and "how alike the true changes are" in report
     assert (tmp_path / "docs" / "figures" / "cxr_progression_methods.png").is_file()
 
